@@ -1,0 +1,353 @@
+//! The engine: a source, a store and the projections registered on them, with the operations
+//! that users and operators run (run, catch up, rebuild, pause, resume, status, dead letters,
+//! wait-for).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::info;
+
+use super::error::{Error, HandlerError, Result};
+use super::event::Checkpoint;
+use super::projection::Projection;
+use super::runner::{Mode, ProgressFn, RunnerSettings, Worker, WorkerReport};
+use super::source::Source;
+use super::store::{DeadLetter, ProjectionRecord, RunState, Store};
+
+/// One projection partition's status, as `projectionist status --json` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub partition: u32,
+    pub state: RunState,
+    /// Position of the checkpoint.
+    pub checkpoint: i64,
+    /// Transaction id of the checkpoint (0 where the source has none).
+    pub checkpoint_txid: i64,
+    /// Position of the newest event.
+    pub head: i64,
+    pub lag_events: u64,
+    /// Age of the oldest event not yet applied (0 when caught up).
+    pub lag_seconds: f64,
+    pub events_per_second: f64,
+    pub errors: u64,
+    pub dead_letters: u64,
+    pub applied: u64,
+    pub ignored: u64,
+    pub priority: i32,
+    /// Why it is paused or stopped.
+    pub reason: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Rates older than this are shown as 0: the runner is idle or gone.
+const RATE_FRESHNESS: Duration = Duration::from_secs(10);
+
+/// A source, a store, and projections.
+pub struct Engine<S: Source, St: Store> {
+    source: Arc<S>,
+    store: Arc<St>,
+    projections: Vec<Projection<St::Body>>,
+    settings: RunnerSettings,
+}
+
+impl<S: Source, St: Store> Engine<S, St> {
+    pub fn new(source: Arc<S>, store: Arc<St>) -> Self {
+        Engine {
+            source,
+            store,
+            projections: Vec::new(),
+            settings: RunnerSettings::default(),
+        }
+    }
+
+    /// Adds a projection. Names are unique.
+    pub fn register(&mut self, projection: Projection<St::Body>) -> Result<&mut Self> {
+        if self.projections.iter().any(|p| p.name() == projection.name()) {
+            return Err(Error::Invalid(format!(
+                "projection {:?} is registered twice",
+                projection.name()
+            )));
+        }
+        self.projections.push(projection);
+        Ok(self)
+    }
+
+    /// Adds a projection, builder style.
+    pub fn with(mut self, projection: Projection<St::Body>) -> Result<Self> {
+        self.register(projection)?;
+        Ok(self)
+    }
+
+    pub fn settings(mut self, settings: RunnerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn source(&self) -> &Arc<S> {
+        &self.source
+    }
+
+    pub fn store(&self) -> &Arc<St> {
+        &self.store
+    }
+
+    pub fn projections(&self) -> &[Projection<St::Body>] {
+        &self.projections
+    }
+
+    /// The projection called `name`, or an error that lists the known ones.
+    pub fn projection(&self, name: &str) -> Result<&Projection<St::Body>> {
+        self.projections
+            .iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::UnknownProjection {
+                name: name.to_owned(),
+                known: self.projections.iter().map(|p| p.name().to_owned()).collect(),
+            })
+    }
+
+    fn selected(&self, names: &[String]) -> Result<Vec<Projection<St::Body>>> {
+        if names.is_empty() {
+            return Ok(self.projections.clone());
+        }
+        names.iter().map(|n| self.projection(n).cloned()).collect()
+    }
+
+    /// Creates every projection's read model and checkpoint (idempotent).
+    pub async fn prepare(&self) -> Result<()> {
+        for p in &self.projections {
+            self.store.prepare(p.name(), 0, p.body().clone()).await?;
+        }
+        Ok(())
+    }
+
+    fn worker(&self, p: Projection<St::Body>, mode: Mode) -> Worker<S, St> {
+        Worker::new(
+            self.source.clone(),
+            self.store.clone(),
+            p,
+            0,
+            self.settings.clone(),
+            mode,
+        )
+    }
+
+    /// Runs the projections named in `only` (all when empty) live until `shutdown` turns true.
+    /// Each batch is committed whole or not at all, so shutting down loses nothing.
+    pub async fn run(&self, only: &[String], shutdown: watch::Receiver<bool>) -> Result<Vec<WorkerReport>> {
+        let selected = self.selected(only)?;
+        let mut set = JoinSet::new();
+        for p in selected {
+            let worker = self.worker(p, Mode::Live);
+            set.spawn(worker.run(shutdown.clone()));
+        }
+        join_all(set).await
+    }
+
+    /// Runs the projections named in `only` (all when empty) up to the head as it is now,
+    /// then returns. `progress` is called after each commit of each projection.
+    pub async fn catch_up(&self, only: &[String], progress: Option<ProgressFn>) -> Result<Vec<WorkerReport>> {
+        let selected = self.selected(only)?;
+        let target = self.source.head().await?;
+        let (_keep, shutdown) = watch::channel(false);
+        let mut set = JoinSet::new();
+        for p in selected {
+            let worker = self.worker(
+                p,
+                Mode::ToHead {
+                    target,
+                    progress: progress.clone(),
+                },
+            );
+            set.spawn(worker.run(shutdown.clone()));
+        }
+        join_all(set).await
+    }
+
+    /// Rebuilds a projection: reset its read model, move its checkpoint to the start, and
+    /// replay to the head, committing per batch. When the projection is already rebuilding
+    /// (an earlier rebuild was interrupted), the rebuild resumes from its checkpoint instead.
+    /// Fails fast on the first failing event unless the projection says otherwise.
+    pub async fn rebuild(&self, name: &str, progress: Option<ProgressFn>) -> Result<WorkerReport> {
+        let p = self.projection(name)?.clone();
+        let record = self.store.prepare(p.name(), 0, p.body().clone()).await?;
+        if record.state == RunState::Rebuilding {
+            info!(projection = name, checkpoint = %record.checkpoint, "resuming an interrupted rebuild");
+        } else {
+            info!(projection = name, "resetting the read model for a rebuild");
+            self.store.reset(name, p.body().clone()).await?;
+        }
+        let target = self.source.head().await?;
+        let (_keep, shutdown) = watch::channel(false);
+        let report = self
+            .worker(p, Mode::Rebuild { target, progress })
+            .run(shutdown)
+            .await?;
+        if report.state == RunState::Rebuilding && report.checkpoint >= target {
+            self.store.set_state(name, None, RunState::Running, None).await?;
+        }
+        Ok(WorkerReport {
+            state: RunState::Running,
+            ..report
+        })
+    }
+
+    /// Pauses a projection: its runners stop after their current batch, in any process.
+    pub async fn pause(&self, name: &str) -> Result<()> {
+        self.projection(name)?;
+        self.store
+            .set_state(name, None, RunState::Paused, Some("paused by operator".into()))
+            .await
+    }
+
+    /// Resumes a paused or stopped projection.
+    pub async fn resume(&self, name: &str) -> Result<()> {
+        self.projection(name)?;
+        self.store.set_state(name, None, RunState::Running, None).await
+    }
+
+    /// The status of every registered projection.
+    pub async fn status(&self) -> Result<Vec<Status>> {
+        let head = self.source.head().await?;
+        let records = self.store.records().await?;
+        let mut out = Vec::new();
+        for p in &self.projections {
+            let mine: Vec<&ProjectionRecord> = records.iter().filter(|r| r.name == p.name()).collect();
+            if mine.is_empty() {
+                let lag = self.source.lag(Checkpoint::START).await?;
+                out.push(status_of(p, None, head, lag));
+                continue;
+            }
+            for r in mine {
+                let lag = self.source.lag(r.checkpoint).await?;
+                out.push(status_of(p, Some(r), head, lag));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Open dead letters, optionally of one projection.
+    pub async fn dead_letters(&self, projection: Option<&str>) -> Result<Vec<DeadLetter>> {
+        if let Some(name) = projection {
+            self.projection(name)?;
+        }
+        self.store.dead_letters(projection).await
+    }
+
+    /// Applies a dead letter's event again; on success the dead letter is gone.
+    pub async fn retry_dead_letter(&self, id: i64) -> Result<Result<(), HandlerError>> {
+        let dl = self.find_dead_letter(id).await?;
+        let p = self.projection(&dl.projection)?;
+        self.store.retry_dead_letter(id, p.body().clone()).await
+    }
+
+    /// Deletes a dead letter without applying it.
+    pub async fn discard_dead_letter(&self, id: i64) -> Result<()> {
+        self.find_dead_letter(id).await?;
+        self.store.discard_dead_letter(id).await
+    }
+
+    async fn find_dead_letter(&self, id: i64) -> Result<DeadLetter> {
+        self.store
+            .dead_letters(None)
+            .await?
+            .into_iter()
+            .find(|d| d.id == id)
+            .ok_or(Error::UnknownDeadLetter(id))
+    }
+
+    /// Waits until `projection` has applied everything up to `token` (as returned by an
+    /// append), from this process or any other. Returns a distinct [`Error::Timeout`] carrying
+    /// the lag when `timeout` passes first.
+    pub async fn wait_for(&self, projection: &str, token: Checkpoint, timeout: Duration) -> Result<Duration> {
+        self.projection(projection)?;
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.store.checkpoint_changes();
+        let mut poll = Duration::from_millis(2);
+        loop {
+            let record = self.store.record(projection, 0).await?;
+            let checkpoint = record.as_ref().map_or(Checkpoint::START, |r| r.checkpoint);
+            if checkpoint >= token {
+                return Ok(started.elapsed());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let lag = self.source.lag(checkpoint).await?;
+                return Err(Error::Timeout {
+                    projection: projection.to_owned(),
+                    target: token,
+                    checkpoint,
+                    lag_events: lag.events,
+                });
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(poll) => { poll = (poll * 2).min(Duration::from_millis(50)); }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+}
+
+fn status_of<B: ?Sized>(
+    p: &Projection<B>,
+    r: Option<&ProjectionRecord>,
+    head: Checkpoint,
+    lag: super::source::Lag,
+) -> Status {
+    let now = chrono::Utc::now();
+    let fresh = r
+        .and_then(|r| r.updated_at)
+        .is_some_and(|t| (now - t).to_std().map_or(true, |age| age < RATE_FRESHNESS));
+    Status {
+        name: p.name().to_owned(),
+        partition: r.map_or(0, |r| r.partition),
+        state: r.map_or(RunState::Running, |r| r.state),
+        checkpoint: r.map_or(0, |r| r.checkpoint.position),
+        checkpoint_txid: r.map_or(0, |r| r.checkpoint.txid),
+        head: head.position,
+        lag_events: lag.events,
+        lag_seconds: lag
+            .oldest
+            .map_or(0.0, |t| ((now - t).num_milliseconds().max(0) as f64) / 1000.0),
+        events_per_second: if fresh {
+            r.map_or(0.0, |r| r.events_per_second)
+        } else {
+            0.0
+        },
+        errors: r.map_or(0, |r| r.errors),
+        dead_letters: r.map_or(0, |r| r.dead_letters),
+        applied: r.map_or(0, |r| r.applied),
+        ignored: r.map_or(0, |r| r.ignored),
+        priority: p.options().priority,
+        reason: r.and_then(|r| r.reason.clone()),
+        last_error: r.and_then(|r| r.last_error.clone()),
+    }
+}
+
+async fn join_all(mut set: JoinSet<Result<WorkerReport>>) -> Result<Vec<WorkerReport>> {
+    let mut reports = Vec::new();
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(r)) => reports.push(r),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(Error::Invalid(format!("a projection worker panicked: {e}")));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            reports.sort_by(|a, b| a.projection.cmp(&b.projection));
+            Ok(reports)
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The event envelope, the checkpoint it produces, and typed decoding with upcasting.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::HandlerError;
+
+/// How far a projection (or one partition of it) has applied its source.
+///
+/// Checkpoints order lexicographically by `(txid, position)`. Sources that commit in position
+/// order (SQLite, brokers) always use `txid = 0`; PostgreSQL records the writing transaction's
+/// id so that readers never pass an event whose transaction is still open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The writing transaction's id (0 where the source has none).
+    pub txid: i64,
+    /// The event's position in its source.
+    pub position: i64,
+}
+
+impl Checkpoint {
+    /// The checkpoint before any event.
+    pub const START: Checkpoint = Checkpoint { txid: 0, position: 0 };
+
+    /// A checkpoint at `position`, for sources without transaction ids.
+    pub const fn at(position: i64) -> Self {
+        Checkpoint { txid: 0, position }
+    }
+
+    /// Parses the textual form written by [`Checkpoint`]'s `Display`: `POSITION` or `TXID:POSITION`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.split_once(':') {
+            Some((tx, pos)) => Some(Checkpoint {
+                txid: tx.trim().parse().ok()?,
+                position: pos.trim().parse().ok()?,
+            }),
+            None => Some(Checkpoint::at(text.trim().parse().ok()?)),
+        }
+    }
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.txid == 0 {
+            write!(f, "{}", self.position)
+        } else {
+            write!(f, "{}:{}", self.txid, self.position)
+        }
+    }
+}
+
+/// A recorded event, as a source delivers it.
+///
+/// `data` and `metadata` stay raw JSON text until a handler asks for them, so that events a
+/// projection does not handle are never decoded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the source (global sequence for event stores, stream sequence for brokers).
+    pub position: i64,
+    /// The writing transaction's id where the source records one, else 0.
+    #[serde(default)]
+    pub txid: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub event_id: Uuid,
+    /// The payload as JSON text.
+    pub data: Arc<str>,
+    /// The metadata as JSON text (`{}` when there is none).
+    pub metadata: Arc<str>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl Event {
+    /// The checkpoint that says "this event and everything before it is applied".
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            txid: self.txid,
+            position: self.position,
+        }
+    }
+
+    /// Decodes the payload into `T`, without upcasting.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        serde_json::from_str(&self.data).map_err(|e| HandlerError::decode(self, e))
+    }
+
+    /// Decodes the metadata into `M`.
+    pub fn metadata_as<M: DeserializeOwned>(&self) -> Result<M, HandlerError> {
+        serde_json::from_str(&self.metadata).map_err(|e| HandlerError::decode(self, e))
+    }
+
+    /// The payload as a JSON value.
+    pub fn data_value(&self) -> Result<Value, HandlerError> {
+        self.decode()
+    }
+
+    /// The metadata as a JSON value.
+    pub fn metadata_value(&self) -> Result<Value, HandlerError> {
+        self.metadata_as()
+    }
+}
+
+/// An event to append: its type, payload and metadata. The store assigns the rest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub data: Value,
+    #[serde(default = "empty_object")]
+    pub metadata: Value,
+    /// Set it to make appends idempotent; a fresh v4 UUID otherwise.
+    #[serde(default = "Uuid::new_v4")]
+    pub event_id: Uuid,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+impl NewEvent {
+    /// An event of `event_type` with `data` and no metadata.
+    pub fn new(event_type: impl Into<String>, data: Value) -> Self {
+        NewEvent {
+            event_type: event_type.into(),
+            data,
+            metadata: empty_object(),
+            event_id: Uuid::new_v4(),
+        }
+    }
+
+    /// An event whose payload is the serialized `payload`.
+    pub fn from_payload<T: Serialize>(
+        event_type: impl Into<String>,
+        payload: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::new(event_type, serde_json::to_value(payload)?))
+    }
+
+    pub fn with_metadata(mut self, metadata: Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    pub fn with_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = event_id;
+        self
+    }
+}
+
+/// What the writer believes the stream's current version is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// No check.
+    #[default]
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have this version.
+    Exact(i64),
+}
+
+impl ExpectedVersion {
+    /// `Some(n)` becomes `Exact(n)` (with 0 meaning "no stream"), `None` becomes `Any`.
+    pub fn from_option(v: Option<i64>) -> Self {
+        match v {
+            None => ExpectedVersion::Any,
+            Some(0) => ExpectedVersion::NoStream,
+            Some(n) => ExpectedVersion::Exact(n),
+        }
+    }
+
+    /// Checks `actual` (0 for a stream that does not exist).
+    pub fn admits(self, actual: i64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(n) => actual == n,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream (0)"),
+            ExpectedVersion::Exact(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// What an append returns: where the events landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// The first appended event's position.
+    pub first_position: i64,
+    /// The last appended event's position.
+    pub last_position: i64,
+    /// The stream's version after the append.
+    pub stream_version: i64,
+    /// Pass this to `wait_for` for read-your-writes on an async projection.
+    pub token: Checkpoint,
+}
+
+type UpcastFn = dyn Fn(Value) -> Result<Value, HandlerError> + Send + Sync;
+
+/// Schema evolution: transforms the raw JSON of old event shapes before typed decoding.
+///
+/// Upcasters run in registration order for their event type; `rename` maps an old type name to
+/// the one handlers are registered under.
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    by_type: HashMap<String, Vec<Arc<UpcastFn>>>,
+    renames: HashMap<String, String>,
+}
+
+impl fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upcasters")
+            .field("types", &self.by_type.keys().collect::<Vec<_>>())
+            .field("renames", &self.renames)
+            .finish()
+    }
+}
+
+impl Upcasters {
+    /// Adds a transformation for `event_type`'s payload (the type's name after renames).
+    pub fn add<F>(&mut self, event_type: impl Into<String>, f: F)
+    where
+        F: Fn(Value) -> Result<Value, HandlerError> + Send + Sync + 'static,
+    {
+        self.by_type
+            .entry(event_type.into())
+            .or_default()
+            .push(Arc::new(f));
+    }
+
+    /// Treats events recorded as `old` as events of type `new`.
+    pub fn rename(&mut self, old: impl Into<String>, new: impl Into<String>) {
+        self.renames.insert(old.into(), new.into());
+    }
+
+    /// The type name handlers see for a recorded type.
+    pub fn resolve<'a>(&'a self, recorded: &'a str) -> &'a str {
+        self.renames.get(recorded).map(String::as_str).unwrap_or(recorded)
+    }
+
+    /// Every recorded type name that resolves to `handled`, `handled` included.
+    pub fn aliases_of<'a>(&'a self, handled: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        std::iter::once(handled).chain(
+            self.renames
+                .iter()
+                .filter(move |(_, new)| new.as_str() == handled)
+                .map(|(old, _)| old.as_str()),
+        )
+    }
+
+    /// Decodes `event`'s payload as `T`, running the upcasters of its (resolved) type first.
+    pub fn decode<T: DeserializeOwned>(&self, event: &Event) -> Result<T, HandlerError> {
+        match self.by_type.get(self.resolve(&event.event_type)) {
+            None => event.decode(),
+            Some(chain) => {
+                let mut value = event.data_value()?;
+                for up in chain {
+                    value = up(value)?;
+                }
+                serde_json::from_value(value).map_err(|e| HandlerError::decode(event, e))
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_type.is_empty() && self.renames.is_empty()
+    }
+}

@@ -1,0 +1,10 @@
+//! The core: events, projections, the runner and its policies. It knows no database.
+
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod policy;
+pub mod projection;
+pub mod runner;
+pub mod source;
+pub mod store;

@@ -1,0 +1,334 @@
+//! Projections: a name, options, and a body that applies events inside a store's transaction.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::{BatchFailure, HandlerError};
+use super::event::{Event, Upcasters};
+use super::policy::{ErrorHandler, ErrorPolicy, Policy};
+
+/// A projection body: what a projection does to its read model, given a store context `C`
+/// (for SQLite, the connection that holds the open transaction).
+///
+/// [`Handlers`] is the per-event implementation; document and declarative-SQL projections are
+/// others. Every method runs inside the transaction that also moves the checkpoint.
+pub trait Apply<C: ?Sized>: Send + Sync + 'static {
+    /// The event types this body handles, so that sources can filter before decoding.
+    /// `None` means every type.
+    fn event_types(&self) -> Option<Vec<String>>;
+
+    /// Creates the read model's tables. Must be idempotent.
+    fn setup(&self, cx: &C) -> Result<(), HandlerError>;
+
+    /// Empties the read model, for a rebuild.
+    fn reset(&self, cx: &C) -> Result<(), HandlerError>;
+
+    /// Applies `events` in order. On failure, says which event failed; the store rolls the
+    /// whole batch back, and the runner re-applies the events before it.
+    fn apply(&self, cx: &C, events: &[Event]) -> Result<Applied, BatchFailure>;
+}
+
+/// What applying a batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Events that reached a handler.
+    pub handled: u64,
+    /// Events of types with no handler: ignored and counted.
+    pub ignored: u64,
+}
+
+impl Applied {
+    pub fn add(&mut self, other: Applied) {
+        self.handled += other.handled;
+        self.ignored += other.ignored;
+    }
+}
+
+type HandlerFn<C> = dyn Fn(&C, &Event, &Upcasters) -> Result<(), HandlerError> + Send + Sync;
+type LifecycleFn<C> = dyn Fn(&C) -> Result<(), HandlerError> + Send + Sync;
+
+/// Typed per-event handlers over a store context `C`.
+///
+/// ```ignore
+/// let body = Handlers::<rusqlite::Connection>::new()
+///     .setup(|db| { db.execute_batch("CREATE TABLE IF NOT EXISTS …")?; Ok(()) })
+///     .on("OrderCreated", |db, ev, e: OrderCreated| { db.execute("INSERT …", (…))?; Ok(()) });
+/// ```
+pub struct Handlers<C: ?Sized> {
+    by_type: HashMap<String, Vec<Box<HandlerFn<C>>>>,
+    upcasters: Upcasters,
+    setup: Vec<Box<LifecycleFn<C>>>,
+    reset: Vec<Box<LifecycleFn<C>>>,
+}
+
+impl<C: ?Sized> Default for Handlers<C> {
+    fn default() -> Self {
+        Handlers {
+            by_type: HashMap::new(),
+            upcasters: Upcasters::default(),
+            setup: Vec::new(),
+            reset: Vec::new(),
+        }
+    }
+}
+
+impl<C: ?Sized> fmt::Debug for Handlers<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut types: Vec<_> = self.by_type.keys().collect();
+        types.sort();
+        f.debug_struct("Handlers")
+            .field("types", &types)
+            .field("upcasters", &self.upcasters)
+            .finish()
+    }
+}
+
+impl<C: ?Sized + 'static> Handlers<C> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Handles `event_type`, decoding its payload into `T` (after upcasting). Several handlers
+    /// may share a type; they run in registration order.
+    pub fn on<T, F>(mut self, event_type: impl Into<String>, handler: F) -> Self
+    where
+        T: DeserializeOwned + 'static,
+        F: Fn(&C, &Event, T) -> Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        self.by_type.entry(event_type.into()).or_default().push(Box::new(
+            move |cx: &C, ev: &Event, up: &Upcasters| {
+                let payload: T = up.decode(ev)?;
+                handler(cx, ev, payload)
+            },
+        ));
+        self
+    }
+
+    /// Handles `event_type` with the raw JSON payload (after upcasting).
+    pub fn on_json<F>(self, event_type: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(&C, &Event, Value) -> Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        self.on::<Value, F>(event_type, handler)
+    }
+
+    /// Runs when the projection is set up: create its tables (idempotently).
+    pub fn setup<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&C) -> Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        self.setup.push(Box::new(f));
+        self
+    }
+
+    /// Runs when the projection is reset for a rebuild: empty its tables.
+    pub fn reset<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&C) -> Result<(), HandlerError> + Send + Sync + 'static,
+    {
+        self.reset.push(Box::new(f));
+        self
+    }
+
+    /// Transforms the raw payload of `event_type` before decoding (schema evolution).
+    pub fn upcast<F>(mut self, event_type: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(Value) -> Result<Value, HandlerError> + Send + Sync + 'static,
+    {
+        self.upcasters.add(event_type, f);
+        self
+    }
+
+    /// Delivers events recorded as `old` to the handlers of `new`.
+    pub fn rename(mut self, old: impl Into<String>, new: impl Into<String>) -> Self {
+        self.upcasters.rename(old, new);
+        self
+    }
+
+    /// Runs the handlers of one event. Returns `false` when no handler takes its type.
+    pub fn dispatch(&self, cx: &C, event: &Event) -> Result<bool, HandlerError> {
+        match self.by_type.get(self.upcasters.resolve(&event.event_type)) {
+            None => Ok(false),
+            Some(handlers) => {
+                for h in handlers {
+                    h(cx, event, &self.upcasters)?;
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl<C: ?Sized + 'static> Apply<C> for Handlers<C> {
+    fn event_types(&self) -> Option<Vec<String>> {
+        let mut types: Vec<String> = self
+            .by_type
+            .keys()
+            .flat_map(|t| self.upcasters.aliases_of(t).map(str::to_owned))
+            .collect();
+        types.sort();
+        types.dedup();
+        Some(types)
+    }
+
+    fn setup(&self, cx: &C) -> Result<(), HandlerError> {
+        self.setup.iter().try_for_each(|f| f(cx))
+    }
+
+    fn reset(&self, cx: &C) -> Result<(), HandlerError> {
+        if self.reset.is_empty() {
+            return Err(HandlerError::msg(
+                "this projection has no reset step, so a rebuild cannot empty its read model; \
+                 register one with Handlers::reset",
+            ));
+        }
+        self.reset.iter().try_for_each(|f| f(cx))
+    }
+
+    fn apply(&self, cx: &C, events: &[Event]) -> Result<Applied, BatchFailure> {
+        let mut applied = Applied::default();
+        for (index, event) in events.iter().enumerate() {
+            match self.dispatch(cx, event) {
+                Ok(true) => applied.handled += 1,
+                Ok(false) => applied.ignored += 1,
+                Err(error) => return Err(BatchFailure { index, error }),
+            }
+        }
+        Ok(applied)
+    }
+}
+
+/// How a projection runs.
+#[derive(Clone, Debug)]
+pub struct ProjectionOptions {
+    /// Events per batch (one transaction each).
+    pub batch_size: usize,
+    /// Higher priority backlogs are served first.
+    pub priority: i32,
+    /// What happens to an event whose handler fails.
+    pub policy: Policy,
+    /// Rebuilds stop at the first failing event instead of applying the policy.
+    pub rebuild_fail_fast: bool,
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        ProjectionOptions {
+            batch_size: 1000,
+            priority: 0,
+            policy: Policy::default(),
+            rebuild_fail_fast: true,
+        }
+    }
+}
+
+/// A named projection over a store whose bodies are `B` (for SQLite, `dyn Apply<Connection>`).
+pub struct Projection<B: ?Sized> {
+    name: Arc<str>,
+    options: ProjectionOptions,
+    event_types: Option<Arc<[String]>>,
+    body: Arc<B>,
+}
+
+impl<B: ?Sized> Clone for Projection<B> {
+    fn clone(&self) -> Self {
+        Projection {
+            name: self.name.clone(),
+            options: self.options.clone(),
+            event_types: self.event_types.clone(),
+            body: self.body.clone(),
+        }
+    }
+}
+
+impl<B: ?Sized> fmt::Debug for Projection<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Projection")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .field("event_types", &self.event_types)
+            .finish()
+    }
+}
+
+impl<C: ?Sized + 'static> Projection<dyn Apply<C>> {
+    /// A projection named `name` whose body is `body`.
+    pub fn new<A: Apply<C>>(name: impl Into<String>, body: A) -> Self {
+        let event_types = body.event_types().map(Arc::from);
+        Projection {
+            name: Arc::from(name.into()),
+            options: ProjectionOptions::default(),
+            event_types,
+            body: Arc::new(body),
+        }
+    }
+}
+
+impl<B: ?Sized> Projection<B> {
+    /// A projection from an already shared body and its handled types.
+    pub fn from_parts(name: impl Into<String>, body: Arc<B>, event_types: Option<Vec<String>>) -> Self {
+        Projection {
+            name: Arc::from(name.into()),
+            options: ProjectionOptions::default(),
+            event_types: event_types.map(Arc::from),
+            body,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    pub fn options(&self) -> &ProjectionOptions {
+        &self.options
+    }
+
+    pub fn body(&self) -> &Arc<B> {
+        &self.body
+    }
+
+    /// The handled event types (`None`: all).
+    pub fn event_types(&self) -> Option<&[String]> {
+        self.event_types.as_deref()
+    }
+
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.options.batch_size = n.max(1);
+        self
+    }
+
+    pub fn priority(mut self, p: i32) -> Self {
+        self.options.priority = p;
+        self
+    }
+
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.options.policy = Policy::Builtin(policy);
+        self
+    }
+
+    /// A custom error policy.
+    pub fn error_handler(mut self, handler: impl ErrorHandler) -> Self {
+        self.options.policy = Policy::Custom(Arc::new(handler));
+        self
+    }
+
+    /// Whether a rebuild stops at the first failing event (the default) or applies the policy.
+    pub fn rebuild_fail_fast(mut self, yes: bool) -> Self {
+        self.options.rebuild_fail_fast = yes;
+        self
+    }
+
+    pub fn with_options(mut self, options: ProjectionOptions) -> Self {
+        self.options = options;
+        self
+    }
+}

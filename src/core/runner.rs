@@ -1,0 +1,529 @@
+//! The runner: reads batches from a source, applies them through the store, and commits the
+//! checkpoint in the same transaction. One worker per projection partition.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::error::{BatchFailure, Error, HandlerError, Result};
+use super::event::{Checkpoint, Event};
+use super::policy::{Decision, Failure};
+use super::projection::Projection;
+use super::source::{Batch, Filter, Source};
+use super::store::{Commit, CommitError, CommitStats, NewDeadLetter, RunState, Store};
+
+/// Timing of the runner loops.
+#[derive(Clone, Debug)]
+pub struct RunnerSettings {
+    /// First poll delay when idle; doubles up to `poll_max`. Appends in this process (and
+    /// notifications, where the source has them) wake the runner at once.
+    pub poll_min: Duration,
+    /// Longest poll delay when idle: the bound on how late an append from another process
+    /// is seen when no notification arrives.
+    pub poll_max: Duration,
+    /// First delay after a store or source failure; doubles up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        RunnerSettings {
+            poll_min: Duration::from_millis(5),
+            poll_max: Duration::from_millis(500),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Progress of a catch-up or rebuild, reported after each commit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Events applied so far in this run (handled or ignored, not counting filtered ones).
+    pub events: u64,
+    /// Position reached.
+    pub position: i64,
+    /// Position the run goes to.
+    pub target: i64,
+    /// Position the run started from.
+    pub start: i64,
+}
+
+/// Called after each commit of a catch-up or rebuild.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// How a worker ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerReport {
+    pub projection: String,
+    pub partition: u32,
+    pub checkpoint: Checkpoint,
+    pub state: RunState,
+    /// Events that went through a commit in this run.
+    pub events: u64,
+    pub seconds: f64,
+}
+
+#[derive(Clone)]
+pub(crate) enum Mode {
+    /// Follow the source forever (until shutdown).
+    Live,
+    /// Stop once the checkpoint reaches `target`, or the source has nothing more.
+    ToHead {
+        target: Checkpoint,
+        progress: Option<ProgressFn>,
+    },
+    /// Like `ToHead`, but the projection's rebuild fail-fast rule applies.
+    Rebuild {
+        target: Checkpoint,
+        progress: Option<ProgressFn>,
+    },
+}
+
+impl Mode {
+    fn target(&self) -> Option<Checkpoint> {
+        match self {
+            Mode::Live => None,
+            Mode::ToHead { target, .. } | Mode::Rebuild { target, .. } => Some(*target),
+        }
+    }
+
+    fn progress(&self) -> Option<&ProgressFn> {
+        match self {
+            Mode::Live => None,
+            Mode::ToHead { progress, .. } | Mode::Rebuild { progress, .. } => progress.as_ref(),
+        }
+    }
+}
+
+/// Events per second over a sliding window of recent commits.
+#[derive(Default)]
+struct Rate {
+    window: VecDeque<(Instant, u64)>,
+}
+
+impl Rate {
+    const SPAN: Duration = Duration::from_secs(5);
+
+    fn record(&mut self, events: u64) {
+        let now = Instant::now();
+        self.window.push_back((now, events));
+        while let Some((t, _)) = self.window.front() {
+            if now.duration_since(*t) > Self::SPAN && self.window.len() > 2 {
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn per_second(&self) -> f64 {
+        let (Some((first, _)), Some((last, _))) = (self.window.front(), self.window.back()) else {
+            return 0.0;
+        };
+        let span = last.duration_since(*first).as_secs_f64();
+        if span <= 0.0 {
+            return 0.0;
+        }
+        let events: u64 = self.window.iter().skip(1).map(|(_, n)| n).sum();
+        events as f64 / span
+    }
+}
+
+/// What the loop does after a step.
+enum Step {
+    Continue,
+    /// The projection left the active states (paused or stopped).
+    Inactive(RunState),
+}
+
+pub(crate) struct Worker<S: Source, St: Store> {
+    pub source: Arc<S>,
+    pub store: Arc<St>,
+    pub projection: Projection<St::Body>,
+    pub partition: u32,
+    pub settings: RunnerSettings,
+    pub mode: Mode,
+    filter: Filter,
+    checkpoint: Checkpoint,
+    rate: Rate,
+    events: u64,
+}
+
+impl<S: Source, St: Store> Worker<S, St> {
+    pub fn new(
+        source: Arc<S>,
+        store: Arc<St>,
+        projection: Projection<St::Body>,
+        partition: u32,
+        settings: RunnerSettings,
+        mode: Mode,
+    ) -> Self {
+        let filter = Filter::types(projection.event_types());
+        Worker {
+            source,
+            store,
+            projection,
+            partition,
+            settings,
+            mode,
+            filter,
+            checkpoint: Checkpoint::START,
+            rate: Rate::default(),
+            events: 0,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    /// Runs until shutdown (live), or until the target is reached.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<WorkerReport> {
+        let started = Instant::now();
+        let record = self
+            .store
+            .prepare(self.name(), self.partition, self.projection.body().clone())
+            .await?;
+        self.checkpoint = record.checkpoint;
+        let mut state = record.state;
+        let start = self.checkpoint;
+        let mut changes = self.source.changes();
+        let mut checkpoint_changes = self.store.checkpoint_changes();
+        let mut idle = self.settings.poll_min;
+        let mut retry = self.settings.retry_min;
+        info!(projection = self.name(), partition = self.partition, checkpoint = %self.checkpoint, %state, "worker started");
+
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if !state.is_active() {
+                if self.mode.target().is_some() {
+                    break;
+                }
+                // Paused or stopped: wait for a resume from this process or another.
+                tokio::select! {
+                    _ = checkpoint_changes.changed() => {}
+                    _ = tokio::time::sleep(self.settings.poll_max) => {}
+                    _ = shutdown.changed() => {}
+                }
+                match self.store.record(self.name(), self.partition).await {
+                    Ok(Some(r)) => {
+                        state = r.state;
+                        self.checkpoint = r.checkpoint;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(projection = self.name(), error = %e, "cannot read projection state"),
+                }
+                continue;
+            }
+            if let Some(target) = self.mode.target() {
+                if self.checkpoint >= target {
+                    break;
+                }
+            }
+
+            let batch = match self
+                .source
+                .read(
+                    self.checkpoint,
+                    self.projection.options().batch_size,
+                    &self.filter,
+                )
+                .await
+            {
+                Ok(b) => {
+                    retry = self.settings.retry_min;
+                    b
+                }
+                Err(e) => {
+                    warn!(projection = self.name(), error = %e, retry_in = ?retry, "reading events failed; retrying");
+                    if sleep_or_shutdown(retry, &mut shutdown).await {
+                        break;
+                    }
+                    retry = (retry * 2).min(self.settings.retry_max);
+                    continue;
+                }
+            };
+
+            if batch.events.is_empty() && batch.scanned_to <= self.checkpoint {
+                // At the head.
+                if self.mode.target().is_some() {
+                    break;
+                }
+                if state == RunState::Rebuilding {
+                    self.finish_rebuild().await;
+                    state = RunState::Running;
+                }
+                tokio::select! {
+                    r = changes.changed() => {
+                        if r.is_err() {
+                            // The source is gone: fall back to polling only.
+                            changes = watch::channel(0).1;
+                        }
+                    }
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = shutdown.changed() => {}
+                }
+                idle = (idle * 2).min(self.settings.poll_max);
+                continue;
+            }
+            idle = self.settings.poll_min;
+
+            match self.apply_batch(batch, &mut shutdown).await {
+                Ok(Step::Continue) => {
+                    retry = self.settings.retry_min;
+                }
+                Ok(Step::Inactive(s)) => state = s,
+                Err(Error::Shutdown) => break,
+                Err(e @ Error::RebuildFailed { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(projection = self.name(), error = %e, retry_in = ?retry, "commit failed; retrying");
+                    if sleep_or_shutdown(retry, &mut shutdown).await {
+                        break;
+                    }
+                    retry = (retry * 2).min(self.settings.retry_max);
+                }
+            }
+            if let Some(progress) = self.mode.progress() {
+                progress(Progress {
+                    events: self.events,
+                    position: self.checkpoint.position,
+                    target: self.mode.target().map_or(0, |t| t.position),
+                    start: start.position,
+                });
+            }
+        }
+        info!(projection = self.name(), partition = self.partition, checkpoint = %self.checkpoint, events = self.events, "worker finished");
+        Ok(WorkerReport {
+            projection: self.name().to_owned(),
+            partition: self.partition,
+            checkpoint: self.checkpoint,
+            state,
+            events: self.events,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    async fn finish_rebuild(&self) {
+        if let Err(e) = self
+            .store
+            .set_state(self.name(), Some(self.partition), RunState::Running, None)
+            .await
+        {
+            warn!(projection = self.name(), error = %e, "cannot mark the rebuild finished");
+        }
+    }
+
+    fn commit(
+        &self,
+        events: &Arc<[Event]>,
+        end: usize,
+        to: Checkpoint,
+        stats: CommitStats,
+    ) -> Commit<St::Body> {
+        Commit {
+            projection: self.projection.name_arc(),
+            partition: self.partition,
+            body: self.projection.body().clone(),
+            events: events.clone(),
+            range: 0..end,
+            expected: self.checkpoint,
+            to,
+            dead_letters: Vec::new(),
+            stats,
+            last_error: None,
+        }
+    }
+
+    /// Applies a batch. When an event fails, the events before it are committed on their own,
+    /// and the failing event goes to the error policy.
+    async fn apply_batch(&mut self, batch: Batch, shutdown: &mut watch::Receiver<bool>) -> Result<Step> {
+        let events: Arc<[Event]> = batch.events.into();
+        let mut end = events.len();
+        let mut to = batch.scanned_to;
+        let mut failure: Option<BatchFailure> = None;
+        let mut ignored = batch.ignored;
+        while end > 0 || failure.is_none() {
+            let stats = CommitStats {
+                ignored,
+                errors: 0,
+                events_per_second: self.rate.per_second(),
+            };
+            match self.store.commit(self.commit(&events, end, to, stats)).await {
+                Ok(()) => {
+                    self.advance(to, end as u64);
+                    break;
+                }
+                Err(CommitError::Handler(f)) if f.index < end => {
+                    // Ignored events after the failure are counted again when re-read.
+                    ignored = 0;
+                    end = f.index;
+                    to = if end > 0 {
+                        events[end - 1].checkpoint()
+                    } else {
+                        self.checkpoint
+                    };
+                    failure = Some(f);
+                }
+                Err(other) => return self.on_commit_error(other),
+            }
+        }
+        match failure {
+            None => Ok(Step::Continue),
+            Some(BatchFailure { index, error }) => self.handle_failure(&events, index, error, shutdown).await,
+        }
+    }
+
+    fn advance(&mut self, to: Checkpoint, events: u64) {
+        self.checkpoint = to;
+        self.events += events;
+        self.rate.record(events);
+    }
+
+    fn on_commit_error(&mut self, err: CommitError) -> Result<Step> {
+        match err {
+            CommitError::Fenced { actual } => {
+                warn!(
+                    projection = self.name(),
+                    partition = self.partition,
+                    expected = %self.checkpoint,
+                    %actual,
+                    "checkpoint moved under this runner: another runner owns this projection; re-reading from its checkpoint"
+                );
+                self.checkpoint = actual;
+                Ok(Step::Continue)
+            }
+            CommitError::NotActive { state } => {
+                info!(projection = self.name(), %state, "projection is not active; waiting");
+                Ok(Step::Inactive(state))
+            }
+            CommitError::Store(e) => Err(e),
+            CommitError::Handler(f) => Err(Error::Invalid(format!(
+                "store reported a failure at index {} outside the committed range",
+                f.index
+            ))),
+        }
+    }
+
+    /// Deals with one failing event under the projection's policy.
+    async fn handle_failure(
+        &mut self,
+        events: &Arc<[Event]>,
+        index: usize,
+        mut error: HandlerError,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Step> {
+        let event = events[index].clone();
+        if matches!(self.mode, Mode::Rebuild { .. }) && self.projection.options().rebuild_fail_fast {
+            return Err(Error::RebuildFailed {
+                projection: self.name().to_owned(),
+                position: event.position,
+                event_type: event.event_type.clone(),
+                stream_id: event.stream_id.clone(),
+                message: error.to_string(),
+            });
+        }
+        let single: Arc<[Event]> = Arc::from(vec![event.clone()]);
+        let first_failed_at = Utc::now();
+        let mut attempt = 1u32;
+        loop {
+            let decision = self.projection.options().policy.decide(&Failure {
+                projection: self.name(),
+                event: &event,
+                error: &error,
+                attempt,
+            });
+            debug!(projection = self.name(), position = event.position, attempt, ?decision, error = %error, "event failed");
+            let message = error.to_string();
+            let stats = CommitStats {
+                ignored: 0,
+                errors: 1,
+                events_per_second: self.rate.per_second(),
+            };
+            match decision {
+                Decision::Retry(delay) => {
+                    if sleep_or_shutdown(delay, shutdown).await {
+                        return Err(Error::Shutdown);
+                    }
+                    let commit =
+                        self.commit(&single, 1, event.checkpoint(), CommitStats { errors: 1, ..stats });
+                    match self.store.commit(commit).await {
+                        Ok(()) => {
+                            self.advance(event.checkpoint(), 1);
+                            return Ok(Step::Continue);
+                        }
+                        Err(CommitError::Handler(f)) => {
+                            error = f.error;
+                            attempt += 1;
+                        }
+                        Err(other) => return self.on_commit_error(other),
+                    }
+                }
+                Decision::Skip => {
+                    warn!(projection = self.name(), position = event.position, stream = %event.stream_id, error = %message, "skipping failed event");
+                    let mut commit = self.commit(&single, 0, event.checkpoint(), stats);
+                    commit.last_error = Some(message);
+                    return match self.store.commit(commit).await {
+                        Ok(()) => {
+                            self.advance(event.checkpoint(), 0);
+                            Ok(Step::Continue)
+                        }
+                        Err(other) => self.on_commit_error(other),
+                    };
+                }
+                Decision::DeadLetter => {
+                    warn!(projection = self.name(), position = event.position, stream = %event.stream_id, error = %message, "recording dead letter");
+                    let mut commit = self.commit(&single, 0, event.checkpoint(), stats);
+                    commit.dead_letters.push(NewDeadLetter {
+                        event: event.clone(),
+                        error: message.clone(),
+                        attempts: attempt,
+                        first_failed_at,
+                    });
+                    commit.last_error = Some(message);
+                    return match self.store.commit(commit).await {
+                        Ok(()) => {
+                            self.advance(event.checkpoint(), 0);
+                            Ok(Step::Continue)
+                        }
+                        Err(other) => self.on_commit_error(other),
+                    };
+                }
+                Decision::Stop => {
+                    warn!(projection = self.name(), position = event.position, stream = %event.stream_id, error = %message, "stopping projection");
+                    let mut commit = self.commit(&single, 0, self.checkpoint, stats);
+                    commit.last_error = Some(message.clone());
+                    if let Err(other) = self.store.commit(commit).await {
+                        return self.on_commit_error(other);
+                    }
+                    let reason = format!(
+                        "stopped at position {} ({} on stream {}): {message}",
+                        event.position, event.event_type, event.stream_id
+                    );
+                    self.store
+                        .set_state(self.name(), Some(self.partition), RunState::Stopped, Some(reason))
+                        .await?;
+                    return Ok(Step::Inactive(RunState::Stopped));
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps, or returns `true` early when shutdown is signalled.
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *shutdown.borrow(),
+        r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
+    }
+}

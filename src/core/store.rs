@@ -1,0 +1,206 @@
+//! Stores: where read models, checkpoints and dead letters live, changed in one transaction.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::error::{BatchFailure, Error, HandlerError, Result};
+use super::event::{Checkpoint, Event};
+
+/// A projection's (or partition's) run state, persisted with its checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Applying events.
+    Running,
+    /// Paused by an operator.
+    Paused,
+    /// Stopped by its error policy: unhealthy until resumed.
+    Stopped,
+    /// Replaying from the start after a reset.
+    Rebuilding,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Stopped => "stopped",
+            RunState::Rebuilding => "rebuilding",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunState::Running,
+            "paused" => RunState::Paused,
+            "stopped" => RunState::Stopped,
+            "rebuilding" => RunState::Rebuilding,
+            _ => return None,
+        })
+    }
+
+    /// Whether a runner applies events in this state.
+    pub fn is_active(self) -> bool {
+        matches!(self, RunState::Running | RunState::Rebuilding)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a store keeps about one projection partition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProjectionRecord {
+    pub name: String,
+    pub partition: u32,
+    pub checkpoint: Checkpoint,
+    pub state: RunState,
+    /// Why it is paused or stopped.
+    pub reason: Option<String>,
+    /// Events applied by handlers, since the last reset.
+    pub applied: u64,
+    /// Events of unhandled types passed over.
+    pub ignored: u64,
+    /// Failed events (each failure that a policy dealt with).
+    pub errors: u64,
+    /// The applying rate at the last commit.
+    pub events_per_second: f64,
+    pub last_error: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Open dead letters.
+    pub dead_letters: u64,
+}
+
+/// A dead letter to record, with the failing event.
+#[derive(Clone, Debug)]
+pub struct NewDeadLetter {
+    pub event: Event,
+    pub error: String,
+    pub attempts: u32,
+    pub first_failed_at: DateTime<Utc>,
+}
+
+/// A recorded dead letter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub projection: String,
+    pub partition: u32,
+    pub event: Event,
+    pub error: String,
+    pub attempts: u32,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
+}
+
+/// Counters that travel with a commit.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommitStats {
+    pub ignored: u64,
+    pub errors: u64,
+    pub events_per_second: f64,
+}
+
+/// One atomic step: apply `events[range]`, record `dead_letters`, and move the checkpoint from
+/// `expected` to `to` with a compare-and-set, all in one transaction.
+pub struct Commit<B: ?Sized> {
+    pub projection: Arc<str>,
+    pub partition: u32,
+    pub body: Arc<B>,
+    pub events: Arc<[Event]>,
+    pub range: Range<usize>,
+    pub expected: Checkpoint,
+    pub to: Checkpoint,
+    pub dead_letters: Vec<NewDeadLetter>,
+    pub stats: CommitStats,
+    /// The error message to remember as the last error, if this commit deals with a failure.
+    pub last_error: Option<String>,
+}
+
+/// Why a commit did not happen. Nothing of it was written.
+#[derive(Debug)]
+pub enum CommitError {
+    /// A handler failed; `index` is into `Commit::events`.
+    Handler(BatchFailure),
+    /// The checkpoint was not `expected`: another runner moved it.
+    Fenced { actual: Checkpoint },
+    /// The projection is paused or stopped.
+    NotActive { state: RunState },
+    /// The store failed.
+    Store(Error),
+}
+
+impl From<Error> for CommitError {
+    fn from(e: Error) -> Self {
+        CommitError::Store(e)
+    }
+}
+
+/// A store of read models, checkpoints and dead letters, for bodies of type `Body`.
+pub trait Store: Send + Sync + 'static {
+    /// The projection body this store runs (for SQLite, `dyn Apply<rusqlite::Connection>`).
+    type Body: ?Sized + Send + Sync + 'static;
+
+    /// Creates the projection's read model (idempotently) and its checkpoint row.
+    fn prepare(
+        &self,
+        name: &str,
+        partition: u32,
+        body: Arc<Self::Body>,
+    ) -> impl Future<Output = Result<ProjectionRecord>> + Send;
+
+    /// One projection partition's record, if the store knows it.
+    fn record(
+        &self,
+        name: &str,
+        partition: u32,
+    ) -> impl Future<Output = Result<Option<ProjectionRecord>>> + Send;
+
+    /// Every projection partition the store knows.
+    fn records(&self) -> impl Future<Output = Result<Vec<ProjectionRecord>>> + Send;
+
+    /// Applies one commit atomically.
+    fn commit(&self, commit: Commit<Self::Body>) -> impl Future<Output = Result<(), CommitError>> + Send;
+
+    /// In one transaction: empties the read model, moves the checkpoint of every partition
+    /// back to the start, zeroes the counters, drops the projection's dead letters, and sets
+    /// the state to `Rebuilding`.
+    fn reset(&self, name: &str, body: Arc<Self::Body>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Sets the run state of a projection (every partition when `partition` is `None`).
+    fn set_state(
+        &self,
+        name: &str,
+        partition: Option<u32>,
+        state: RunState,
+        reason: Option<String>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Open dead letters, oldest first, optionally of one projection.
+    fn dead_letters(&self, projection: Option<&str>) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+
+    /// Deletes a dead letter without applying it.
+    fn discard_dead_letter(&self, id: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Applies a dead letter's event through `body` and deletes the dead letter, in one
+    /// transaction. On a handler failure nothing is applied, the attempt is recorded, and the
+    /// error is returned.
+    fn retry_dead_letter(
+        &self,
+        id: i64,
+        body: Arc<Self::Body>,
+    ) -> impl Future<Output = Result<Result<(), HandlerError>>> + Send;
+
+    /// Ticks whenever a checkpoint moves in this process (for `wait_for`).
+    fn checkpoint_changes(&self) -> watch::Receiver<u64>;
+}

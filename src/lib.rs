@@ -1,0 +1,30 @@
+//! # Projectionist
+//!
+//! An event projection engine for CQRS and event-sourced systems. It reads domain events from
+//! an event store or a broker, routes them to projections, keeps their read models current,
+//! and records progress in the same transaction as the read model, so that it resumes exactly
+//! where it stopped.
+//!
+//! The [`core`] knows no database. Each backend is a module behind a cargo feature:
+//! [`sqlite`] (default) and `postgres`.
+//!
+//! See the README for a quickstart and the guarantees.
+
+#![forbid(unsafe_code)]
+
+pub mod core;
+pub mod workload;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+pub use crate::core::engine::{Engine, Status};
+pub use crate::core::error::{BatchFailure, Error, HandlerError, HandlerErrorKind, Result};
+pub use crate::core::event::{Appended, Checkpoint, Event, ExpectedVersion, NewEvent, Upcasters};
+pub use crate::core::policy::{Backoff, Decision, ErrorHandler, ErrorPolicy, Failure, Policy};
+pub use crate::core::projection::{Applied, Apply, Handlers, Projection, ProjectionOptions};
+pub use crate::core::runner::{Progress, ProgressFn, RunnerSettings, WorkerReport};
+pub use crate::core::source::{Batch, Filter, Lag, Source};
+pub use crate::core::store::{
+    Commit, CommitError, CommitStats, DeadLetter, NewDeadLetter, ProjectionRecord, RunState, Store,
+};

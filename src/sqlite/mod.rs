@@ -1,0 +1,872 @@
+//! The embedded SQLite backend: an event store, a source and a store in one file.
+//!
+//! Events, read models, checkpoints and dead letters share one database, so every batch is
+//! applied exactly once: the read-model writes and the checkpoint's compare-and-set commit in
+//! one transaction. The database runs in WAL mode; runners read through their own connection
+//! while a writer appends.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::core::engine::Engine;
+use crate::core::error::{BatchFailure, Error, HandlerError, Result};
+use crate::core::event::{Appended, Checkpoint, Event, ExpectedVersion, NewEvent};
+use crate::core::projection::{Apply, Handlers, Projection};
+use crate::core::source::{Batch, Filter, Lag, Source};
+use crate::core::store::{Commit, CommitError, DeadLetter, NewDeadLetter, ProjectionRecord, RunState, Store};
+
+pub use rusqlite;
+pub use schema::SCHEMA;
+
+/// A projection body over SQLite: it gets the connection that holds the batch's transaction.
+pub type SqliteBody = dyn Apply<Connection>;
+/// A projection on SQLite.
+pub type SqliteProjection = Projection<SqliteBody>;
+/// Typed per-event handlers on SQLite.
+pub type SqliteHandlers = Handlers<Connection>;
+/// An engine whose events and read models both live in one SQLite database.
+pub type SqliteEngine = Engine<SqliteStore, SqliteStore>;
+
+/// Events to append to one stream.
+#[derive(Clone, Debug)]
+pub struct StreamAppend {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    pub fn new(stream_id: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        StreamAppend {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+        }
+    }
+}
+
+/// Called with the number of events imported so far.
+pub type ImportProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
+struct Inner {
+    location: String,
+    writer: Mutex<Connection>,
+    /// A second connection for reads, so that runners read while a writer appends (WAL).
+    /// `None` for in-memory databases, which cannot share.
+    reader: Option<Mutex<Connection>>,
+    changes: watch::Sender<u64>,
+    checkpoints: watch::Sender<u64>,
+}
+
+impl Inner {
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A poisoned lock only means a panic elsewhere while holding it; the connection itself
+        // is still consistent (any open transaction was rolled back when it was dropped).
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        match &self.reader {
+            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.writer(),
+        }
+    }
+
+    fn bump(tx: &watch::Sender<u64>) {
+        tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// The SQLite event store, source and store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.inner.location)
+            .finish()
+    }
+}
+
+fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| {
+        let retryable = matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        );
+        Error::Database {
+            op,
+            message: e.to_string(),
+            retryable,
+        }
+    }
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    let err = db_err("configuring the connection");
+    conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(&err)?;
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        tracing::warn!(mode, "SQLite did not switch to WAL mode");
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;")
+        .map_err(&err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// The format of timestamps in the database: RFC 3339, UTC, microseconds.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Parses a stored timestamp: RFC 3339, or SQLite's own `YYYY-MM-DD HH:MM:SS[.fff]` (UTC).
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+const EVENT_COLUMNS: &str =
+    "position, stream_id, stream_version, event_type, event_id, data, metadata, recorded_at";
+
+/// Reads an event from a row of `EVENT_COLUMNS` starting at column `at`.
+fn event_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Event> {
+    let text = |i: usize| -> rusqlite::Result<&str> {
+        row.get_ref(at + i)?.as_str().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(at + i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    };
+    let event_id = text(4)?;
+    Ok(Event {
+        position: row.get(at)?,
+        txid: 0,
+        stream_id: text(1)?.to_owned(),
+        stream_version: row.get(at + 2)?,
+        event_type: text(3)?.to_owned(),
+        event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| {
+            tracing::warn!(event_id, "event_id is not a UUID; using the nil UUID");
+            Uuid::nil()
+        }),
+        data: Arc::from(text(5)?),
+        metadata: Arc::from(text(6)?),
+        recorded_at: parse_time(text(7)?).unwrap_or_default(),
+    })
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` and creates the engine's tables.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path))
+            .await
+            .map_err(|e| Error::Invalid(format!("opening the database panicked: {e}")))?
+    }
+
+    /// [`open`](Self::open), for code that is not async.
+    pub fn open_blocking(path: &Path) -> Result<Self> {
+        let location = path.display().to_string();
+        let open = |what: &'static str| {
+            Connection::open(path).map_err(|e| Error::Database {
+                op: what,
+                message: format!("cannot open SQLite database {location}: {e}"),
+                retryable: false,
+            })
+        };
+        let writer = open("opening the database")?;
+        configure(&writer)?;
+        writer
+            .execute_batch(SCHEMA)
+            .map_err(db_err("creating the engine's tables"))?;
+        let reader = open("opening the database for reads")?;
+        configure(&reader)?;
+        Ok(Self::from_connections(location, writer, Some(reader)))
+    }
+
+    /// A private in-memory database (for tests and examples).
+    pub fn in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(db_err("opening an in-memory database"))?;
+        configure(&conn)?;
+        conn.execute_batch(SCHEMA)
+            .map_err(db_err("creating the engine's tables"))?;
+        Ok(Self::from_connections(":memory:".into(), conn, None))
+    }
+
+    fn from_connections(location: String, writer: Connection, reader: Option<Connection>) -> Self {
+        SqliteStore {
+            inner: Arc::new(Inner {
+                location,
+                writer: Mutex::new(writer),
+                reader: reader.map(Mutex::new),
+                changes: watch::channel(0).0,
+                checkpoints: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// Where the database is (a path, or `:memory:`).
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    /// An engine on this database, with no projections yet.
+    pub fn engine(&self) -> SqliteEngine {
+        Engine::new(Arc::new(self.clone()), Arc::new(self.clone()))
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| Error::Invalid(format!("a database task panicked: {e}")))?
+    }
+
+    /// Runs `f` on the read connection (for queries on read models). Not in a transaction.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.blocking(move |inner| f(&inner.reader()).map_err(db_err("reading")))
+            .await
+    }
+
+    /// Runs `f` on the write connection inside a transaction that commits when `f` succeeds.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err("beginning a write"))?;
+            let out = f(&tx).map_err(db_err("writing"))?;
+            tx.commit().map_err(db_err("committing a write"))?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Appends events to one stream. `expected` is checked against the stream's current
+    /// version; a mismatch is [`Error::Conflict`] naming the stream, the expected and the
+    /// actual version.
+    pub async fn append(
+        &self,
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        let append = StreamAppend::new(stream_id, expected, events);
+        let mut out = self.append_many(vec![append]).await?;
+        out.pop()
+            .ok_or_else(|| Error::Invalid("nothing was appended".into()))
+    }
+
+    /// Appends to several streams in one transaction: all or nothing.
+    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        let out = self
+            .blocking(move |inner| {
+                let mut conn = inner.writer();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_err("beginning an append"))?;
+                let mut versions = HashMap::new();
+                let now = format_time(Utc::now());
+                let mut out = Vec::with_capacity(appends.len());
+                for a in &appends {
+                    out.push(append_in(&tx, &mut versions, a, &now)?);
+                }
+                tx.commit().map_err(db_err("committing an append"))?;
+                Ok(out)
+            })
+            .await?;
+        Inner::bump(&self.inner.changes);
+        Ok(out)
+    }
+
+    /// Imports a stream of appends in one transaction: when any item is an error, or any
+    /// append conflicts, nothing of the import is written and that error is returned.
+    /// The iterator runs on a blocking thread, so it may read a file.
+    pub async fn import<I>(&self, items: I, progress: Option<ImportProgress>) -> Result<u64>
+    where
+        I: Iterator<Item = Result<StreamAppend>> + Send + 'static,
+    {
+        let n = self
+            .blocking(move |inner| {
+                let mut conn = inner.writer();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_err("beginning an import"))?;
+                let mut versions = HashMap::new();
+                let now = format_time(Utc::now());
+                let mut n = 0u64;
+                for item in items {
+                    let a = item?;
+                    append_in(&tx, &mut versions, &a, &now)?;
+                    n += a.events.len() as u64;
+                    if let Some(p) = &progress {
+                        if n % 4096 < a.events.len() as u64 {
+                            p(n);
+                        }
+                    }
+                }
+                tx.commit().map_err(db_err("committing an import"))?;
+                if let Some(p) = &progress {
+                    p(n);
+                }
+                Ok(n)
+            })
+            .await?;
+        Inner::bump(&self.inner.changes);
+        Ok(n)
+    }
+
+    /// Every event of one stream, in version order.
+    pub async fn read_stream(&self, stream_id: impl Into<String>) -> Result<Vec<Event>> {
+        let stream_id = stream_id.into();
+        self.read(move |conn| {
+            let mut st = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 ORDER BY stream_version"
+            ))?;
+            let rows = st.query_map([stream_id], |r| event_from_row(r, 0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The number of events stored.
+    pub async fn event_count(&self) -> Result<u64> {
+        self.read(|conn| conn.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|n| n.max(0) as u64)
+    }
+}
+
+/// Appends one stream's events inside `tx`. `versions` caches stream versions across the
+/// appends of one transaction.
+fn append_in(
+    tx: &Connection,
+    versions: &mut HashMap<String, i64>,
+    a: &StreamAppend,
+    now: &str,
+) -> Result<Appended> {
+    if a.events.is_empty() {
+        return Err(Error::Invalid(format!(
+            "nothing to append to stream {}",
+            a.stream_id
+        )));
+    }
+    if a.stream_id.is_empty() {
+        return Err(Error::Invalid("stream_id must not be empty".into()));
+    }
+    let current = match versions.get(&a.stream_id) {
+        Some(v) => *v,
+        None => tx
+            .prepare_cached("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1")
+            .and_then(|mut st| st.query_row([&a.stream_id], |r| r.get::<_, i64>(0)))
+            .map_err(db_err("reading the stream version"))?,
+    };
+    if !a.expected.admits(current) {
+        return Err(Error::Conflict {
+            stream: a.stream_id.clone(),
+            expected: a.expected,
+            actual: current,
+        });
+    }
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO events (stream_id, stream_version, event_type, event_id, data, metadata, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db_err("preparing the append"))?;
+    let mut version = current;
+    let mut first = 0;
+    let mut last = 0;
+    let mut id_buf = Uuid::encode_buffer();
+    for ev in &a.events {
+        version += 1;
+        let data = serde_json::to_string(&ev.data)
+            .map_err(|e| Error::Invalid(format!("event data is not JSON: {e}")))?;
+        let metadata = serde_json::to_string(&ev.metadata)
+            .map_err(|e| Error::Invalid(format!("event metadata is not JSON: {e}")))?;
+        let event_id: &str = ev.event_id.hyphenated().encode_lower(&mut id_buf);
+        match insert.execute(params![
+            a.stream_id,
+            version,
+            ev.event_type,
+            event_id,
+            data,
+            metadata,
+            now
+        ]) {
+            Ok(_) => {}
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                let msg = e.to_string();
+                if msg.contains("event_id") {
+                    return Err(Error::DuplicateEvent {
+                        event_id: ev.event_id,
+                    });
+                }
+                return Err(Error::Conflict {
+                    stream: a.stream_id.clone(),
+                    expected: a.expected,
+                    actual: version,
+                });
+            }
+            Err(e) => return Err(db_err("appending an event")(e)),
+        }
+        last = tx.last_insert_rowid();
+        if first == 0 {
+            first = last;
+        }
+    }
+    versions.insert(a.stream_id.clone(), version);
+    Ok(Appended {
+        first_position: first,
+        last_position: last,
+        stream_version: version,
+        token: Checkpoint::at(last),
+    })
+}
+
+impl Source for SqliteStore {
+    async fn read(&self, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
+        let filter = filter.clone();
+        let limit = limit.max(1);
+        self.blocking(move |inner| {
+            let conn = inner.reader();
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ))
+                .map_err(db_err("reading events"))?;
+            // Filtered-out rows are cheap (only two columns are read), so a read looks further
+            // than `limit` to fill its batch.
+            let scan = limit.saturating_mul(8) as i64;
+            let mut rows = st
+                .query(params![after.position, scan])
+                .map_err(db_err("reading events"))?;
+            let mut batch = Batch {
+                events: Vec::with_capacity(limit),
+                scanned_to: after,
+                ignored: 0,
+            };
+            while let Some(row) = rows.next().map_err(db_err("reading events"))? {
+                let position: i64 = row.get(0).map_err(db_err("reading events"))?;
+                let admitted = match row.get_ref(3).map_err(db_err("reading events"))?.as_str() {
+                    Ok(t) => filter.admits(t),
+                    Err(_) => false,
+                };
+                batch.scanned_to = Checkpoint::at(position);
+                if admitted {
+                    batch
+                        .events
+                        .push(event_from_row(row, 0).map_err(db_err("decoding an event row"))?);
+                    if batch.events.len() >= limit {
+                        break;
+                    }
+                } else {
+                    batch.ignored += 1;
+                }
+            }
+            Ok(batch)
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<Checkpoint> {
+        self.read(|conn| conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0)))
+            .await
+            .map(Checkpoint::at)
+    }
+
+    async fn lag(&self, after: Checkpoint) -> Result<Lag> {
+        self.read(move |conn| {
+            let head: i64 =
+                conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0))?;
+            let oldest: Option<String> = conn
+                .prepare_cached(
+                    "SELECT recorded_at FROM events WHERE position > ?1 ORDER BY position LIMIT 1",
+                )?
+                .query_row([after.position], |r| r.get(0))
+                .optional()?;
+            // Positions are dense in SQLite (one writer at a time, no reuse), so the difference
+            // is the count without a scan.
+            Ok(Lag {
+                events: (head - after.position).max(0) as u64,
+                oldest: oldest.as_deref().and_then(parse_time),
+            })
+        })
+        .await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+}
+
+const RECORD_COLUMNS: &str = "c.projection, c.partition, c.txid, c.position, c.state, c.reason, c.applied, c.ignored, c.errors, \
+     c.events_per_second, c.last_error, c.updated_at, \
+     (SELECT count(*) FROM projection_dead_letters d WHERE d.projection = c.projection AND d.partition = c.partition)";
+
+fn record_from_row(row: &Row<'_>) -> rusqlite::Result<ProjectionRecord> {
+    let state: String = row.get(4)?;
+    let updated: Option<String> = row.get(11)?;
+    let count = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(ProjectionRecord {
+        name: row.get(0)?,
+        partition: row.get(1)?,
+        checkpoint: Checkpoint {
+            txid: row.get(2)?,
+            position: row.get(3)?,
+        },
+        state: RunState::parse(&state).unwrap_or(RunState::Stopped),
+        reason: row.get(5)?,
+        applied: count(6)?,
+        ignored: count(7)?,
+        errors: count(8)?,
+        events_per_second: row.get(9)?,
+        last_error: row.get(10)?,
+        updated_at: updated.as_deref().and_then(parse_time),
+        dead_letters: count(12)?,
+    })
+}
+
+fn load_record(conn: &Connection, name: &str, partition: u32) -> rusqlite::Result<Option<ProjectionRecord>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLUMNS} FROM projection_checkpoints c WHERE c.projection = ?1 AND c.partition = ?2"
+    ))?
+    .query_row(params![name, partition], record_from_row)
+    .optional()
+}
+
+fn lifecycle<'a>(projection: &'a str, step: &'static str) -> impl Fn(HandlerError) -> Error + 'a {
+    move |e| Error::Lifecycle {
+        projection: projection.to_owned(),
+        step,
+        message: e.to_string(),
+    }
+}
+
+fn insert_dead_letter(
+    tx: &Connection,
+    projection: &str,
+    partition: u32,
+    dl: &NewDeadLetter,
+    now: &str,
+) -> rusqlite::Result<()> {
+    let e = &dl.event;
+    tx.prepare_cached(
+        "INSERT INTO projection_dead_letters (projection, partition, position, txid, stream_id, stream_version, \
+         event_type, event_id, data, metadata, recorded_at, error, attempts, first_failed_at, last_failed_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        projection,
+        partition,
+        e.position,
+        e.txid,
+        e.stream_id,
+        e.stream_version,
+        e.event_type,
+        e.event_id.to_string(),
+        &*e.data,
+        &*e.metadata,
+        format_time(e.recorded_at),
+        dl.error,
+        dl.attempts,
+        format_time(dl.first_failed_at),
+        now,
+    ])?;
+    Ok(())
+}
+
+const DEAD_LETTER_COLUMNS: &str =
+    "id, projection, partition, position, stream_id, stream_version, event_type, event_id, \
+     data, metadata, recorded_at, error, attempts, first_failed_at, last_failed_at, txid";
+
+fn dead_letter_from_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
+    let mut event = event_from_row(row, 3)?;
+    event.txid = row.get(15)?;
+    let first: String = row.get(13)?;
+    let last: String = row.get(14)?;
+    Ok(DeadLetter {
+        id: row.get(0)?,
+        projection: row.get(1)?,
+        partition: row.get(2)?,
+        event,
+        error: row.get(11)?,
+        attempts: row.get(12)?,
+        first_failed_at: parse_time(&first).unwrap_or_default(),
+        last_failed_at: parse_time(&last).unwrap_or_default(),
+    })
+}
+
+impl Store for SqliteStore {
+    type Body = SqliteBody;
+
+    async fn prepare(&self, name: &str, partition: u32, body: Arc<SqliteBody>) -> Result<ProjectionRecord> {
+        let name = name.to_owned();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err("beginning setup"))?;
+            body.setup(&tx).map_err(lifecycle(&name, "setup"))?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO projection_checkpoints (projection, partition) VALUES (?1, ?2)",
+            )
+            .and_then(|mut st| st.execute(params![name, partition]))
+            .map_err(db_err("creating the checkpoint"))?;
+            let record = load_record(&tx, &name, partition).map_err(db_err("reading the checkpoint"))?;
+            tx.commit().map_err(db_err("committing setup"))?;
+            record.ok_or_else(|| Error::Invalid(format!("checkpoint of {name} vanished during setup")))
+        })
+        .await
+    }
+
+    async fn record(&self, name: &str, partition: u32) -> Result<Option<ProjectionRecord>> {
+        let name = name.to_owned();
+        self.read(move |conn| load_record(conn, &name, partition)).await
+    }
+
+    async fn records(&self) -> Result<Vec<ProjectionRecord>> {
+        self.read(|conn| {
+            let mut st = conn.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM projection_checkpoints c ORDER BY c.projection, c.partition"
+            ))?;
+            let rows = st.query_map([], record_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn commit(&self, commit: Commit<SqliteBody>) -> Result<(), CommitError> {
+        let inner = self.inner.clone();
+        let res = tokio::task::spawn_blocking(move || commit_blocking(&inner, commit))
+            .await
+            .map_err(|e| CommitError::Store(Error::Invalid(format!("a commit task panicked: {e}"))))?;
+        if res.is_ok() {
+            Inner::bump(&self.inner.checkpoints);
+        }
+        res
+    }
+
+    async fn reset(&self, name: &str, body: Arc<SqliteBody>) -> Result<()> {
+        let name = name.to_owned();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err("beginning a reset"))?;
+            body.reset(&tx).map_err(lifecycle(&name, "reset"))?;
+            let err = db_err("resetting the checkpoint");
+            tx.execute(
+                "UPDATE projection_checkpoints SET txid = 0, position = 0, applied = 0, ignored = 0, errors = 0, \
+                 events_per_second = 0, last_error = NULL, state = 'rebuilding', reason = 'rebuild in progress', \
+                 updated_at = ?2 WHERE projection = ?1",
+                params![name, format_time(Utc::now())],
+            )
+            .map_err(&err)?;
+            tx.execute("DELETE FROM projection_dead_letters WHERE projection = ?1", [&name]).map_err(&err)?;
+            tx.commit().map_err(db_err("committing a reset"))?;
+            Ok(())
+        })
+        .await?;
+        Inner::bump(&self.inner.checkpoints);
+        Ok(())
+    }
+
+    async fn set_state(
+        &self,
+        name: &str,
+        partition: Option<u32>,
+        state: RunState,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let name = name.to_owned();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err("beginning a state change"))?;
+            let err = db_err("changing the projection state");
+            tx.execute(
+                "INSERT OR IGNORE INTO projection_checkpoints (projection, partition) VALUES (?1, ?2)",
+                params![name, partition.unwrap_or(0)],
+            )
+            .map_err(&err)?;
+            tx.execute(
+                "UPDATE projection_checkpoints SET state = ?2, reason = ?3, updated_at = ?5 \
+                 WHERE projection = ?1 AND (?4 IS NULL OR partition = ?4)",
+                params![name, state.as_str(), reason, partition, format_time(Utc::now())],
+            )
+            .map_err(&err)?;
+            tx.commit().map_err(db_err("committing a state change"))?;
+            Ok(())
+        })
+        .await?;
+        Inner::bump(&self.inner.checkpoints);
+        Ok(())
+    }
+
+    async fn dead_letters(&self, projection: Option<&str>) -> Result<Vec<DeadLetter>> {
+        let projection = projection.map(str::to_owned);
+        self.read(move |conn| {
+            let mut st = conn.prepare_cached(&format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM projection_dead_letters WHERE (?1 IS NULL OR projection = ?1) ORDER BY id"
+            ))?;
+            let rows = st.query_map([projection], dead_letter_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn discard_dead_letter(&self, id: i64) -> Result<()> {
+        let n = self
+            .write(move |tx| tx.execute("DELETE FROM projection_dead_letters WHERE id = ?1", [id]))
+            .await?;
+        if n == 0 {
+            return Err(Error::UnknownDeadLetter(id));
+        }
+        Ok(())
+    }
+
+    async fn retry_dead_letter(&self, id: i64, body: Arc<SqliteBody>) -> Result<Result<(), HandlerError>> {
+        let out = self
+            .blocking(move |inner| {
+                let mut conn = inner.writer();
+                let now = format_time(Utc::now());
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err("beginning a retry"))?;
+                let dl = tx
+                    .prepare_cached(&format!("SELECT {DEAD_LETTER_COLUMNS} FROM projection_dead_letters WHERE id = ?1"))
+                    .and_then(|mut st| st.query_row([id], dead_letter_from_row).optional())
+                    .map_err(db_err("reading the dead letter"))?
+                    .ok_or(Error::UnknownDeadLetter(id))?;
+                let err = db_err("retrying a dead letter");
+                match body.apply(&tx, std::slice::from_ref(&dl.event)) {
+                    Ok(applied) => {
+                        tx.execute("DELETE FROM projection_dead_letters WHERE id = ?1", [id]).map_err(&err)?;
+                        tx.execute(
+                            "UPDATE projection_checkpoints SET applied = applied + ?3, ignored = ignored + ?4, updated_at = ?5 \
+                             WHERE projection = ?1 AND partition = ?2",
+                            params![dl.projection, dl.partition, applied.handled as i64, applied.ignored as i64, now],
+                        )
+                        .map_err(&err)?;
+                        tx.commit().map_err(db_err("committing a retry"))?;
+                        Ok(Ok(()))
+                    }
+                    Err(BatchFailure { error, .. }) => {
+                        drop(tx);
+                        conn.execute(
+                            "UPDATE projection_dead_letters SET attempts = attempts + 1, error = ?2, last_failed_at = ?3 WHERE id = ?1",
+                            params![id, error.to_string(), now],
+                        )
+                        .map_err(&err)?;
+                        Ok(Err(error))
+                    }
+                }
+            })
+            .await?;
+        Inner::bump(&self.inner.checkpoints);
+        Ok(out)
+    }
+
+    fn checkpoint_changes(&self) -> watch::Receiver<u64> {
+        self.inner.checkpoints.subscribe()
+    }
+}
+
+fn commit_blocking(inner: &Inner, c: Commit<SqliteBody>) -> Result<(), CommitError> {
+    let mut conn = inner.writer();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err("beginning a batch"))?;
+    let now = format_time(Utc::now());
+    let err = db_err("moving the checkpoint");
+    let moved = tx
+        .prepare_cached(
+            "UPDATE projection_checkpoints SET txid = ?3, position = ?4, updated_at = ?7 \
+             WHERE projection = ?1 AND partition = ?2 AND txid = ?5 AND position = ?6 \
+             AND state IN ('running', 'rebuilding')",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                &*c.projection,
+                c.partition,
+                c.to.txid,
+                c.to.position,
+                c.expected.txid,
+                c.expected.position,
+                now
+            ])
+        })
+        .map_err(&err)?;
+    if moved == 0 {
+        let record = load_record(&tx, &c.projection, c.partition).map_err(&err)?;
+        return Err(match record {
+            None => CommitError::Store(Error::Invalid(format!(
+                "projection {} partition {} has no checkpoint; prepare it first",
+                c.projection, c.partition
+            ))),
+            Some(r) if !r.state.is_active() => CommitError::NotActive { state: r.state },
+            Some(r) => CommitError::Fenced { actual: r.checkpoint },
+        });
+    }
+    let mut applied = crate::core::projection::Applied::default();
+    if !c.range.is_empty() {
+        let events = c
+            .events
+            .get(c.range.clone())
+            .ok_or_else(|| CommitError::Store(Error::Invalid("commit range outside its events".into())))?;
+        applied = c.body.apply(&tx, events).map_err(|f| {
+            CommitError::Handler(BatchFailure {
+                index: c.range.start + f.index,
+                error: f.error,
+            })
+        })?;
+    }
+    for dl in &c.dead_letters {
+        insert_dead_letter(&tx, &c.projection, c.partition, dl, &now)
+            .map_err(db_err("recording a dead letter"))?;
+    }
+    tx.prepare_cached(
+        "UPDATE projection_checkpoints SET applied = applied + ?3, ignored = ignored + ?4, errors = errors + ?5, \
+         events_per_second = ?6, last_error = coalesce(?7, last_error) WHERE projection = ?1 AND partition = ?2",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            &*c.projection,
+            c.partition,
+            applied.handled as i64,
+            (applied.ignored + c.stats.ignored) as i64,
+            c.stats.errors as i64,
+            c.stats.events_per_second,
+            c.last_error,
+        ])
+    })
+    .map_err(db_err("updating the counters"))?;
+    tx.commit().map_err(db_err("committing a batch"))?;
+    Ok(())
+}

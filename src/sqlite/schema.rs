@@ -1,0 +1,59 @@
+//! The SQLite schema: the events table (a public contract, see docs/events-table.md),
+//! checkpoints and dead letters.
+
+/// Creates the engine's tables. Idempotent.
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id      TEXT    NOT NULL,
+    stream_version INTEGER NOT NULL,
+    event_type     TEXT    NOT NULL,
+    event_id       TEXT    NOT NULL UNIQUE DEFAULT (lower(
+                       hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' ||
+                       substr(hex(randomblob(2)), 2) || '-' ||
+                       substr('89ab', 1 + (abs(random()) % 4), 1) ||
+                       substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6)))),
+    data           TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL DEFAULT '{}',
+    recorded_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (stream_id, stream_version)
+);
+
+CREATE TABLE IF NOT EXISTS projection_checkpoints (
+    projection        TEXT    NOT NULL,
+    partition         INTEGER NOT NULL DEFAULT 0,
+    txid              INTEGER NOT NULL DEFAULT 0,
+    position          INTEGER NOT NULL DEFAULT 0,
+    state             TEXT    NOT NULL DEFAULT 'running',
+    reason            TEXT,
+    applied           INTEGER NOT NULL DEFAULT 0,
+    ignored           INTEGER NOT NULL DEFAULT 0,
+    errors            INTEGER NOT NULL DEFAULT 0,
+    events_per_second REAL    NOT NULL DEFAULT 0,
+    last_error        TEXT,
+    updated_at        TEXT,
+    PRIMARY KEY (projection, partition)
+);
+
+CREATE TABLE IF NOT EXISTS projection_dead_letters (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    projection      TEXT    NOT NULL,
+    partition       INTEGER NOT NULL DEFAULT 0,
+    position        INTEGER NOT NULL,
+    txid            INTEGER NOT NULL DEFAULT 0,
+    stream_id       TEXT    NOT NULL,
+    stream_version  INTEGER NOT NULL,
+    event_type      TEXT    NOT NULL,
+    event_id        TEXT    NOT NULL,
+    data            TEXT    NOT NULL,
+    metadata        TEXT    NOT NULL,
+    recorded_at     TEXT    NOT NULL,
+    error           TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    first_failed_at TEXT    NOT NULL,
+    last_failed_at  TEXT    NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS projection_dead_letters_by_projection
+    ON projection_dead_letters (projection, partition);
+"#;
