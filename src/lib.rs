@@ -18,6 +18,7 @@ pub mod workload;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use crate::core::document::{Document, DocumentStorage, Documents};
 pub use crate::core::engine::{Engine, Status};
 pub use crate::core::error::{BatchFailure, Error, HandlerError, HandlerErrorKind, Result};
 pub use crate::core::event::{Appended, Checkpoint, Event, ExpectedVersion, NewEvent, Upcasters};

@@ -5,6 +5,7 @@
 //! one transaction. The database runs in WAL mode; runners read through their own connection
 //! while a writer appends.
 
+mod document;
 mod schema;
 
 use std::collections::HashMap;
