@@ -762,3 +762,56 @@ async fn pause_resume_wait_for_and_graceful_shutdown() {
         .unwrap();
     assert_eq!(applied.len() as i64, upto);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_serves_higher_backlogs_first_without_starving_lower_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    let served = |name: &'static str, priority: i32| {
+        let h = SqliteHandlers::new()
+            .setup(|db| {
+                db.execute_batch("CREATE TABLE IF NOT EXISTS served (seq INTEGER PRIMARY KEY AUTOINCREMENT, projection TEXT)")?;
+                Ok(())
+            })
+            .reset(|_| Ok(()))
+            .on("Step", move |db, _, _: Step| {
+                db.execute("INSERT INTO served (projection) VALUES (?1)", [name])?;
+                Ok(())
+            });
+        SqliteProjection::new(name, h).batch_size(10).priority(priority)
+    };
+    let engine = store
+        .engine()
+        .with(served("low", 0))
+        .unwrap()
+        .with(served("mid", 5))
+        .unwrap()
+        .with(served("high", 10))
+        .unwrap();
+    engine.prepare().await.unwrap();
+    append_steps(&store, "s", 0..600, &[]).await;
+    engine.catch_up(&[], None).await.unwrap();
+
+    let order: Vec<String> = store
+        .read(|db| {
+            db.prepare("SELECT projection FROM served ORDER BY seq")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+        .unwrap();
+    // Batches of 10 events: one entry per batch.
+    let batches: Vec<&str> = order.chunks(10).map(|c| c[0].as_str()).collect();
+    assert_eq!(batches.len(), 180);
+    let last = |p: &str| batches.iter().rposition(|b| *b == p).unwrap();
+    assert!(
+        last("high") < last("mid") && last("mid") < last("low"),
+        "{batches:?}"
+    );
+    // Fairness: while the others have backlogs, low waits at most (10 + 1) × 2 grants.
+    let mut gap = 0;
+    for b in &batches[..last("mid")] {
+        gap = if *b == "low" { 0 } else { gap + 1 };
+        assert!(gap <= 22, "low starved for {gap} batches: {batches:?}");
+    }
+}

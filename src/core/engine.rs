@@ -14,6 +14,7 @@ use super::error::{Error, HandlerError, Result};
 use super::event::Checkpoint;
 use super::projection::Projection;
 use super::runner::{Mode, ProgressFn, RunnerSettings, Worker, WorkerReport};
+use super::scheduler::Scheduler;
 use super::source::Source;
 use super::store::{DeadLetter, ProjectionRecord, RunState, Store};
 
@@ -52,15 +53,19 @@ pub struct Engine<S: Source, St: Store> {
     store: Arc<St>,
     projections: Vec<Projection<St::Body>>,
     settings: RunnerSettings,
+    scheduler: Scheduler,
 }
 
 impl<S: Source, St: Store> Engine<S, St> {
     pub fn new(source: Arc<S>, store: Arc<St>) -> Self {
+        let settings = RunnerSettings::default();
+        let scheduler = Scheduler::new(settings.concurrency);
         Engine {
             source,
             store,
             projections: Vec::new(),
-            settings: RunnerSettings::default(),
+            settings,
+            scheduler,
         }
     }
 
@@ -83,8 +88,14 @@ impl<S: Source, St: Store> Engine<S, St> {
     }
 
     pub fn settings(mut self, settings: RunnerSettings) -> Self {
+        self.scheduler = Scheduler::new(settings.concurrency);
         self.settings = settings;
         self
+    }
+
+    /// The runner settings in force.
+    pub fn runner_settings(&self) -> &RunnerSettings {
+        &self.settings
     }
 
     pub fn source(&self) -> &Arc<S> {
@@ -133,6 +144,7 @@ impl<S: Source, St: Store> Engine<S, St> {
             0,
             self.settings.clone(),
             mode,
+            self.scheduler.clone(),
         )
     }
 

@@ -7,5 +7,6 @@ pub mod event;
 pub mod policy;
 pub mod projection;
 pub mod runner;
+pub mod scheduler;
 pub mod source;
 pub mod store;

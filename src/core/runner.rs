@@ -13,6 +13,7 @@ use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
 use super::policy::{Decision, Failure};
 use super::projection::Projection;
+use super::scheduler::Scheduler;
 use super::source::{Batch, Filter, Source};
 use super::store::{Commit, CommitError, CommitStats, NewDeadLetter, RunState, Store};
 
@@ -28,6 +29,9 @@ pub struct RunnerSettings {
     /// First delay after a store or source failure; doubles up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Batches applied at once across projections; when more have a backlog, higher
+    /// priority goes first (see [`Scheduler`](super::scheduler::Scheduler)).
+    pub concurrency: usize,
 }
 
 impl Default for RunnerSettings {
@@ -37,6 +41,7 @@ impl Default for RunnerSettings {
             poll_max: Duration::from_millis(500),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -149,6 +154,7 @@ pub(crate) struct Worker<S: Source, St: Store> {
     pub partition: u32,
     pub settings: RunnerSettings,
     pub mode: Mode,
+    scheduler: Scheduler,
     filter: Filter,
     checkpoint: Checkpoint,
     rate: Rate,
@@ -163,6 +169,7 @@ impl<S: Source, St: Store> Worker<S, St> {
         partition: u32,
         settings: RunnerSettings,
         mode: Mode,
+        scheduler: Scheduler,
     ) -> Self {
         let filter = Filter::types(projection.event_types());
         Worker {
@@ -172,6 +179,7 @@ impl<S: Source, St: Store> Worker<S, St> {
             partition,
             settings,
             mode,
+            scheduler,
             filter,
             checkpoint: Checkpoint::START,
             rate: Rate::default(),
@@ -276,7 +284,10 @@ impl<S: Source, St: Store> Worker<S, St> {
             }
             idle = self.settings.poll_min;
 
-            match self.apply_batch(batch, &mut shutdown).await {
+            let permit = self.scheduler.acquire(self.projection.options().priority).await;
+            let step = self.apply_batch(batch, &mut shutdown).await;
+            drop(permit);
+            match step {
                 Ok(Step::Continue) => {
                     retry = self.settings.retry_min;
                 }

@@ -227,9 +227,14 @@ impl SqliteStore {
         &self.inner.location
     }
 
-    /// An engine on this database, with no projections yet.
+    /// An engine on this database, with no projections yet. SQLite serializes writers, so
+    /// the engine applies one batch at a time, by priority.
     pub fn engine(&self) -> SqliteEngine {
-        Engine::new(Arc::new(self.clone()), Arc::new(self.clone()))
+        let settings = crate::core::runner::RunnerSettings {
+            concurrency: 1,
+            ..Default::default()
+        };
+        Engine::new(Arc::new(self.clone()), Arc::new(self.clone())).settings(settings)
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T>
