@@ -150,6 +150,14 @@ pub enum Error {
         message: String,
     },
 
+    /// An inline projection failed inside an append: the append was rolled back whole.
+    #[error("inline projection {projection} failed on the event at position {position}: {message}; the append was rolled back and nothing of it was written")]
+    InlineProjection {
+        projection: String,
+        position: i64,
+        message: String,
+    },
+
     /// `wait_for` ran out of time. Not a failure: the projection is behind by `lag_events`.
     #[error("timed out waiting for projection {projection} to reach {target}: it is at {checkpoint}, {lag_events} events behind")]
     Timeout {

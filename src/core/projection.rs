@@ -213,6 +213,9 @@ pub struct ProjectionOptions {
     pub policy: Policy,
     /// Rebuilds stop at the first failing event instead of applying the policy.
     pub rebuild_fail_fast: bool,
+    /// Applied inside the append transaction by the engine's `append` (read-your-writes),
+    /// as well as by runners for events appended elsewhere.
+    pub inline: bool,
 }
 
 impl Default for ProjectionOptions {
@@ -222,6 +225,7 @@ impl Default for ProjectionOptions {
             priority: 0,
             policy: Policy::default(),
             rebuild_fail_fast: true,
+            inline: false,
         }
     }
 }
@@ -324,6 +328,14 @@ impl<B: ?Sized> Projection<B> {
     /// Whether a rebuild stops at the first failing event (the default) or applies the policy.
     pub fn rebuild_fail_fast(mut self, yes: bool) -> Self {
         self.options.rebuild_fail_fast = yes;
+        self
+    }
+
+    /// Marks the projection inline: the engine's `append` applies it in the append's own
+    /// transaction, so the writer reads its own write as soon as the append returns. Only
+    /// where the events and the read model share a database.
+    pub fn inline(mut self, yes: bool) -> Self {
+        self.options.inline = yes;
         self
     }
 

@@ -313,6 +313,40 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Appends, then applies the `inline` projections to everything up to the new head, all
+    /// in one transaction. A failing inline handler rolls the whole append back.
+    async fn append_inline(
+        &self,
+        appends: Vec<StreamAppend>,
+        inline: Vec<SqliteProjection>,
+    ) -> Result<Vec<Appended>> {
+        let any_inline = !inline.is_empty();
+        let out = self
+            .blocking(move |inner| {
+                let mut conn = inner.writer();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_err("beginning an append"))?;
+                let mut versions = HashMap::new();
+                let now = format_time(Utc::now());
+                let mut out = Vec::with_capacity(appends.len());
+                for a in &appends {
+                    out.push(append_in(&tx, &mut versions, a, &now)?);
+                }
+                for p in &inline {
+                    apply_inline(&tx, p)?;
+                }
+                tx.commit().map_err(db_err("committing an append"))?;
+                Ok(out)
+            })
+            .await?;
+        Inner::bump(&self.inner.changes);
+        if any_inline {
+            Inner::bump(&self.inner.checkpoints);
+        }
+        Ok(out)
+    }
+
     /// Imports a stream of appends in one transaction: when any item is an error, or any
     /// append conflicts, nothing of the import is written and that error is returned.
     /// The iterator runs on a blocking thread, so it may read a file.
@@ -458,49 +492,51 @@ fn append_in(
     })
 }
 
+/// Reads up to `limit` admitted events after `after`, on any connection (inside a write
+/// transaction it also sees that transaction's own appends).
+fn read_batch(conn: &Connection, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
+    let limit = limit.max(1);
+    let err = db_err("reading events");
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+        ))
+        .map_err(&err)?;
+    // Filtered-out rows are cheap (only two columns are read), so a read looks further than
+    // `limit` to fill its batch.
+    let scan = limit.saturating_mul(8) as i64;
+    let mut rows = st.query(params![after.position, scan]).map_err(&err)?;
+    let mut batch = Batch {
+        events: Vec::with_capacity(limit.min(4096)),
+        scanned_to: after,
+        ignored: 0,
+    };
+    while let Some(row) = rows.next().map_err(&err)? {
+        let position: i64 = row.get(0).map_err(&err)?;
+        let admitted = match row.get_ref(3).map_err(&err)?.as_str() {
+            Ok(t) => filter.admits(t),
+            Err(_) => false,
+        };
+        batch.scanned_to = Checkpoint::at(position);
+        if admitted {
+            batch
+                .events
+                .push(event_from_row(row, 0).map_err(db_err("decoding an event row"))?);
+            if batch.events.len() >= limit {
+                break;
+            }
+        } else {
+            batch.ignored += 1;
+        }
+    }
+    Ok(batch)
+}
+
 impl Source for SqliteStore {
     async fn read(&self, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
         let filter = filter.clone();
-        let limit = limit.max(1);
-        self.blocking(move |inner| {
-            let conn = inner.reader();
-            let mut st = conn
-                .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
-                ))
-                .map_err(db_err("reading events"))?;
-            // Filtered-out rows are cheap (only two columns are read), so a read looks further
-            // than `limit` to fill its batch.
-            let scan = limit.saturating_mul(8) as i64;
-            let mut rows = st
-                .query(params![after.position, scan])
-                .map_err(db_err("reading events"))?;
-            let mut batch = Batch {
-                events: Vec::with_capacity(limit),
-                scanned_to: after,
-                ignored: 0,
-            };
-            while let Some(row) = rows.next().map_err(db_err("reading events"))? {
-                let position: i64 = row.get(0).map_err(db_err("reading events"))?;
-                let admitted = match row.get_ref(3).map_err(db_err("reading events"))?.as_str() {
-                    Ok(t) => filter.admits(t),
-                    Err(_) => false,
-                };
-                batch.scanned_to = Checkpoint::at(position);
-                if admitted {
-                    batch
-                        .events
-                        .push(event_from_row(row, 0).map_err(db_err("decoding an event row"))?);
-                    if batch.events.len() >= limit {
-                        break;
-                    }
-                } else {
-                    batch.ignored += 1;
-                }
-            }
-            Ok(batch)
-        })
-        .await
+        self.blocking(move |inner| read_batch(&inner.reader(), after, limit, &filter))
+            .await
     }
 
     async fn head(&self) -> Result<Checkpoint> {
@@ -629,6 +665,36 @@ fn dead_letter_from_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
         first_failed_at: parse_time(&first).unwrap_or_default(),
         last_failed_at: parse_time(&last).unwrap_or_default(),
     })
+}
+
+impl Engine<SqliteStore, SqliteStore> {
+    /// Appends events to one stream and applies every inline projection in the same
+    /// transaction: when this returns, inline read models already show the events. A failing
+    /// inline handler fails the append with [`Error::InlineProjection`], and nothing of it is
+    /// written. Projections that are not inline are applied by runners, as usual.
+    pub async fn append(
+        &self,
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        let mut out = self
+            .append_many(vec![StreamAppend::new(stream_id, expected, events)])
+            .await?;
+        out.pop()
+            .ok_or_else(|| Error::Invalid("nothing was appended".into()))
+    }
+
+    /// Appends to several streams, with the inline projections, in one transaction.
+    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        let inline: Vec<SqliteProjection> = self
+            .projections()
+            .iter()
+            .filter(|p| p.options().inline)
+            .cloned()
+            .collect();
+        self.store().append_inline(appends, inline).await
+    }
 }
 
 impl Store for SqliteStore {
@@ -804,11 +870,80 @@ impl Store for SqliteStore {
     }
 }
 
+/// Brings one inline projection to the head inside the append's transaction.
+fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> {
+    let name = p.name();
+    let mut record = load_record(tx, name, 0).map_err(db_err("reading the checkpoint"))?;
+    if record.is_none() {
+        p.body().setup(tx).map_err(lifecycle(name, "setup"))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO projection_checkpoints (projection, partition) VALUES (?1, 0)",
+            [name],
+        )
+        .map_err(db_err("creating the checkpoint"))?;
+        record = load_record(tx, name, 0).map_err(db_err("reading the checkpoint"))?;
+    }
+    let Some(record) = record else { return Ok(()) };
+    if record.state != RunState::Running {
+        // Paused, stopped or rebuilding: its runner catches up later.
+        return Ok(());
+    }
+    let filter = Filter::types(p.event_types());
+    let mut checkpoint = record.checkpoint;
+    loop {
+        let batch = read_batch(tx, checkpoint, p.options().batch_size, &filter)?;
+        if batch.events.is_empty() && batch.scanned_to <= checkpoint {
+            return Ok(());
+        }
+        let events: Arc<[Event]> = batch.events.into();
+        let commit = Commit {
+            projection: Arc::from(name),
+            partition: 0,
+            body: p.body().clone(),
+            range: 0..events.len(),
+            events: events.clone(),
+            expected: checkpoint,
+            to: batch.scanned_to,
+            dead_letters: Vec::new(),
+            stats: crate::core::store::CommitStats {
+                ignored: batch.ignored,
+                ..Default::default()
+            },
+            last_error: None,
+        };
+        match commit_in(tx, &commit) {
+            Ok(()) => checkpoint = batch.scanned_to,
+            Err(CommitError::Handler(f)) => {
+                return Err(Error::InlineProjection {
+                    projection: name.to_owned(),
+                    position: events.get(f.index).map_or(0, |e| e.position),
+                    message: f.error.to_string(),
+                })
+            }
+            Err(CommitError::Store(e)) => return Err(e),
+            Err(CommitError::Fenced { actual }) => {
+                return Err(Error::Invalid(format!(
+                    "inline projection {name}: checkpoint moved to {actual} inside the append"
+                )))
+            }
+            Err(CommitError::NotActive { .. }) => return Ok(()),
+        }
+    }
+}
+
 fn commit_blocking(inner: &Inner, c: Commit<SqliteBody>) -> Result<(), CommitError> {
     let mut conn = inner.writer();
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err("beginning a batch"))?;
+    commit_in(&tx, &c)?;
+    tx.commit().map_err(db_err("committing a batch"))?;
+    Ok(())
+}
+
+/// The body of a commit, inside an open write transaction: compare-and-set the checkpoint,
+/// apply the events, record dead letters, update the counters.
+fn commit_in(tx: &Connection, c: &Commit<SqliteBody>) -> Result<(), CommitError> {
     let now = format_time(Utc::now());
     let err = db_err("moving the checkpoint");
     let moved = tx
@@ -830,7 +965,7 @@ fn commit_blocking(inner: &Inner, c: Commit<SqliteBody>) -> Result<(), CommitErr
         })
         .map_err(&err)?;
     if moved == 0 {
-        let record = load_record(&tx, &c.projection, c.partition).map_err(&err)?;
+        let record = load_record(tx, &c.projection, c.partition).map_err(&err)?;
         return Err(match record {
             None => CommitError::Store(Error::Invalid(format!(
                 "projection {} partition {} has no checkpoint; prepare it first",
@@ -846,7 +981,7 @@ fn commit_blocking(inner: &Inner, c: Commit<SqliteBody>) -> Result<(), CommitErr
             .events
             .get(c.range.clone())
             .ok_or_else(|| CommitError::Store(Error::Invalid("commit range outside its events".into())))?;
-        applied = c.body.apply(&tx, events).map_err(|f| {
+        applied = c.body.apply(tx, events).map_err(|f| {
             CommitError::Handler(BatchFailure {
                 index: c.range.start + f.index,
                 error: f.error,
@@ -854,7 +989,7 @@ fn commit_blocking(inner: &Inner, c: Commit<SqliteBody>) -> Result<(), CommitErr
         })?;
     }
     for dl in &c.dead_letters {
-        insert_dead_letter(&tx, &c.projection, c.partition, dl, &now)
+        insert_dead_letter(tx, &c.projection, c.partition, dl, &now)
             .map_err(db_err("recording a dead letter"))?;
     }
     tx.prepare_cached(
@@ -873,6 +1008,5 @@ fn commit_blocking(inner: &Inner, c: Commit<SqliteBody>) -> Result<(), CommitErr
         ])
     })
     .map_err(db_err("updating the counters"))?;
-    tx.commit().map_err(db_err("committing a batch"))?;
     Ok(())
 }
