@@ -147,10 +147,12 @@ fn exactly_once_across_sigkills() {
         "exactly_once_across_sigkills",
         &[(CHILD_DB, db.to_str().unwrap()), (CHILD_MODE, "run")],
     );
-    let out = BufReader::new(last.stdout.take().unwrap())
+    // Read all of it: closing the pipe early would kill the child on its next write.
+    let lines: Vec<String> = BufReader::new(last.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)
-        .any(|l| l.contains("CHILD DONE"));
+        .collect();
+    let out = lines.iter().any(|l| l.contains("CHILD DONE"));
     assert!(
         last.wait().unwrap().success() && out,
         "the final child run did not finish"
