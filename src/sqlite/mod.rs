@@ -5,8 +5,11 @@
 //! one transaction. The database runs in WAL mode; runners read through their own connection
 //! while a writer appends.
 
+mod blue_green;
 mod document;
 mod schema;
+
+pub use blue_green::BlueGreenReport;
 
 use std::collections::HashMap;
 use std::path::Path;
