@@ -18,10 +18,15 @@ pub mod workload;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 pub use crate::core::document::{Document, DocumentStorage, Documents};
 pub use crate::core::engine::{Engine, Status};
 pub use crate::core::error::{BatchFailure, Error, HandlerError, HandlerErrorKind, Result};
-pub use crate::core::event::{Appended, Checkpoint, Event, ExpectedVersion, NewEvent, Upcasters};
+pub use crate::core::event::{
+    Appended, Checkpoint, Event, ExpectedVersion, ImportProgress, NewEvent, StreamAppend, Upcasters,
+};
 pub use crate::core::policy::{Backoff, Decision, ErrorHandler, ErrorPolicy, Failure, Policy};
 pub use crate::core::projection::{Applied, Apply, Handlers, Projection, ProjectionOptions};
 pub use crate::core::runner::{Progress, ProgressFn, RunnerSettings, WorkerReport};

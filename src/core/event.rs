@@ -196,6 +196,23 @@ impl fmt::Display for ExpectedVersion {
     }
 }
 
+/// Events to append to one stream, with the version the writer expects it to be at.
+#[derive(Clone, Debug)]
+pub struct StreamAppend {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    pub fn new(stream_id: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        StreamAppend { stream_id: stream_id.into(), expected, events }
+    }
+}
+
+/// Called during an import with the number of events imported so far.
+pub type ImportProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// What an append returns: where the events landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Appended {

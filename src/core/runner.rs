@@ -269,17 +269,20 @@ impl<S: Source, St: Store> Worker<S, St> {
                     self.finish_rebuild().await;
                     state = RunState::Running;
                 }
-                tokio::select! {
+                let ticked = tokio::select! {
                     r = changes.changed() => {
                         if r.is_err() {
                             // The source is gone: fall back to polling only.
                             changes = watch::channel(0).1;
                         }
+                        r.is_ok()
                     }
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = shutdown.changed() => {}
-                }
-                idle = (idle * 2).min(self.settings.poll_max);
+                    _ = tokio::time::sleep(idle) => false,
+                    _ = shutdown.changed() => false,
+                };
+                // A notification means new events: poll eagerly again until they show (they
+                // may still wait behind an open transaction on PostgreSQL).
+                idle = if ticked { self.settings.poll_min } else { (idle * 2).min(self.settings.poll_max) };
                 continue;
             }
             idle = self.settings.poll_min;

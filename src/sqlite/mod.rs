@@ -40,26 +40,7 @@ pub type SqliteHandlers = Handlers<Connection>;
 /// An engine whose events and read models both live in one SQLite database.
 pub type SqliteEngine = Engine<SqliteStore, SqliteStore>;
 
-/// Events to append to one stream.
-#[derive(Clone, Debug)]
-pub struct StreamAppend {
-    pub stream_id: String,
-    pub expected: ExpectedVersion,
-    pub events: Vec<NewEvent>,
-}
-
-impl StreamAppend {
-    pub fn new(stream_id: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
-        StreamAppend {
-            stream_id: stream_id.into(),
-            expected,
-            events,
-        }
-    }
-}
-
-/// Called with the number of events imported so far.
-pub type ImportProgress = Arc<dyn Fn(u64) + Send + Sync>;
+pub use crate::core::event::{ImportProgress, StreamAppend};
 
 struct Inner {
     location: String,

@@ -1,0 +1,93 @@
+//! Mapping PostgreSQL errors to the core's errors: which are worth retrying, and what they say.
+
+use crate::core::error::Error;
+
+/// Whether retrying later may succeed: a lost or refused connection, a terminated backend, a
+/// serialization failure or deadlock, a cancelled statement, too many connections.
+pub(crate) fn retryable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return c.starts_with("08")
+            || c.starts_with("53")
+            || c.starts_with("57P")
+            || c == "57014"
+            || c == "40001"
+            || c == "40P01"
+            || c == "55P03";
+    }
+    // No SQLSTATE: I/O trouble is retryable; a value conversion error is not.
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The error's text, with the server's detail and hint when there are some.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+/// A database error during `op`.
+pub(crate) fn db(op: &'static str, e: &tokio_postgres::Error) -> Error {
+    let retryable = retryable(e);
+    let mut message = describe(e);
+    if retryable {
+        message.push_str("; the operation is retried with backoff once the database is reachable again");
+    }
+    Error::Database {
+        op,
+        message,
+        retryable,
+    }
+}
+
+/// `db(op, e)` as a closure for `map_err`.
+pub(crate) fn db_err(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
+    move |e| db(op, &e)
+}
+
+/// A pool error during `op` (no connection could be had).
+pub(crate) fn pool(op: &'static str, e: deadpool_postgres::PoolError) -> Error {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => db(op, &e),
+        PoolError::Timeout(t) => Error::Database {
+            op,
+            message: format!(
+                "timed out waiting for a PostgreSQL connection ({t:?}); check that the database is \
+                 reachable and that the pool is large enough"
+            ),
+            retryable: true,
+        },
+        PoolError::Closed => Error::Database {
+            op,
+            message: "the connection pool is closed".into(),
+            retryable: false,
+        },
+        other => Error::Database {
+            op,
+            message: format!("cannot get a PostgreSQL connection: {other}"),
+            retryable: true,
+        },
+    }
+}
