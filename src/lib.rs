@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod declarative;
 pub mod workload;
 
 #[cfg(feature = "sqlite")]

@@ -1,1 +1,57 @@
-fn main() {}
+//! `projectionist`: the daemon and command-line tool.
+//!
+//! The binary stays thin: argument parsing, output, progress bars, signals and exit codes.
+//! The work happens in the `projectionist` library; `backend.rs` is the one place that turns
+//! a `--database` URL into a backend.
+
+mod args;
+mod backend;
+mod commands;
+mod exit;
+mod jsonl;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{Cli, Command, LogFormat};
+
+fn init_logging(cli: &Cli) {
+    // The daemon logs what it does; one-shot commands only warn.
+    let default = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_env("PROJECTIONIST_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = exit::code_of(&err);
+            eprintln!("error: {}", exit::render(&err));
+            ExitCode::from(code)
+        }
+    }
+}

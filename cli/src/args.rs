@@ -1,0 +1,181 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// Projectionist: event projections for CQRS and event-sourced systems, run beside your app.
+///
+/// Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+#[derive(Debug, Parser)]
+#[command(name = "projectionist", version, propagate_version = true)]
+pub struct Cli {
+    /// The database: sqlite://PATH (or a bare path) for the embedded store.
+    #[arg(
+        long,
+        global = true,
+        env = "PROJECTIONIST_DATABASE_URL",
+        default_value = "sqlite://projectionist.db",
+        hide_env_values = true
+    )]
+    pub database: String,
+
+    /// The projections file (default: projectionist.toml when present).
+    #[arg(long, global = true, env = "PROJECTIONIST_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr (the level comes from PROJECTIONIST_LOG or RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up an example here: an embedded database with ~100,000 order events, example SQL
+    /// projections run to the head, and their read models queried.
+    Quickstart(QuickstartArgs),
+    /// Create the store's tables and the configured projections' read models (idempotent).
+    Init,
+    /// Append one event; prints its position.
+    Append(AppendArgs),
+    /// Import events from JSON lines (a file, or - for stdin), all or nothing.
+    Import(ImportArgs),
+    /// Run the configured projections (until SIGINT or SIGTERM, or to the head with --once).
+    Run(RunArgs),
+    /// Show each projection's state, checkpoint, lag, rate, errors and dead letters.
+    Status(StatusArgs),
+    /// Empty a projection's read model and replay every event into it.
+    Rebuild(RebuildArgs),
+    /// List, retry or discard dead letters.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// Pause a projection: its runners stop after their current batch, in every process.
+    Pause(NameArg),
+    /// Resume a paused or stopped projection.
+    Resume(NameArg),
+    /// Print the orders benchmark workload as JSON lines (input for `import`).
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Overwrite an existing database and projections file.
+    #[arg(long)]
+    pub force: bool,
+    /// Orders-workload events to import (plus the 6 events of ORDER-001).
+    #[arg(long, default_value_t = 100_000, hide = true)]
+    pub events: u64,
+    /// Seed of the orders workload.
+    #[arg(long, default_value_t = 2, hide = true)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    /// The stream to append to.
+    #[arg(long = "stream", value_name = "S")]
+    pub stream: String,
+    /// The event type.
+    #[arg(long = "type", value_name = "T")]
+    pub event_type: String,
+    /// The payload, as JSON.
+    #[arg(long, value_name = "JSON")]
+    pub data: String,
+    /// Metadata, as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub metadata: Option<String>,
+    /// The stream's current version (0: the stream must not exist yet); a mismatch is a conflict.
+    #[arg(long, value_name = "N")]
+    pub expected_version: Option<i64>,
+    /// The event id (a UUID); a fresh one when absent.
+    #[arg(long, value_name = "UUID")]
+    pub event_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A JSON-lines file, or - for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub file: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Stop once every projection reaches the head.
+    #[arg(long)]
+    pub once: bool,
+    /// Run only this projection (repeatable; default: all).
+    #[arg(long = "projection", value_name = "NAME")]
+    pub projections: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON: an array with one object per projection partition.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The projection to rebuild.
+    pub name: String,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The projection's name.
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List open dead letters.
+    List {
+        /// Only this projection's.
+        #[arg(long, value_name = "NAME")]
+        projection: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a dead letter's event again; on success the dead letter is gone.
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Retry {
+        /// The dead letter's id.
+        id: Option<i64>,
+        /// Retry every open dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a dead letter without applying it.
+    Discard {
+        /// The dead letter's id.
+        id: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Events to generate.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Seed.
+    #[arg(long, default_value_t = 2)]
+    pub seed: u64,
+    /// Add seed 002's ORDER-001 story first.
+    #[arg(long)]
+    pub with_story: bool,
+}

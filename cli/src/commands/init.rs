@@ -1,0 +1,39 @@
+//! `projectionist init`: create the store's tables and the configured read models.
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::backend::{with_engine, Backend};
+
+pub async fn run(ctx: &Ctx) -> Result<()> {
+    let existed = ctx.url.exists();
+    let config = ctx.config_optional()?;
+    let backend = Backend::open(&ctx.url).await?;
+    let count = config.as_ref().map_or(0, |c| c.projections.len());
+    with_engine!(&backend, config.as_ref(), |engine| engine.prepare().await?);
+    let what = if existed {
+        "already set up; checked"
+    } else {
+        "created"
+    };
+    println!(
+        "{}: {what} the events, checkpoints and dead-letters tables",
+        ctx.url
+    );
+    match &config {
+        Some(c) => println!("{}: {count} projection(s) ready: {}", c.file, names(c)),
+        None => println!(
+            "no projections file ({}); read models are created when you add one",
+            ctx.config_path().display()
+        ),
+    }
+    Ok(())
+}
+
+fn names(c: &projectionist::declarative::Config) -> String {
+    c.projections
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

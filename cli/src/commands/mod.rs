@@ -1,0 +1,182 @@
+//! One module per command. Command logic is generic over the engine's `Source` and `Store`.
+
+mod append;
+mod dead_letters;
+mod generate;
+mod import;
+mod init;
+mod pause;
+mod quickstart;
+mod rebuild;
+mod run;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use projectionist::declarative::Config;
+use projectionist::{Engine, Progress, ProgressFn, Source, Store, WorkerReport};
+
+use crate::args::{Cli, Command};
+use crate::backend::DatabaseUrl;
+use crate::exit::usage;
+use crate::output;
+
+/// The projections file used when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "projectionist.toml";
+
+/// What every command knows: the database and where the projections file is.
+pub struct Ctx {
+    pub url: DatabaseUrl,
+    /// `--config`, if given.
+    pub config_flag: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// The projections file's path: `--config`, or the default.
+    pub fn config_path(&self) -> &Path {
+        self.config_flag.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG))
+    }
+
+    /// The projections, if there is a projections file. A `--config` that does not exist is an
+    /// error; a missing default file is not.
+    pub fn config_optional(&self) -> Result<Option<Config>> {
+        let path = self.config_path();
+        if self.config_flag.is_none() && !path.exists() {
+            return Ok(None);
+        }
+        if !path.exists() {
+            return Err(usage(format!(
+                "{}: no such projections file (given by --config); check the path",
+                path.display()
+            )));
+        }
+        Ok(Some(Config::load(path)?))
+    }
+
+    /// The projections; a usage error when there is no projections file.
+    pub fn config_required(&self) -> Result<Config> {
+        self.config_optional()?.ok_or_else(|| {
+            usage(format!(
+                "no projections file: {DEFAULT_CONFIG} is not in this folder; pass --config FILE, \
+                 or run `projectionist quickstart` to create an example"
+            ))
+        })
+    }
+
+    /// Fails unless the database exists (for commands that only make sense on one).
+    pub fn require_database(&self) -> Result<()> {
+        if self.url.exists() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "no database at {}; create one with `projectionist init` (or `projectionist quickstart` \
+             for an example), or pass --database",
+            self.url
+        )
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Result<()> {
+    let ctx = Ctx {
+        url: DatabaseUrl::parse(&cli.database)?,
+        config_flag: cli.config,
+    };
+    match cli.command {
+        Command::Quickstart(a) => quickstart::run(&ctx, a).await,
+        Command::Init => init::run(&ctx).await,
+        Command::Append(a) => append::run(&ctx, a).await,
+        Command::Import(a) => import::run(&ctx, a).await,
+        Command::Run(a) => run::run(&ctx, a).await,
+        Command::Status(a) => status::run(&ctx, a).await,
+        Command::Rebuild(a) => rebuild::run(&ctx, a).await,
+        Command::DeadLetters(c) => dead_letters::run(&ctx, c).await,
+        Command::Pause(a) => pause::pause(&ctx, a).await,
+        Command::Resume(a) => pause::resume(&ctx, a).await,
+        Command::Generate(a) => generate::run(a),
+    }
+}
+
+/// Runs `names` (all when empty) to the head, concurrently, with one progress bar each.
+pub async fn catch_up_with_bars<S: Source, St: Store>(
+    engine: Arc<Engine<S, St>>,
+    names: &[String],
+) -> Result<Vec<WorkerReport>> {
+    let names: Vec<String> = if names.is_empty() {
+        engine.projections().iter().map(|p| p.name().to_owned()).collect()
+    } else {
+        for n in names {
+            engine.projection(n)?;
+        }
+        names.to_vec()
+    };
+    let multi = output::multi();
+    let mut set = tokio::task::JoinSet::new();
+    for name in names {
+        let bar = output::replay_bar(&multi, &name);
+        let engine = engine.clone();
+        set.spawn(async move {
+            let report = engine
+                .catch_up(std::slice::from_ref(&name), Some(progress_to(bar.clone())))
+                .await;
+            bar.finish();
+            report
+        });
+    }
+    let mut reports = Vec::new();
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(r)) => reports.extend(r),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(anyhow::Error::new(e));
+            }
+            Err(e) => {
+                first_error.get_or_insert(anyhow::anyhow!("a projection task failed: {e}"));
+            }
+        }
+    }
+    let _ = multi.clear();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    reports.sort_by(|a, b| a.projection.cmp(&b.projection));
+    Ok(reports)
+}
+
+/// A progress callback that moves `bar`.
+pub fn progress_to(bar: indicatif::ProgressBar) -> ProgressFn {
+    Arc::new(move |p: Progress| {
+        bar.set_length(p.target.saturating_sub(p.start).max(0) as u64);
+        bar.set_position(p.position.saturating_sub(p.start).max(0) as u64);
+    })
+}
+
+/// A line per worker report.
+pub fn report_lines(reports: &[WorkerReport]) -> String {
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.projection.clone(),
+                r.state.to_string(),
+                r.checkpoint.to_string(),
+                output::thousands(r.events),
+                format!("{:.2}", r.seconds),
+                output::rate(r.events, r.seconds),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "PROJECTION",
+            "STATE",
+            "CHECKPOINT",
+            "EVENTS",
+            "SECONDS",
+            "EVENTS/S",
+        ],
+        &rows,
+    )
+}
