@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use projectionist::{ExpectedVersion, NewEvent};
+use serde_json::value::RawValue;
 use serde::Deserialize;
-use serde_json::Value;
+
 use uuid::Uuid;
 
 /// One event to import.
@@ -45,9 +46,10 @@ struct Line<'a> {
     stream_id: Cow<'a, str>,
     #[serde(rename = "type", borrow)]
     event_type: Cow<'a, str>,
-    data: Value,
-    #[serde(default)]
-    metadata: Option<Value>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
     #[serde(default, borrow)]
     event_id: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -166,9 +168,10 @@ pub fn parse_line_with(
     if parsed.event_type.trim().is_empty() {
         return Err(fail(column_of(bytes, "type"), "type must not be empty".into()));
     }
-    let metadata = match parsed.metadata {
-        None | Some(Value::Null) => Value::Object(Default::default()),
-        Some(m @ Value::Object(_)) => m,
+    // Kept as the line's own JSON text: nothing is re-parsed or re-printed.
+    let metadata = match parsed.metadata.map(|m| m.get().trim_start()) {
+        None | Some("null") => "{}",
+        Some(m) if m.starts_with('{') => m,
         Some(_) => {
             return Err(fail(
                 column_of(bytes, "metadata"),
@@ -194,12 +197,11 @@ pub fn parse_line_with(
         })?,
         None => new_id(),
     };
-    let event = NewEvent {
-        event_type: parsed.event_type.into_owned(),
-        data: parsed.data,
-        metadata,
-        event_id: id,
-    };
+    // Both texts come from the parsed line, so they are valid JSON.
+    let event = NewEvent::from_json_text(parsed.event_type.into_owned(), parsed.data.get())
+        .and_then(|e| e.with_metadata_text(metadata))
+        .map_err(|e| fail(e.column().max(1), reason_of(&e)))?
+        .with_id(id);
     Ok(Some(ImportEvent {
         stream_id: parsed.stream_id.into_owned(),
         expected,
@@ -285,7 +287,7 @@ impl<R: BufRead> Iterator for Lines<R> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     #[test]
     fn a_full_line_parses() {
@@ -294,8 +296,9 @@ mod tests {
         assert_eq!(e.stream_id, "S-1");
         assert_eq!(e.expected, ExpectedVersion::NoStream);
         assert_eq!(e.event.event_type, "T");
-        assert_eq!(e.event.data, json!({"a": 1}));
-        assert_eq!(e.event.metadata, json!({"u": "x"}));
+        assert_eq!(e.event.data_value().unwrap(), json!({"a": 1}));
+        assert_eq!(e.event.metadata_value().unwrap(), json!({"u": "x"}));
+        assert_eq!(e.event.data_json(), r#"{"a":1}"#);
         assert_eq!(e.event.event_id, Uuid::from_u128(1));
         assert_eq!(parse_line(3, b"  \r\n").unwrap(), None);
     }
@@ -361,8 +364,8 @@ mod tests {
             let line = json!({"stream_id": stream, "type": ty, "data": data}).to_string();
             let e = parse_line(1, line.as_bytes()).unwrap().unwrap();
             prop_assert_eq!(e.stream_id, stream);
-            prop_assert_eq!(e.event.event_type, ty);
-            prop_assert_eq!(e.event.data, data);
+            prop_assert_eq!(&e.event.event_type, &ty);
+            prop_assert_eq!(e.event.data_value().unwrap(), data);
         }
 
         /// In a file of good lines with one broken line, the import stops at that line number.

@@ -109,49 +109,77 @@ impl Event {
 }
 
 /// An event to append: its type, payload and metadata. The store assigns the rest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// The payload and metadata are kept as JSON text, so that an import writes each line's bytes
+/// as they came (key order included) without parsing them into a tree and printing them again.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
     pub event_type: String,
-    pub data: Value,
-    #[serde(default = "empty_object")]
-    pub metadata: Value,
+    data: String,
+    metadata: String,
     /// Set it to make appends idempotent; a fresh v4 UUID otherwise.
-    #[serde(default = "Uuid::new_v4")]
     pub event_id: Uuid,
-}
-
-fn empty_object() -> Value {
-    Value::Object(Default::default())
 }
 
 impl NewEvent {
     /// An event of `event_type` with `data` and no metadata.
     pub fn new(event_type: impl Into<String>, data: Value) -> Self {
-        NewEvent {
-            event_type: event_type.into(),
-            data,
-            metadata: empty_object(),
-            event_id: Uuid::new_v4(),
-        }
+        NewEvent { event_type: event_type.into(), data: data.to_string(), metadata: "{}".into(), event_id: Uuid::new_v4() }
     }
 
     /// An event whose payload is the serialized `payload`.
-    pub fn from_payload<T: Serialize>(
-        event_type: impl Into<String>,
-        payload: &T,
-    ) -> Result<Self, serde_json::Error> {
+    pub fn from_payload<T: Serialize>(event_type: impl Into<String>, payload: &T) -> Result<Self, serde_json::Error> {
         Ok(Self::new(event_type, serde_json::to_value(payload)?))
     }
 
+    /// An event whose payload is JSON text, kept byte for byte. Fails when it is not JSON.
+    pub fn from_json_text(event_type: impl Into<String>, data: impl Into<String>) -> Result<Self, serde_json::Error> {
+        let data = data.into();
+        validate_json(&data)?;
+        Ok(NewEvent { event_type: event_type.into(), data, metadata: "{}".into(), event_id: Uuid::new_v4() })
+    }
+
     pub fn with_metadata(mut self, metadata: Value) -> Self {
-        self.metadata = metadata;
+        self.metadata = metadata.to_string();
         self
+    }
+
+    /// Metadata as JSON text, kept byte for byte. Fails when it is not JSON.
+    pub fn with_metadata_text(mut self, metadata: impl Into<String>) -> Result<Self, serde_json::Error> {
+        let metadata = metadata.into();
+        validate_json(&metadata)?;
+        self.metadata = metadata;
+        Ok(self)
     }
 
     pub fn with_id(mut self, event_id: Uuid) -> Self {
         self.event_id = event_id;
         self
     }
+
+    /// The payload as JSON text.
+    pub fn data_json(&self) -> &str {
+        &self.data
+    }
+
+    /// The metadata as JSON text.
+    pub fn metadata_json(&self) -> &str {
+        &self.metadata
+    }
+
+    /// The payload parsed.
+    pub fn data_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(&self.data)
+    }
+
+    /// The metadata parsed.
+    pub fn metadata_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(&self.metadata)
+    }
+}
+
+fn validate_json(text: &str) -> Result<(), serde_json::Error> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map(|_| ())
 }
 
 /// What the writer believes the stream's current version is.

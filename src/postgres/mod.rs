@@ -166,12 +166,12 @@ impl Sql {
             ),
             insert_returning: format!(
                 "INSERT INTO {s}.events (stream_id, stream_version, event_type, event_id, data, metadata) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::uuid[], $5::jsonb[], $6::jsonb[]) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::uuid[], $5::text[]::jsonb[], $6::text[]::jsonb[]) \
                  RETURNING stream_id, stream_version, position, xid"
             ),
             insert: format!(
                 "INSERT INTO {s}.events (stream_id, stream_version, event_type, event_id, data, metadata) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::uuid[], $5::jsonb[], $6::jsonb[])"
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::uuid[], $5::text[]::jsonb[], $6::text[]::jsonb[])"
             ),
             lock_events: format!("LOCK TABLE {s}.events IN EXCLUSIVE MODE"),
             cas: format!(
@@ -1158,8 +1158,8 @@ struct Rows {
     versions: Vec<i64>,
     types: Vec<String>,
     ids: Vec<Uuid>,
-    data: Vec<serde_json::Value>,
-    metadata: Vec<serde_json::Value>,
+    data: Vec<String>,
+    metadata: Vec<String>,
 }
 
 impl Rows {
@@ -1183,8 +1183,8 @@ impl Rows {
                 rows.versions.push(v);
                 rows.types.push(e.event_type.clone());
                 rows.ids.push(e.event_id);
-                rows.data.push(e.data.clone());
-                rows.metadata.push(e.metadata.clone());
+                rows.data.push(e.data_json().to_owned());
+                rows.metadata.push(e.metadata_json().to_owned());
             }
             versions.insert(a.stream_id.clone(), v);
         }

@@ -99,6 +99,9 @@ fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     }
 }
 
+/// Sets up a connection: WAL, a busy timeout, and no automatic checkpoints (a background
+/// thread checkpoints instead, so that no writer's commit pays for copying the WAL into the
+/// database file; see `spawn_checkpointer`).
 fn configure(conn: &Connection) -> Result<()> {
     let err = db_err("configuring the connection");
     conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
@@ -108,10 +111,46 @@ fn configure(conn: &Connection) -> Result<()> {
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
         tracing::warn!(mode, "SQLite did not switch to WAL mode");
     }
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;")
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 0;")
         .map_err(&err)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
+}
+
+/// How often the background checkpointer looks for new writes.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Checkpoints the WAL into the database file from its own thread and connection, after
+/// writes, in PASSIVE mode (it never blocks readers or writers). It stops once the store is
+/// dropped; SQLite also checkpoints when the last connection closes.
+fn spawn_checkpointer(path: std::path::PathBuf, inner: std::sync::Weak<Inner>) {
+    let spawned = std::thread::Builder::new().name("projectionist-sqlite-checkpoint".into()).spawn(move || {
+        let conn = match Connection::open(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the checkpoint connection; the WAL is checkpointed when the database closes");
+                return;
+            }
+        };
+        let _ = conn.busy_timeout(Duration::from_millis(100));
+        let mut seen = (u64::MAX, u64::MAX);
+        loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            let Some(inner) = inner.upgrade() else { return };
+            let now = (*inner.changes.borrow(), *inner.checkpoints.borrow());
+            drop(inner);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!(error = %e, "WAL checkpoint did not run; retrying later");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the checkpoint thread");
+    }
 }
 
 /// The format of timestamps in the database: RFC 3339, UTC, microseconds.
@@ -182,7 +221,9 @@ impl SqliteStore {
             .map_err(db_err("creating the engine's tables"))?;
         let reader = open("opening the database for reads")?;
         configure(&reader)?;
-        Ok(Self::from_connections(location, writer, Some(reader)))
+        let store = Self::from_connections(location, writer, Some(reader));
+        spawn_checkpointer(path.to_path_buf(), Arc::downgrade(&store.inner));
+        Ok(store)
     }
 
     /// A private in-memory database (for tests and examples).
@@ -283,7 +324,7 @@ impl SqliteStore {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(db_err("beginning an append"))?;
-                let mut versions = HashMap::new();
+                let mut versions = Versions::new(&tx)?;
                 let now = format_time(Utc::now());
                 let mut out = Vec::with_capacity(appends.len());
                 for a in &appends {
@@ -311,7 +352,7 @@ impl SqliteStore {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(db_err("beginning an append"))?;
-                let mut versions = HashMap::new();
+                let mut versions = Versions::new(&tx)?;
                 let now = format_time(Utc::now());
                 let mut out = Vec::with_capacity(appends.len());
                 for a in &appends {
@@ -344,15 +385,16 @@ impl SqliteStore {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(db_err("beginning an import"))?;
-                let mut versions = HashMap::new();
+                let mut versions = Versions::new(&tx)?;
                 let now = format_time(Utc::now());
                 let mut n = 0u64;
                 for item in items {
                     let a = item?;
                     append_in(&tx, &mut versions, &a, &now)?;
-                    n += a.events.len() as u64;
+                    let len = a.events.len() as u64;
+                    n += len;
                     if let Some(p) = &progress {
-                        if n % 4096 < a.events.len() as u64 {
+                        if n % 4096 < len {
                             p(n);
                         }
                     }
@@ -389,37 +431,57 @@ impl SqliteStore {
     }
 }
 
+/// Stream versions known inside one write transaction.
+struct Versions {
+    known: HashMap<String, i64>,
+    /// The events table was empty when the transaction began: every stream starts at 0.
+    started_empty: bool,
+}
+
+impl Versions {
+    fn new(tx: &Connection) -> Result<Self> {
+        let started_empty = tx
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
+            .map_err(db_err("reading the events table"))?;
+        Ok(Versions { known: HashMap::new(), started_empty })
+    }
+
+    /// Validates an append and returns its stream's current version.
+    fn check(&mut self, tx: &Connection, a: &StreamAppend) -> Result<i64> {
+        if a.events.is_empty() {
+            return Err(Error::Invalid(format!("nothing to append to stream {}", a.stream_id)));
+        }
+        if a.stream_id.is_empty() {
+            return Err(Error::Invalid("stream_id must not be empty".into()));
+        }
+        let current = match self.known.get(&a.stream_id) {
+            Some(v) => *v,
+            None if self.started_empty => 0,
+            None => tx
+                .prepare_cached("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1")
+                .and_then(|mut st| st.query_row([&a.stream_id], |r| r.get::<_, i64>(0)))
+                .map_err(db_err("reading the stream version"))?,
+        };
+        if !a.expected.admits(current) {
+            return Err(Error::Conflict { stream: a.stream_id.clone(), expected: a.expected, actual: current });
+        }
+        Ok(current)
+    }
+
+    fn set(&mut self, stream_id: &str, version: i64) {
+        match self.known.get_mut(stream_id) {
+            Some(v) => *v = version,
+            None => {
+                self.known.insert(stream_id.to_owned(), version);
+            }
+        }
+    }
+}
+
 /// Appends one stream's events inside `tx`. `versions` caches stream versions across the
 /// appends of one transaction.
-fn append_in(
-    tx: &Connection,
-    versions: &mut HashMap<String, i64>,
-    a: &StreamAppend,
-    now: &str,
-) -> Result<Appended> {
-    if a.events.is_empty() {
-        return Err(Error::Invalid(format!(
-            "nothing to append to stream {}",
-            a.stream_id
-        )));
-    }
-    if a.stream_id.is_empty() {
-        return Err(Error::Invalid("stream_id must not be empty".into()));
-    }
-    let current = match versions.get(&a.stream_id) {
-        Some(v) => *v,
-        None => tx
-            .prepare_cached("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1")
-            .and_then(|mut st| st.query_row([&a.stream_id], |r| r.get::<_, i64>(0)))
-            .map_err(db_err("reading the stream version"))?,
-    };
-    if !a.expected.admits(current) {
-        return Err(Error::Conflict {
-            stream: a.stream_id.clone(),
-            expected: a.expected,
-            actual: current,
-        });
-    }
+fn append_in(tx: &Connection, versions: &mut Versions, a: &StreamAppend, now: &str) -> Result<Appended> {
+    let current = versions.check(tx, a)?;
     let mut insert = tx
         .prepare_cached(
             "INSERT INTO events (stream_id, stream_version, event_type, event_id, data, metadata, recorded_at) \
@@ -432,10 +494,7 @@ fn append_in(
     let mut id_buf = Uuid::encode_buffer();
     for ev in &a.events {
         version += 1;
-        let data = serde_json::to_string(&ev.data)
-            .map_err(|e| Error::Invalid(format!("event data is not JSON: {e}")))?;
-        let metadata = serde_json::to_string(&ev.metadata)
-            .map_err(|e| Error::Invalid(format!("event metadata is not JSON: {e}")))?;
+        let (data, metadata) = (ev.data_json(), ev.metadata_json());
         let event_id: &str = ev.event_id.hyphenated().encode_lower(&mut id_buf);
         match insert.execute(params![
             a.stream_id,
@@ -467,7 +526,7 @@ fn append_in(
             first = last;
         }
     }
-    versions.insert(a.stream_id.clone(), version);
+    versions.set(&a.stream_id, version);
     Ok(Appended {
         first_position: first,
         last_position: last,

@@ -4,7 +4,7 @@
 /// Creates the engine's tables. Idempotent.
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
-    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    position       INTEGER PRIMARY KEY,
     stream_id      TEXT    NOT NULL,
     stream_version INTEGER NOT NULL,
     event_type     TEXT    NOT NULL,
