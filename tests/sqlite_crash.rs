@@ -226,7 +226,7 @@ fn interrupted_rebuild_resumes() {
         let progress: projectionist::ProgressFn = std::sync::Arc::new(move |p| seen.lock().unwrap().push(p));
         let report = engine.rebuild("orders", Some(progress)).await.unwrap();
         // It resumed: the first progress report starts from the killed run's checkpoint.
-        let first = calls.lock().unwrap().first().copied().unwrap();
+        let first = calls.lock().unwrap().first().cloned().unwrap();
         assert_eq!(first.start, resumed_from);
         assert_eq!(report.state, RunState::Running);
         assert_eq!(

@@ -646,7 +646,7 @@ async fn rebuild_equals_incremental_processing_and_fails_fast() {
         &incremental,
         "rebuild vs incremental",
     );
-    let last = *progress.lock().unwrap().last().unwrap();
+    let last = progress.lock().unwrap().last().cloned().unwrap();
     assert_eq!((last.position, last.target), (12_000, 12_000));
 
     // A poison event fails the rebuild fast, and the projection stays in the rebuilding state.

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use projectionist::{ExpectedVersion, NewEvent};
-use serde_json::value::RawValue;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use uuid::Uuid;
 

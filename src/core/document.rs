@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::error::{BatchFailure, HandlerError};
 use super::event::{Event, Upcasters};
-use super::projection::{Applied, Apply};
+use super::projection::{Applied, Apply, Prefetch};
 
 /// A document: a row of the read model, as a serde type. `Default` is the state of a key
 /// before its first event.
@@ -175,6 +175,25 @@ impl<D: Document, C: DocumentStorage + ?Sized + 'static> Apply<C> for Documents<
 
     fn reset(&self, cx: &C) -> Result<(), HandlerError> {
         cx.clear_table(&self.table)
+    }
+
+    fn prefetch(&self, events: &[Event]) -> Vec<Prefetch> {
+        let mut keys: Vec<String> = events
+            .iter()
+            .filter(|ev| self.folds.contains_key(self.upcasters.resolve(&ev.event_type)))
+            .filter_map(|ev| (self.key)(ev))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        vec![Prefetch {
+            table: self.table.clone(),
+            key_column: self.key_column.clone(),
+            keys,
+        }]
+    }
+
+    fn batch_wide(&self) -> bool {
+        true
     }
 
     fn apply(&self, cx: &C, events: &[Event]) -> Result<Applied, BatchFailure> {

@@ -285,10 +285,12 @@ impl<S: Source, St: Store> Engine<S, St> {
             let record = self.store.record(projection, 0).await?;
             let checkpoint = record.as_ref().map_or(Checkpoint::START, |r| r.checkpoint);
             if checkpoint >= token {
+                super::metrics::wait_for(projection, true, started.elapsed());
                 return Ok(started.elapsed());
             }
             if tokio::time::Instant::now() >= deadline {
                 let lag = self.source.lag(checkpoint).await?;
+                super::metrics::wait_for(projection, false, started.elapsed());
                 return Err(Error::Timeout {
                     projection: projection.to_owned(),
                     target: token,

@@ -124,19 +124,35 @@ pub struct NewEvent {
 impl NewEvent {
     /// An event of `event_type` with `data` and no metadata.
     pub fn new(event_type: impl Into<String>, data: Value) -> Self {
-        NewEvent { event_type: event_type.into(), data: data.to_string(), metadata: "{}".into(), event_id: Uuid::new_v4() }
+        NewEvent {
+            event_type: event_type.into(),
+            data: data.to_string(),
+            metadata: "{}".into(),
+            event_id: Uuid::new_v4(),
+        }
     }
 
     /// An event whose payload is the serialized `payload`.
-    pub fn from_payload<T: Serialize>(event_type: impl Into<String>, payload: &T) -> Result<Self, serde_json::Error> {
+    pub fn from_payload<T: Serialize>(
+        event_type: impl Into<String>,
+        payload: &T,
+    ) -> Result<Self, serde_json::Error> {
         Ok(Self::new(event_type, serde_json::to_value(payload)?))
     }
 
     /// An event whose payload is JSON text, kept byte for byte. Fails when it is not JSON.
-    pub fn from_json_text(event_type: impl Into<String>, data: impl Into<String>) -> Result<Self, serde_json::Error> {
+    pub fn from_json_text(
+        event_type: impl Into<String>,
+        data: impl Into<String>,
+    ) -> Result<Self, serde_json::Error> {
         let data = data.into();
         validate_json(&data)?;
-        Ok(NewEvent { event_type: event_type.into(), data, metadata: "{}".into(), event_id: Uuid::new_v4() })
+        Ok(NewEvent {
+            event_type: event_type.into(),
+            data,
+            metadata: "{}".into(),
+            event_id: Uuid::new_v4(),
+        })
     }
 
     pub fn with_metadata(mut self, metadata: Value) -> Self {
@@ -234,7 +250,11 @@ pub struct StreamAppend {
 
 impl StreamAppend {
     pub fn new(stream_id: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
-        StreamAppend { stream_id: stream_id.into(), expected, events }
+        StreamAppend {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+        }
     }
 }
 

@@ -4,6 +4,7 @@ pub mod document;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod metrics;
 pub mod policy;
 pub mod projection;
 pub mod runner;

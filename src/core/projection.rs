@@ -30,6 +30,28 @@ pub trait Apply<C: ?Sized>: Send + Sync + 'static {
     /// Applies `events` in order. On failure, says which event failed; the store rolls the
     /// whole batch back, and the runner re-applies the events before it.
     fn apply(&self, cx: &C, events: &[Event]) -> Result<Applied, BatchFailure>;
+
+    /// The rows `apply` will read for `events`, so that a store whose context cannot read
+    /// synchronously (PostgreSQL queues statements) can load them first, in the batch's
+    /// transaction, and hand them to the context. Default: none.
+    fn prefetch(&self, events: &[Event]) -> Vec<Prefetch> {
+        let _ = events;
+        Vec::new()
+    }
+
+    /// Whether `apply` must see the whole batch in one call (a fold by key does; per-event
+    /// handlers do not, and a store may then call it event by event). Default: `false`.
+    fn batch_wide(&self) -> bool {
+        false
+    }
+}
+
+/// Rows of `table` whose `key_column` is one of `keys`, to load before a batch is applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prefetch {
+    pub table: String,
+    pub key_column: String,
+    pub keys: Vec<String>,
 }
 
 /// What applying a batch did.

@@ -47,8 +47,11 @@ impl Default for RunnerSettings {
 }
 
 /// Progress of a catch-up or rebuild, reported after each commit.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
+    /// The projection this is about.
+    pub projection: Arc<str>,
+    pub partition: u32,
     /// Events applied so far in this run (handled or ignored, not counting filtered ones).
     pub events: u64,
     /// Position reached.
@@ -282,14 +285,29 @@ impl<S: Source, St: Store> Worker<S, St> {
                 };
                 // A notification means new events: poll eagerly again until they show (they
                 // may still wait behind an open transaction on PostgreSQL).
-                idle = if ticked { self.settings.poll_min } else { (idle * 2).min(self.settings.poll_max) };
+                idle = if ticked {
+                    self.settings.poll_min
+                } else {
+                    (idle * 2).min(self.settings.poll_max)
+                };
                 continue;
             }
             idle = self.settings.poll_min;
 
             let permit = self.scheduler.acquire(self.projection.options().priority).await;
+            let (before, took) = (self.events, Instant::now());
             let step = self.apply_batch(batch, &mut shutdown).await;
             drop(permit);
+            if step.is_ok() {
+                let position = self.checkpoint.position;
+                super::metrics::batch(
+                    self.name(),
+                    self.partition,
+                    self.events - before,
+                    took.elapsed(),
+                    position,
+                );
+            }
             match step {
                 Ok(Step::Continue) => {
                     retry = self.settings.retry_min;
@@ -307,6 +325,8 @@ impl<S: Source, St: Store> Worker<S, St> {
             }
             if let Some(progress) = self.mode.progress() {
                 progress(Progress {
+                    projection: self.projection.name_arc(),
+                    partition: self.partition,
                     events: self.events,
                     position: self.checkpoint.position,
                     target: self.mode.target().map_or(0, |t| t.position),
@@ -404,6 +424,7 @@ impl<S: Source, St: Store> Worker<S, St> {
     fn on_commit_error(&mut self, err: CommitError) -> Result<Step> {
         match err {
             CommitError::Fenced { actual } => {
+                super::metrics::fenced(self.name(), self.partition);
                 warn!(
                     projection = self.name(),
                     partition = self.partition,
@@ -435,6 +456,7 @@ impl<S: Source, St: Store> Worker<S, St> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Step> {
         let event = events[index].clone();
+        super::metrics::failure(self.name(), self.partition);
         if matches!(self.mode, Mode::Rebuild { .. }) && self.projection.options().rebuild_fail_fast {
             return Err(Error::RebuildFailed {
                 projection: self.name().to_owned(),
@@ -504,6 +526,7 @@ impl<S: Source, St: Store> Worker<S, St> {
                     commit.last_error = Some(message);
                     return match self.store.commit(commit).await {
                         Ok(()) => {
+                            super::metrics::dead_letter(self.name(), self.partition);
                             self.advance(event.checkpoint(), 0);
                             Ok(Step::Continue)
                         }

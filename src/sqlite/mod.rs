@@ -443,13 +443,19 @@ impl Versions {
         let started_empty = tx
             .query_row("SELECT NOT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
             .map_err(db_err("reading the events table"))?;
-        Ok(Versions { known: HashMap::new(), started_empty })
+        Ok(Versions {
+            known: HashMap::new(),
+            started_empty,
+        })
     }
 
     /// Validates an append and returns its stream's current version.
     fn check(&mut self, tx: &Connection, a: &StreamAppend) -> Result<i64> {
         if a.events.is_empty() {
-            return Err(Error::Invalid(format!("nothing to append to stream {}", a.stream_id)));
+            return Err(Error::Invalid(format!(
+                "nothing to append to stream {}",
+                a.stream_id
+            )));
         }
         if a.stream_id.is_empty() {
             return Err(Error::Invalid("stream_id must not be empty".into()));
@@ -463,7 +469,11 @@ impl Versions {
                 .map_err(db_err("reading the stream version"))?,
         };
         if !a.expected.admits(current) {
-            return Err(Error::Conflict { stream: a.stream_id.clone(), expected: a.expected, actual: current });
+            return Err(Error::Conflict {
+                stream: a.stream_id.clone(),
+                expected: a.expected,
+                actual: current,
+            });
         }
         Ok(current)
     }
