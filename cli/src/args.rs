@@ -64,6 +64,9 @@ pub enum Command {
     Resume(NameArg),
     /// Print the orders benchmark workload as JSON lines (input for `import`).
     Generate(GenerateArgs),
+    /// Measure throughput, latency and memory on the orders workload, as ratios to the
+    /// database's own set-based SQL (see BENCHMARKS.md).
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -178,4 +181,25 @@ pub struct GenerateArgs {
     /// Add seed 002's ORDER-001 story first.
     #[arg(long)]
     pub with_story: bool,
+}
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Events of the orders workload to generate and load.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the phases as a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Events per batch for the projections.
+    #[arg(long, default_value_t = 2_000)]
+    pub batch_size: usize,
+    /// Seconds of live appends for the latency phase (0 skips it).
+    #[arg(long, default_value_t = 5)]
+    pub live_seconds: u64,
+    /// Appends per second in the latency phase.
+    #[arg(long, default_value_t = 1_000)]
+    pub live_rate: u32,
 }

@@ -6,6 +6,7 @@
 
 mod args;
 mod backend;
+mod bench;
 mod commands;
 mod exit;
 mod jsonl;

@@ -1,6 +1,7 @@
 //! One module per command. Command logic is generic over the engine's `Source` and `Store`.
 
 mod append;
+mod bench;
 mod dead_letters;
 mod generate;
 mod import;
@@ -95,6 +96,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Pause(a) => pause::pause(&ctx, a).await,
         Command::Resume(a) => pause::resume(&ctx, a).await,
         Command::Generate(a) => generate::run(a),
+        Command::Bench(a) => bench::run(&ctx, a).await,
     }
 }
 
