@@ -1,18 +1,17 @@
 //! The bench on the embedded SQLite backend.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use projectionist::declarative::Config;
 use projectionist::sqlite::{rusqlite, SqliteHandlers, SqliteProjection, SqliteStore, StreamAppend};
 use projectionist::workload::{Orders, WorkloadEvent};
-use projectionist::{Documents, ExpectedVersion, HandlerError, ProgressFn, Store};
-use serde::{Deserialize, Serialize};
+use projectionist::{ExpectedVersion, HandlerError, ProgressFn};
 
+use super::orders::{create_table, declarative_config, documents, Created, Item, Nothing, Shipped};
 use super::{Backend, Mismatch, Style, COLUMNS, REFERENCE_TABLE};
 
 /// The SQLite bench: a fresh database file.
@@ -52,126 +51,6 @@ impl SqliteBench {
             batch_size,
         })
     }
-}
-
-fn create_table(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
-            order_id        TEXT PRIMARY KEY,
-            customer_name   TEXT,
-            status          TEXT NOT NULL,
-            item_count      INTEGER NOT NULL DEFAULT 0,
-            total_amount    DOUBLE PRECISION NOT NULL DEFAULT 0,
-            carrier         TEXT,
-            tracking_number TEXT,
-            version         INTEGER NOT NULL
-        )"
-    )
-}
-
-/// `order_summary` as a declarative SQL projection (the same statements as the example config,
-/// without its extra `order_items` table).
-pub fn declarative_config(name: &str, table: &str, batch_size: usize) -> String {
-    format!(
-        r#"
-[[projection]]
-name = "{name}"
-batch_size = {batch_size}
-error_policy = "stop"
-setup = """{setup}"""
-
-[projection.handlers]
-OrderCreated = """
-INSERT INTO {table} (order_id, customer_name, status, version)
-VALUES (:stream_id, :data.customer_name, 'created', :stream_version)
-ON CONFLICT (order_id) DO NOTHING"""
-ItemAdded = """
-UPDATE {table} SET item_count = item_count + :data.quantity,
-       total_amount = total_amount + :data.quantity * :data.unit_price, version = :stream_version
- WHERE order_id = :stream_id AND version < :stream_version"""
-OrderConfirmed = """
-UPDATE {table} SET status = 'confirmed', version = :stream_version
- WHERE order_id = :stream_id AND version < :stream_version"""
-OrderShipped = """
-UPDATE {table} SET status = 'shipped', carrier = :data.carrier, tracking_number = :data.tracking_number,
-       version = :stream_version
- WHERE order_id = :stream_id AND version < :stream_version"""
-OrderDelivered = """
-UPDATE {table} SET status = 'delivered', version = :stream_version
- WHERE order_id = :stream_id AND version < :stream_version"""
-OrderCancelled = """
-UPDATE {table} SET status = 'cancelled', version = :stream_version
- WHERE order_id = :stream_id AND version < :stream_version"""
-"#,
-        setup = create_table(table)
-    )
-}
-
-/// The document of `order_summary`.
-#[derive(Default, Serialize, Deserialize)]
-pub struct Summary {
-    order_id: String,
-    customer_name: Option<String>,
-    status: String,
-    item_count: i64,
-    total_amount: f64,
-    carrier: Option<String>,
-    tracking_number: Option<String>,
-    version: i64,
-}
-
-#[derive(Deserialize)]
-pub struct Created {
-    customer_name: String,
-}
-#[derive(Deserialize)]
-pub struct Item {
-    quantity: i64,
-    unit_price: f64,
-}
-#[derive(Deserialize)]
-pub struct Shipped {
-    carrier: String,
-    tracking_number: String,
-}
-#[derive(Deserialize)]
-pub struct Nothing {}
-
-/// `order_summary` as documents.
-pub fn documents(table: &str) -> Documents<Summary> {
-    fn status(
-        s: &'static str,
-    ) -> impl Fn(&mut Summary, &projectionist::Event, Nothing) -> Result<(), HandlerError> {
-        move |d, ev, _| {
-            d.status = s.into();
-            d.version = ev.stream_version;
-            Ok(())
-        }
-    }
-    Documents::<Summary>::new(table, "order_id")
-        .setup_sql(create_table(table))
-        .on("OrderCreated", |d: &mut Summary, ev, e: Created| {
-            d.customer_name = Some(e.customer_name);
-            d.status = "created".into();
-            d.version = ev.stream_version;
-            Ok(())
-        })
-        .on("ItemAdded", |d: &mut Summary, ev, e: Item| {
-            d.item_count += e.quantity;
-            d.total_amount += e.quantity as f64 * e.unit_price;
-            d.version = ev.stream_version;
-            Ok(())
-        })
-        .on("OrderConfirmed", status("confirmed"))
-        .on("OrderShipped", |d: &mut Summary, ev, e: Shipped| {
-            d.status = "shipped".into();
-            d.carrier = Some(e.carrier);
-            d.tracking_number = Some(e.tracking_number);
-            d.version = ev.stream_version;
-            Ok(())
-        })
-        .on("OrderDelivered", status("delivered"))
-        .on("OrderCancelled", status("cancelled"))
 }
 
 /// `order_summary` as typed per-event handlers.
@@ -332,82 +211,22 @@ impl Backend for SqliteBench {
     }
 
     async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<Vec<Duration>> {
-        let name = "bench_live";
         let projection =
-            SqliteProjection::new(name, handlers("bench_live_summary")).batch_size(self.batch_size);
+            SqliteProjection::new(super::LIVE, handlers("bench_live_summary")).batch_size(self.batch_size);
         let engine = Arc::new(self.store.engine().with(projection)?);
-        engine.catch_up(&[], None).await?;
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let runner = {
-            let engine = engine.clone();
-            tokio::spawn(async move { engine.run(&[], shutdown).await })
-        };
-
-        // The watcher marks each appended position visible once the checkpoint passes it.
-        let pending: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-        let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
-        let total = events.len();
-        // An append that the runner applied before the appender recorded it is found at once.
-        let nudge = Arc::new(tokio::sync::Notify::new());
-        let watcher = {
-            let (store, pending, latencies) = (self.store.clone(), pending.clone(), latencies.clone());
-            let mut changes = store.checkpoint_changes();
-            let nudge = nudge.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = changes.changed() => {}
-                        _ = nudge.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                    }
-                    let cp = match store.record(name, 0).await {
-                        Ok(Some(r)) => r.checkpoint.position,
-                        _ => continue,
-                    };
-                    let now = Instant::now();
-                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut l = latencies.lock().unwrap_or_else(|e| e.into_inner());
-                    p.retain(|pos, t0| {
-                        if *pos <= cp {
-                            l.push(now - *t0);
-                            false
-                        } else {
-                            true
-                        }
-                    });
-                    if l.len() >= total {
-                        return;
-                    }
-                }
-            })
-        };
-
-        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for e in events {
-            tick.tick().await;
-            let t0 = Instant::now();
-            let appended = self
-                .store
-                .append(
-                    e.stream_id.clone(),
-                    ExpectedVersion::Exact(e.stream_version - 1),
-                    vec![e.to_new_event()],
-                )
-                .await?;
-            pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(appended.last_position, t0);
-            nudge.notify_one();
-        }
-        let finished = tokio::time::timeout(Duration::from_secs(30), watcher).await;
-        let _ = stop.send(true);
-        runner.await??;
-        if finished.is_err() {
-            bail!("the live projection did not catch up within 30 s of the last append");
-        }
-        let out = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(out)
+        let store = self.store.clone();
+        super::measure_live(engine, events, rate, move |e| {
+            let store = store.clone();
+            async move {
+                store
+                    .append(
+                        e.stream_id.clone(),
+                        ExpectedVersion::Exact(e.stream_version - 1),
+                        vec![e.to_new_event()],
+                    )
+                    .await
+            }
+        })
+        .await
     }
 }
