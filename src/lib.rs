@@ -12,6 +12,11 @@
 
 #![forbid(unsafe_code)]
 
+/// The README's examples compile as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod core;
 pub mod declarative;
 pub mod workload;
