@@ -264,9 +264,21 @@ impl<S: Source, St: Store> Worker<S, St> {
             };
 
             if batch.events.is_empty() && batch.scanned_to <= self.checkpoint {
-                // At the head.
-                if self.mode.target().is_some() {
-                    break;
+                // At the readable head. A catch-up or rebuild goes on to its target: events
+                // committed before it started may still wait behind an older transaction that
+                // is open (PostgreSQL), and must not be left out.
+                if let Some(target) = self.mode.target() {
+                    if self.checkpoint >= target {
+                        break;
+                    }
+                    if idle >= self.settings.poll_max {
+                        info!(projection = self.name(), checkpoint = %self.checkpoint, %target, "waiting for events behind transactions that are still open");
+                    }
+                    if sleep_or_shutdown(idle, &mut shutdown).await {
+                        break;
+                    }
+                    idle = (idle * 2).min(self.settings.poll_max);
+                    continue;
                 }
                 if state == RunState::Rebuilding {
                     self.finish_rebuild().await;
