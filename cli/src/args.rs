@@ -62,6 +62,9 @@ pub enum Command {
     Pause(NameArg),
     /// Resume a paused or stopped projection.
     Resume(NameArg),
+    /// Wait until a projection has applied an append's token (read-your-writes); exit code 3
+    /// on timeout.
+    Wait(WaitArgs),
     /// Print the orders benchmark workload as JSON lines (input for `import`).
     Generate(GenerateArgs),
     /// Measure throughput, latency and memory on the orders workload, as ratios to the
@@ -119,6 +122,27 @@ pub struct RunArgs {
     /// Run only this projection (repeatable; default: all).
     #[arg(long = "projection", value_name = "NAME")]
     pub projections: Vec<String>,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The daemon's HTTP server (health, metrics, JSON API, dashboard); see docs/operations.md.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Serve health, metrics, the JSON API and the dashboard on ADDR (HOST:PORT, or a port on
+    /// 127.0.0.1). Overrides `[http] listen`.
+    #[arg(long, value_name = "ADDR", value_parser = projectionist::declarative::parse_listen)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The environment variable that holds the API bearer token for the POST actions
+    /// (default: PROJECTIONIST_API_TOKEN). Without a token the actions are disabled.
+    #[arg(long, value_name = "VAR")]
+    pub api_token_env: Option<String>,
+    /// Not ready (/health/ready answers 503) when a projection lags more events than N.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_lag_events: Option<u64>,
+    /// Not ready when a projection's oldest unapplied event is older than SECONDS.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_lag_seconds: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +159,25 @@ pub struct RebuildArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Build the new version beside the current one (which keeps serving), then swap the two
+    /// in one transaction. Resumes an interrupted blue/green rebuild.
+    #[arg(long)]
+    pub blue_green: bool,
+    /// With --blue-green: drop an interrupted blue/green build instead of running one.
+    #[arg(long, requires = "blue_green")]
+    pub abandon: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The projection to wait for.
+    pub name: String,
+    /// The token `projectionist append` printed: POSITION (SQLite) or TXID:POSITION (PostgreSQL).
+    #[arg(long, value_name = "TOKEN")]
+    pub position: String,
+    /// How long to wait: e.g. 500ms, 2s, 1m (default 10s).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +225,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub with_story: bool,
 }
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Events of the orders workload to generate and load.

@@ -2,13 +2,15 @@
 //!
 //! Command logic is written against `projectionist::Engine<S, St>` for any `Source` and
 //! `Store`; the [`with_engine!`] macro builds the engine of whichever backend the URL names and
-//! registers the configured declarative projections on it. Adding a backend (PostgreSQL) is one
-//! variant of [`Location`] and [`Backend`] and one arm in each `match` below.
+//! registers the configured declarative projections on it. Each backend (SQLite, PostgreSQL) is
+//! one variant of [`Location`] and [`Backend`] and one arm in each `match` below.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+#[cfg(feature = "postgres")]
+use projectionist::postgres::PgStore;
 use projectionist::sqlite::{SqliteStore, StreamAppend};
 use projectionist::{Appended, ExpectedVersion, NewEvent};
 
@@ -22,6 +24,25 @@ pub enum Location {
     Sqlite(PathBuf),
     /// A private in-memory SQLite database (`sqlite://:memory:`), for experiments.
     SqliteMemory,
+    /// A PostgreSQL database: `postgres://user[:password]@host[:port]/db[?schema=NAME&…]`.
+    Postgres(SecretUrl),
+}
+
+/// A URL that may hold a password: its `Debug` shows it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL with its password, to connect with. Never print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
 }
 
 /// A parsed `--database` URL. Its `Display` never shows a password.
@@ -59,13 +80,14 @@ pub fn redact(url: &str) -> String {
 }
 
 impl DatabaseUrl {
-    /// Parses `sqlite://PATH`, `sqlite:PATH` or a bare path. Other schemes are usage errors.
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, a bare path, or `postgres://…` /
+    /// `postgresql://…`. Other schemes are usage errors.
     pub fn parse(url: &str) -> Result<Self> {
         let shown = redact(url);
         let url = url.trim();
         if url.is_empty() {
             return Err(usage(
-                "--database is empty; give sqlite://PATH (for example sqlite://projectionist.db)",
+                "--database is empty; give sqlite://PATH (for example sqlite://projectionist.db) or postgres://USER@HOST/DB",
             ));
         }
         let path = if let Some(rest) = url.strip_prefix("sqlite://") {
@@ -73,14 +95,21 @@ impl DatabaseUrl {
         } else if let Some(rest) = url.strip_prefix("sqlite:") {
             rest
         } else if let Some((scheme, _)) = url.split_once("://") {
-            let hint = match scheme.to_ascii_lowercase().as_str() {
-                "postgres" | "postgresql" => {
-                    "PostgreSQL is not available in this build of projectionist yet; use sqlite://PATH"
+            if matches!(scheme.to_ascii_lowercase().as_str(), "postgres" | "postgresql") {
+                if !cfg!(feature = "postgres") {
+                    return Err(usage(format!(
+                        "--database {shown}: this build of projectionist has no PostgreSQL support \
+                         (build it with the `postgres` feature); use sqlite://PATH"
+                    )));
                 }
-                _ => "supported: sqlite://PATH (or a bare file path)",
-            };
+                return Ok(DatabaseUrl {
+                    location: Location::Postgres(SecretUrl(url.to_owned())),
+                    shown,
+                });
+            }
             return Err(usage(format!(
-                "unsupported database URL scheme `{scheme}` in --database {shown}; {hint}"
+                "unsupported database URL scheme `{scheme}` in --database {shown}; supported: \
+                 sqlite://PATH (or a bare file path) and postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME]"
             )));
         } else {
             url
@@ -103,7 +132,7 @@ impl DatabaseUrl {
     pub fn exists(&self) -> bool {
         match &self.location {
             Location::Sqlite(p) => p.exists(),
-            Location::SqliteMemory => true,
+            Location::SqliteMemory | Location::Postgres(_) => true,
         }
     }
 
@@ -111,7 +140,7 @@ impl DatabaseUrl {
     pub fn existing_files(&self) -> Vec<PathBuf> {
         match &self.location {
             Location::Sqlite(p) => sqlite_files(p).into_iter().filter(|f| f.exists()).collect(),
-            Location::SqliteMemory => Vec::new(),
+            Location::SqliteMemory | Location::Postgres(_) => Vec::new(),
         }
     }
 }
@@ -130,6 +159,8 @@ fn sqlite_files(p: &Path) -> Vec<PathBuf> {
 #[derive(Clone)]
 pub enum Backend {
     Sqlite(SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(PgStore),
 }
 
 /// A read-model query's result: column names and rows of display text.
@@ -157,6 +188,22 @@ impl Backend {
                 Ok(Backend::Sqlite(store))
             }
             Location::SqliteMemory => Ok(Backend::Sqlite(SqliteStore::in_memory()?)),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(secret) => {
+                // The schema may come from the URL (`?schema=NAME`); errors show the URL
+                // without its password.
+                let store = PgStore::builder(secret.expose())
+                    .map_err(|e| usage(format!("--database {url}: {e}")))?
+                    .application_name("projectionist")
+                    .connect()
+                    .await
+                    .with_context(|| format!("cannot open the database {url}"))?;
+                Ok(Backend::Postgres(store))
+            }
+            #[cfg(not(feature = "postgres"))]
+            Location::Postgres(_) => Err(usage(format!(
+                "--database {url}: this build of projectionist has no PostgreSQL support"
+            ))),
         }
     }
 
@@ -180,6 +227,17 @@ impl Backend {
                 });
                 store.import(appends, progress).await
             }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(store) => {
+                let appends = events.map(|item| {
+                    item.map(|e| StreamAppend {
+                        stream_id: e.stream_id,
+                        expected: e.expected,
+                        events: vec![e.event],
+                    })
+                });
+                store.import(appends, progress).await
+            }
         }
     }
 
@@ -192,6 +250,8 @@ impl Backend {
     ) -> projectionist::Result<Appended> {
         match self {
             Backend::Sqlite(store) => store.append(stream_id, expected, vec![event]).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(store) => store.append(stream_id, expected, vec![event]).await,
         }
     }
 
@@ -225,8 +285,67 @@ impl Backend {
                     .await?;
                 Ok(rows)
             }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(store) => {
+                use projectionist::postgres::tokio_postgres::SimpleQueryMessage;
+                // The simple protocol returns every value as text.
+                let client = store.client().await?;
+                let messages = client.simple_query(sql).await?;
+                let mut out = Rows {
+                    columns: Vec::new(),
+                    rows: Vec::new(),
+                };
+                for m in messages {
+                    match m {
+                        SimpleQueryMessage::RowDescription(cols) => {
+                            out.columns = cols.iter().map(|c| c.name().to_owned()).collect();
+                        }
+                        SimpleQueryMessage::Row(r) => {
+                            if out.columns.is_empty() {
+                                out.columns = r.columns().iter().map(|c| c.name().to_owned()).collect();
+                            }
+                            out.rows.push(
+                                (0..r.len())
+                                    .map(|i| r.get(i).unwrap_or_default().to_owned())
+                                    .collect(),
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(out)
+            }
         }
     }
+}
+
+/// The SQLite engine with the declarative projections of `config`.
+pub fn sqlite_engine(
+    store: &SqliteStore,
+    config: Option<&projectionist::declarative::Config>,
+) -> projectionist::Result<projectionist::sqlite::SqliteEngine> {
+    let mut engine = store.engine();
+    if let Some(config) = config {
+        for def in &config.projections {
+            engine.register(projectionist::declarative::sqlite::projection(def))?;
+        }
+    }
+    Ok(engine)
+}
+
+/// The PostgreSQL engine with the declarative projections of `config`.
+#[cfg(feature = "postgres")]
+pub fn pg_engine(
+    store: &PgStore,
+    config: Option<&projectionist::declarative::Config>,
+) -> projectionist::Result<projectionist::postgres::PgEngine> {
+    let mut engine = store.engine();
+    if let Some(config) = config {
+        for def in &config.projections {
+            engine.register(projectionist::declarative::postgres::projection(def))?;
+        }
+    }
+    Ok(engine)
 }
 
 /// Builds the engine of `$backend` with the declarative projections of `$config`
@@ -236,12 +355,13 @@ macro_rules! with_engine {
         match $backend {
             $crate::backend::Backend::Sqlite(store) => {
                 #[allow(unused_mut)]
-                let mut $engine = store.engine();
-                if let Some(config) = $config {
-                    for def in &config.projections {
-                        $engine.register(::projectionist::declarative::sqlite::projection(def))?;
-                    }
-                }
+                let mut $engine = $crate::backend::sqlite_engine(store, $config)?;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            $crate::backend::Backend::Postgres(store) => {
+                #[allow(unused_mut)]
+                let mut $engine = $crate::backend::pg_engine(store, $config)?;
                 $body
             }
         }
@@ -274,10 +394,11 @@ mod tests {
         );
         assert_eq!(p("x.db").ok(), Some(Location::Sqlite("x.db".into())));
         assert_eq!(p("sqlite://:memory:").ok(), Some(Location::SqliteMemory));
-        let err = DatabaseUrl::parse("postgres://u:secret@h/db")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("postgres") && !err.contains("secret"), "{err}");
+        let pg = DatabaseUrl::parse("postgres://u:secret@h/db?schema=s1").unwrap();
+        assert!(matches!(pg.location, Location::Postgres(_)));
+        assert!(!pg.to_string().contains("secret"), "{pg}");
+        assert!(!format!("{pg:?}").contains("secret"), "{pg:?}");
+        assert!(DatabaseUrl::parse("postgresql://h/db").is_ok());
         assert!(DatabaseUrl::parse("mysql://h/db").is_err());
         assert!(DatabaseUrl::parse("sqlite://").is_err());
     }

@@ -9,6 +9,7 @@ mod backend;
 mod bench;
 mod commands;
 mod exit;
+mod http;
 mod jsonl;
 mod output;
 

@@ -614,10 +614,10 @@ fn config_errors_name_file_projection_key_and_expectation() {
 fn usage_errors_exit_2_and_hide_secrets() {
     let dir = TempDir::new().unwrap();
     bin(dir.path())
-        .args(["--database", "postgres://app:hunter2@db.internal/x", "init"])
+        .args(["--database", "mysql://app:hunter2@db.internal/x", "init"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("postgres").and(predicate::str::contains("hunter2").not()));
+        .stderr(predicate::str::contains("mysql").and(predicate::str::contains("hunter2").not()));
     bin(dir.path())
         .args(["--database", "mysql://h/x", "init"])
         .assert()

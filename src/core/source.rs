@@ -62,7 +62,8 @@ pub trait Source: Send + Sync + 'static {
         filter: &Filter,
     ) -> impl Future<Output = Result<Batch>> + Send;
 
-    /// The checkpoint of the newest readable event.
+    /// The checkpoint of the newest committed event. It may not be readable yet (on
+    /// PostgreSQL, while an older transaction is still open); catch-ups wait until it is.
     fn head(&self) -> impl Future<Output = Result<Checkpoint>> + Send;
 
     /// How far `after` is behind the head.

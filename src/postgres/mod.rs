@@ -27,7 +27,9 @@
 //! See docs/postgres.md for a guide and docs/events-table.md for the events table contract.
 
 mod batch;
+mod blue_green;
 mod error;
+mod inline;
 mod listen;
 mod schema;
 
@@ -51,7 +53,8 @@ use crate::core::projection::{Applied, Apply, Handlers, Projection};
 use crate::core::source::{Batch, Filter, Lag, Source};
 use crate::core::store::{Commit, CommitError, DeadLetter, ProjectionRecord, RunState, Store};
 
-pub use batch::{PgBatch, PgParam, PgParams};
+pub use batch::{DocumentWrite, PgBatch, PgParam, PgParams};
+pub use blue_green::BlueGreenReport;
 pub use deadpool_postgres;
 pub use tokio_postgres;
 
@@ -87,6 +90,10 @@ struct Sql {
     insert: String,
     lock_events: String,
     cas: String,
+    /// The compare-and-set that fails (division by zero, SQLSTATE 22012) when it moves
+    /// nothing, so that a pipelined batch stops at once instead of running its writes (and
+    /// taking row locks) before the store sees the miss.
+    cas_strict: String,
     counters: String,
     insert_dead_letter: String,
     record: String,
@@ -149,10 +156,9 @@ impl Sql {
                  ) w WHERE w.taken <= $5 ORDER BY w.xid, w.position"
             ),
             blocked: format!("SELECT EXISTS (SELECT 1 FROM {s}.events WHERE (xid, position) > ($1, $2))"),
-            head: format!(
-                "SELECT xid, position FROM {s}.events WHERE {READABLE} \
-                 ORDER BY xid DESC, position DESC LIMIT 1"
-            ),
+            // The committed head, readable or not yet: a catch-up waits for events that sit
+            // behind a transaction still open, instead of stopping short of them.
+            head: format!("SELECT xid, position FROM {s}.events ORDER BY xid DESC, position DESC LIMIT 1"),
             lag: format!(
                 "SELECT (SELECT count(*) FROM (SELECT 1 FROM {s}.events \
                          WHERE (xid, position) > ($1, $2) LIMIT $3) c), \
@@ -178,6 +184,12 @@ impl Sql {
                 "UPDATE {s}.projection_checkpoints SET txid = $3, position = $4, updated_at = now() \
                  WHERE projection = $1 AND partition = $2 AND txid = $5 AND position = $6 \
                  AND state IN ('running', 'rebuilding')"
+            ),
+            cas_strict: format!(
+                "WITH moved AS (UPDATE {s}.projection_checkpoints SET txid = $3, position = $4, updated_at = now() \
+                 WHERE projection = $1 AND partition = $2 AND txid = $5 AND position = $6 \
+                 AND state IN ('running', 'rebuilding') RETURNING 1) \
+                 SELECT 1 / (SELECT count(*)::int FROM moved)"
             ),
             counters: format!(
                 "UPDATE {s}.projection_checkpoints SET applied = applied + $3, ignored = ignored + $4, \
@@ -228,6 +240,39 @@ impl Sql {
     }
 }
 
+/// Takes the projectionist-specific `schema=NAME` query parameter out of a URL (libpq does not
+/// know it). Returns the URL without it, and the schema.
+pub(crate) fn split_schema_param(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut schema = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some(("schema", v)) => {
+                schema = Some(v.to_owned());
+                false
+            }
+            _ => !kv.is_empty(),
+        })
+        .collect();
+    let mut out = base.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    (out, schema)
+}
+
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
@@ -275,6 +320,10 @@ pub struct PgBuilder {
     listen: bool,
     events: bool,
     read_models: bool,
+    document_write: DocumentWrite,
+    /// Schemas searched after `schema` (before `public`): a blue/green shadow store resolves
+    /// unqualified names in the shadow first, then in the live schema.
+    also_search: Option<String>,
 }
 
 impl std::fmt::Debug for PgBuilder {
@@ -330,6 +379,13 @@ impl PgBuilder {
         self
     }
 
+    /// How document projections write their rows back (default
+    /// [`DocumentWrite::Recordset`], which measured faster; see docs/postgres.md).
+    pub fn document_write(mut self, w: DocumentWrite) -> Self {
+        self.document_write = w;
+        self
+    }
+
     /// Connects, creates the engine's tables (idempotently), and starts listening.
     pub async fn connect(self) -> Result<PgStore> {
         if !valid_schema(&self.schema) {
@@ -339,12 +395,22 @@ impl PgBuilder {
             )));
         }
         let location = redacted(&self.config);
+        let base_config = self.config.clone();
         let mut config = self.config.clone();
         config.application_name(&self.application_name);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        let search_path = format!("-c search_path={},public", self.schema);
+        // Server NOTICEs ("relation … already exists, skipping" from idempotent setup) are
+        // noise in the logs: only warnings and above come back.
+        let search_path = format!(
+            "-c search_path={}{},public -c client_min_messages=warning",
+            self.schema,
+            self.also_search
+                .as_deref()
+                .map(|s| format!(",{s}"))
+                .unwrap_or_default()
+        );
         let options = match config.get_options() {
             Some(o) if !o.trim().is_empty() => format!("{o} {search_path}"),
             _ => search_path,
@@ -435,6 +501,9 @@ impl PgBuilder {
                 pool,
                 schema: self.schema,
                 location,
+                document_write: self.document_write,
+                base_config,
+                application_name: self.application_name.clone(),
                 sql,
                 changes,
                 checkpoints,
@@ -458,6 +527,10 @@ struct Inner {
     pool: Pool,
     schema: String,
     location: String,
+    document_write: DocumentWrite,
+    /// The configuration as given (for sibling stores such as a blue/green shadow).
+    base_config: tokio_postgres::Config,
+    application_name: String,
     sql: Sql,
     changes: Arc<watch::Sender<u64>>,
     checkpoints: Arc<watch::Sender<u64>>,
@@ -506,13 +579,21 @@ impl PgStore {
     }
 
     /// A builder for `url`. The URL's password never appears in errors or logs.
+    ///
+    /// Besides libpq's query parameters, the URL may name the schema of the engine's tables:
+    /// `postgres://app@db/shop?schema=orders` (same as [`PgBuilder::schema`]).
     pub fn builder(url: &str) -> Result<PgBuilder> {
-        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let (url, schema) = split_schema_param(url);
+        let config = tokio_postgres::Config::from_str(&url).map_err(|e| {
             Error::Invalid(format!(
-                "invalid PostgreSQL URL: {e}; expected postgres://user[:password]@host[:port]/database"
+                "invalid PostgreSQL URL: {e}; expected postgres://user[:password]@host[:port]/database[?schema=NAME]"
             ))
         })?;
-        Ok(Self::builder_from_config(config))
+        let builder = Self::builder_from_config(config);
+        Ok(match schema {
+            Some(s) => builder.schema(s),
+            None => builder,
+        })
     }
 
     /// A builder from a parsed configuration.
@@ -525,6 +606,8 @@ impl PgStore {
             listen: true,
             events: true,
             read_models: true,
+            document_write: DocumentWrite::default(),
+            also_search: None,
         }
     }
 
@@ -601,7 +684,7 @@ impl PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_append(&appends).await {
+            match self.try_append(&appends, &[]).await {
                 Err(AppendError::Race) if attempt < 20 => {
                     tokio::time::sleep(Duration::from_millis(attempt as u64)).await;
                 }
@@ -621,7 +704,48 @@ impl PgStore {
         }
     }
 
-    async fn try_append(&self, appends: &[StreamAppend]) -> Result<Vec<Appended>, AppendError> {
+    /// Appends with the inline projections `inline` applied in the same transaction (see
+    /// the `inline` module for why the checkpoint stays gap-free).
+    pub(crate) async fn append_with_inline(
+        &self,
+        appends: Vec<StreamAppend>,
+        inline: &[PgProjection],
+    ) -> Result<Vec<Appended>> {
+        for a in &appends {
+            validate(a)?;
+        }
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_append(&appends, inline).await {
+                Err(AppendError::Race) if attempt < 20 => {
+                    tokio::time::sleep(Duration::from_millis(attempt as u64)).await;
+                }
+                Err(AppendError::Race) => {
+                    return Err(Error::Database {
+                        op: "appending events",
+                        message: "concurrent appends kept taking the same stream versions; try again".into(),
+                        retryable: true,
+                    })
+                }
+                Err(AppendError::Fail(e)) => return Err(e),
+                Ok(out) => {
+                    bump(&self.inner.changes);
+                    bump(&self.inner.checkpoints);
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    async fn try_append(
+        &self,
+        appends: &[StreamAppend],
+        inline: &[PgProjection],
+    ) -> Result<Vec<Appended>, AppendError> {
         let sql = &self.inner.sql;
         let mut client = self.client_for("appending events").await?;
         let err = db_err("appending events");
@@ -655,6 +779,10 @@ impl PgStore {
                 (stream, version),
                 (r.try_get(2).map_err(&err)?, r.try_get(3).map_err(&err)?),
             );
+        }
+        if !inline.is_empty() {
+            let xid = positions.values().map(|(_, x)| *x).max().unwrap_or(0);
+            self.apply_inline(&tx, xid, inline).await?;
         }
         tx.commit().await.map_err(db_err("committing an append"))?;
         let mut out = Vec::with_capacity(appends.len());
@@ -909,12 +1037,15 @@ impl PgStore {
     }
 
     async fn commit_pg(&self, c: Commit<PgBody>) -> Result<(), CommitError> {
+        if c.body.batch_wide() {
+            return self.commit_batch_wide(c).await;
+        }
         let inner = &self.inner;
         let sql = &inner.sql;
         let partition = partition_i32(c.partition)?;
-        let batch = PgBatch::new(&inner.schema);
+        let batch = self.new_batch();
         let cas = batch.store(
-            sql.cas.clone(),
+            sql.cas_strict.clone(),
             params![
                 c.projection.to_string(),
                 partition,
@@ -949,44 +1080,7 @@ impl PgStore {
             // Only check the checkpoint: a fenced or paused runner hears that first.
             batch.truncate(cas + 1);
         } else {
-            for dl in &c.dead_letters {
-                let e = &dl.event;
-                batch.store(
-                    sql.insert_dead_letter.clone(),
-                    params![
-                        c.projection.to_string(),
-                        partition,
-                        e.position,
-                        e.txid,
-                        e.stream_id.clone(),
-                        e.stream_version,
-                        e.event_type.clone(),
-                        e.event_id,
-                        e.data.to_string(),
-                        e.metadata.to_string(),
-                        e.recorded_at,
-                        dl.error.clone(),
-                        i32::try_from(dl.attempts).unwrap_or(i32::MAX),
-                        dl.first_failed_at
-                    ],
-                );
-            }
-            batch.store(
-                sql.counters.clone(),
-                params![
-                    c.projection.to_string(),
-                    partition,
-                    applied.handled as i64,
-                    (applied.ignored + c.stats.ignored) as i64,
-                    c.stats.errors as i64,
-                    c.stats.events_per_second,
-                    c.last_error.clone()
-                ],
-            );
-            batch.store(
-                "SELECT pg_notify($1, '')",
-                params![sql.checkpoints_channel.clone()],
-            );
+            self.queue_commit_tail(&batch, &c, partition, applied);
         }
         let queued = batch.take();
 
@@ -999,6 +1093,13 @@ impl PgStore {
             Err(_) => false,
         };
         match outcome {
+            // The strict compare-and-set moved nothing: fenced or not active.
+            Err(PipelineError { ref error, index, .. })
+                if index == cas && error.code().is_some_and(|c| c.code() == "22012") =>
+            {
+                let _ = tx.rollback().await;
+                Err(self.diagnose(&client, &c.projection, partition).await)
+            }
             Err(PipelineError { error, index, .. }) if index <= cas => {
                 drop(tx);
                 Err(CommitError::Store(db("moving the checkpoint", &error)))
@@ -1018,17 +1119,197 @@ impl PgStore {
                     Ok(())
                 }
             },
-            Err(PipelineError { error, origin, .. }) => {
+            Err(f) => {
                 let _ = tx.rollback().await;
+                let message = f.message();
+                let PipelineError { error, origin, .. } = f;
                 match origin {
                     Origin::Event(index) if !error::retryable(&error) => {
                         Err(CommitError::Handler(BatchFailure {
                             index,
-                            error: HandlerError::msg(error::describe(&error)),
+                            error: HandlerError::msg(message),
                         }))
                     }
                     Origin::Event(_) => Err(CommitError::Store(db("applying a batch", &error))),
                     _ => Err(CommitError::Store(db("committing a batch", &error))),
+                }
+            }
+        }
+    }
+
+    /// The rows of one prefetch, as JSON objects.
+    async fn prefetch_rows(
+        &self,
+        client: &impl GenericClient,
+        p: &crate::core::projection::Prefetch,
+    ) -> Result<Vec<crate::core::document::Row>> {
+        let q = format!(
+            "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
+            crate::core::document::quote_ident(&p.table),
+            crate::core::document::quote_ident(&p.key_column)
+        );
+        let err = db_err("loading documents");
+        let rows = client.query(&q, &[&p.keys]).await.map_err(&err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let serde_json::Value::Object(m) = r.try_get::<_, serde_json::Value>(0).map_err(&err)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn new_batch(&self) -> PgBatch {
+        PgBatch::new(&self.inner.schema).with_document_write(self.inner.document_write)
+    }
+
+    /// Queues what every commit ends with: dead letters, counters and the notification.
+    fn queue_commit_tail(&self, batch: &PgBatch, c: &Commit<PgBody>, partition: i32, applied: Applied) {
+        let sql = &self.inner.sql;
+        for dl in &c.dead_letters {
+            let e = &dl.event;
+            batch.store(
+                sql.insert_dead_letter.clone(),
+                params![
+                    c.projection.to_string(),
+                    partition,
+                    e.position,
+                    e.txid,
+                    e.stream_id.clone(),
+                    e.stream_version,
+                    e.event_type.clone(),
+                    e.event_id,
+                    e.data.to_string(),
+                    e.metadata.to_string(),
+                    e.recorded_at,
+                    dl.error.clone(),
+                    i32::try_from(dl.attempts).unwrap_or(i32::MAX),
+                    dl.first_failed_at
+                ],
+            );
+        }
+        batch.store(
+            sql.counters.clone(),
+            params![
+                c.projection.to_string(),
+                partition,
+                applied.handled as i64,
+                (applied.ignored + c.stats.ignored) as i64,
+                c.stats.errors as i64,
+                c.stats.events_per_second,
+                c.last_error.clone()
+            ],
+        );
+        batch.store(
+            "SELECT pg_notify($1, '')",
+            params![sql.checkpoints_channel.clone()],
+        );
+    }
+
+    /// A commit of a body that sees the whole batch at once (a document projection): in one
+    /// transaction, the checkpoint's compare-and-set first, then one query per `prefetch`
+    /// (`SELECT to_jsonb(t) FROM t WHERE key = ANY($1)`) whose rows the body reads through
+    /// its `PgBatch`, then the body runs once for the batch and the statements it queued (one
+    /// bulk upsert per table) are pipelined with the counters. A failure maps to the index of
+    /// the failing event in `Commit::events` (the whole batch's first event when the failure
+    /// is the bulk statement's), so the runner re-applies the prefix before it.
+    async fn commit_batch_wide(&self, c: Commit<PgBody>) -> Result<(), CommitError> {
+        let sql = &self.inner.sql;
+        let partition = partition_i32(c.partition)?;
+        let events = c
+            .events
+            .get(c.range.clone())
+            .ok_or_else(|| CommitError::Store(Error::Invalid("commit range outside its events".into())))?;
+        let mut client = self.client_for("beginning a batch").await?;
+        let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
+        let cas_err = db_err("moving the checkpoint");
+        let st = tx.prepare_cached(&sql.cas).await.map_err(&cas_err)?;
+        let name = c.projection.to_string();
+        let moved = tx
+            .execute(
+                &st,
+                &[
+                    &name,
+                    &partition,
+                    &c.to.txid,
+                    &c.to.position,
+                    &c.expected.txid,
+                    &c.expected.position,
+                ],
+            )
+            .await
+            .map_err(&cas_err)?;
+        if moved == 0 {
+            let _ = tx.rollback().await;
+            return Err(self.diagnose(&client, &c.projection, partition).await);
+        }
+        let at_start = |error: HandlerError| {
+            CommitError::Handler(BatchFailure {
+                index: c.range.start,
+                error,
+            })
+        };
+        let batch = self.new_batch();
+        let mut applied = Applied::default();
+        if !events.is_empty() {
+            for p in c.body.prefetch(events) {
+                let q = format!(
+                    "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
+                    crate::core::document::quote_ident(&p.table),
+                    crate::core::document::quote_ident(&p.key_column)
+                );
+                let rows = match tx.query(&q, &[&p.keys]).await {
+                    Ok(rows) => rows,
+                    Err(e) if !error::retryable(&e) => {
+                        drop(tx);
+                        return Err(at_start(HandlerError::msg(format!(
+                            "loading rows of {}: {}",
+                            p.table,
+                            error::describe(&e)
+                        ))));
+                    }
+                    Err(e) => return Err(CommitError::Store(db("loading documents", &e))),
+                };
+                let mut loaded = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    match r.try_get::<_, serde_json::Value>(0) {
+                        Ok(serde_json::Value::Object(m)) => loaded.push(m),
+                        Ok(_) => {}
+                        Err(e) => return Err(CommitError::Store(db("loading documents", &e))),
+                    }
+                }
+                batch.set_prefetched(p.table, loaded);
+            }
+            batch.set_origin(Origin::Event(c.range.start));
+            match c.body.apply(&batch, events) {
+                Ok(a) => applied = a,
+                Err(f) => {
+                    drop(tx);
+                    return Err(CommitError::Handler(BatchFailure {
+                        index: c.range.start + f.index.min(events.len().saturating_sub(1)),
+                        error: f.error,
+                    }));
+                }
+            }
+        }
+        self.queue_commit_tail(&batch, &c, partition, applied);
+        let queued = batch.take();
+        match batch::run(&tx, &queued).await {
+            Ok(_) => {
+                tx.commit().await.map_err(db_err("committing a batch"))?;
+                bump(&self.inner.checkpoints);
+                Ok(())
+            }
+            Err(f) => {
+                drop(tx);
+                match f.origin {
+                    Origin::Event(index) if !error::retryable(&f.error) => {
+                        Err(CommitError::Handler(BatchFailure {
+                            index,
+                            error: HandlerError::msg(f.message()),
+                        }))
+                    }
+                    _ => Err(CommitError::Store(db("committing a batch", &f.error))),
                 }
             }
         }
@@ -1075,16 +1356,58 @@ impl PgStore {
             .map_err(db_err("changing a projection"))?;
         match batch::run(&tx, &queued).await {
             Ok(_) => {}
-            Err(PipelineError { error, origin, .. }) => {
+            Err(f) => {
                 drop(tx);
-                return Err(match origin {
-                    Origin::Body if !error::retryable(&error) => Error::Lifecycle {
+                return Err(match f.origin {
+                    Origin::Body if !error::retryable(&f.error) => Error::Lifecycle {
                         projection: name.to_owned(),
                         step,
-                        message: error::describe(&error),
+                        message: f.message(),
                     },
-                    _ => db("changing a projection", &error),
+                    _ => db("changing a projection", &f.error),
                 });
+            }
+        }
+        // Statements the body asked to check (declarative handlers): prepare each, inside a
+        // savepoint so that a rejected one does not abort the transaction. An ambiguous type
+        // (SQLSTATE 42725, 42P18) is not an error here: values are typed when bound.
+        for check in batch.take_checks() {
+            let err = db_err("checking a projection's statements");
+            tx.batch_execute("SAVEPOINT projectionist_check")
+                .await
+                .map_err(&err)?;
+            match tx.prepare(&check.sql).await {
+                Ok(st) => {
+                    tx.batch_execute("RELEASE SAVEPOINT projectionist_check")
+                        .await
+                        .map_err(&err)?;
+                    if st.params().len() != check.params {
+                        return Err(Error::Lifecycle {
+                            projection: name.to_owned(),
+                            step,
+                            message: format!(
+                                "{}: it uses a parameter that is not a named event parameter (such as $1)",
+                                check.label
+                            ),
+                        });
+                    }
+                }
+                Err(e) if error::retryable(&e) => return Err(db("checking a projection's statements", &e)),
+                Err(e) => {
+                    let ambiguous = e
+                        .code()
+                        .is_some_and(|c| c.code() == "42725" || c.code() == "42P18");
+                    if !ambiguous {
+                        return Err(Error::Lifecycle {
+                            projection: name.to_owned(),
+                            step,
+                            message: format!("{}: {}", check.label, error::describe(&e)),
+                        });
+                    }
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT projectionist_check")
+                        .await
+                        .map_err(&err)?;
+                }
             }
         }
         tx.commit()
@@ -1508,9 +1831,14 @@ impl Store for PgStore {
                 Some(r) => dead_letter_from_row(&r).map_err(&err)?,
                 None => return Err(Error::UnknownDeadLetter(id)),
             };
-            let batch = PgBatch::new(&self.inner.schema);
+            let batch = self.new_batch();
             batch.set_origin(Origin::Event(0));
-            match body.apply(&batch, std::slice::from_ref(&dl.event)) {
+            let events = std::slice::from_ref(&dl.event);
+            for p in body.prefetch(events) {
+                let rows = self.prefetch_rows(&tx, &p).await?;
+                batch.set_prefetched(p.table, rows);
+            }
+            match body.apply(&batch, events) {
                 Err(f) => Some(f.error),
                 Ok(applied) => {
                     let partition = i32::try_from(dl.partition).unwrap_or(i32::MAX);
@@ -1534,11 +1862,12 @@ impl Store for PgStore {
                             tx.commit().await.map_err(db_err("committing a retry"))?;
                             None
                         }
-                        Err(PipelineError {
-                            error,
-                            origin: Origin::Event(_),
-                            ..
-                        }) if !error::retryable(&error) => Some(HandlerError::msg(error::describe(&error))),
+                        Err(
+                            f @ PipelineError {
+                                origin: Origin::Event(_),
+                                ..
+                            },
+                        ) if !error::retryable(&f.error) => Some(HandlerError::msg(f.message())),
                         Err(f) => return Err(db("retrying a dead letter", &f.error)),
                     }
                 }

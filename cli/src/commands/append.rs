@@ -46,6 +46,8 @@ pub async fn run(ctx: &Ctx, a: AppendArgs) -> Result<()> {
     };
     let backend = Backend::open(&ctx.url).await?;
     let appended = backend.append(a.stream, expected, event).await?;
-    println!("{}", appended.last_position);
+    // The token `projectionist wait` accepts: the position on SQLite, TXID:POSITION on
+    // PostgreSQL.
+    println!("{}", appended.token);
     Ok(())
 }

@@ -32,6 +32,11 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
                 "the bench needs a database file (or no --database, for a temporary one)"
             ))
         }
+        Location::Postgres(_) => {
+            bail!(crate::exit::usage(
+                "the bench runs on SQLite only for now; pass a sqlite:// --database (or none)"
+            ))
+        }
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&phases)?);

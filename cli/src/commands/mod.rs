@@ -11,6 +11,7 @@ mod quickstart;
 mod rebuild;
 mod run;
 mod status;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,6 +96,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::DeadLetters(c) => dead_letters::run(&ctx, c).await,
         Command::Pause(a) => pause::pause(&ctx, a).await,
         Command::Resume(a) => pause::resume(&ctx, a).await,
+        Command::Wait(a) => wait::run(&ctx, a).await,
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(&ctx, a).await,
     }

@@ -13,12 +13,18 @@ use crate::backend::{with_engine, Backend};
 
 pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<()> {
     let config = ctx.config_required()?;
+    let http = crate::http::Settings::resolve(&a.http, &config.http, &ctx.url, a.once)?;
     let backend = Backend::open(&ctx.url).await?;
-    with_engine!(&backend, Some(&config), |engine| run_engine(engine, &a).await?);
+    with_engine!(&backend, Some(&config), |engine| run_engine(engine, &a, http)
+        .await?);
     Ok(())
 }
 
-async fn run_engine<S: Source, St: Store>(engine: Engine<S, St>, a: &RunArgs) -> Result<()> {
+async fn run_engine<S: Source, St: Store>(
+    engine: Engine<S, St>,
+    a: &RunArgs,
+    http: Option<crate::http::Settings>,
+) -> Result<()> {
     for name in &a.projections {
         engine.projection(name)?;
     }
@@ -34,7 +40,10 @@ async fn run_engine<S: Source, St: Store>(engine: Engine<S, St>, a: &RunArgs) ->
         a.projections.clone()
     };
     info!(projections = %names.join(", "), "running; stop with Ctrl-C or SIGTERM");
-    let reports = engine.run(&a.projections, shutdown).await?;
+    let reports = match http {
+        Some(http) => crate::http::serve(engine, names, http, shutdown).await?,
+        None => engine.run(&a.projections, shutdown).await?,
+    };
     info!("stopped");
     print!("{}", report_lines(&reports));
     Ok(())

@@ -1,0 +1,328 @@
+//! The daemon's HTTP server (`projectionist run --listen ADDR`): health, Prometheus metrics, a
+//! JSON API with token-guarded actions, and the dashboard. See docs/operations.md.
+
+mod api;
+mod daemon;
+mod dashboard;
+mod health;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use projectionist::declarative::HttpConfig;
+use projectionist::{Engine, Source, Store, WorkerReport};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::args::HttpArgs;
+use crate::backend::DatabaseUrl;
+use crate::exit::usage;
+
+pub use daemon::Ops;
+
+/// The environment variable read for the API token when nothing else names one.
+pub const DEFAULT_TOKEN_ENV: &str = "PROJECTIONIST_API_TOKEN";
+
+/// A bearer token. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+impl Token {
+    /// Whether `given` is this token, compared in constant time (for equal lengths).
+    pub fn matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(given.as_bytes()).into()
+    }
+}
+
+/// Readiness limits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    pub max_lag_events: Option<u64>,
+    pub max_lag_seconds: Option<f64>,
+}
+
+/// The server's settings, from `run`'s options over the config's `[http]` table.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub token: Option<Token>,
+    /// Where the token came from, for the startup log (never the token).
+    pub token_source: String,
+    pub limits: Limits,
+    /// The database, as shown: without passwords.
+    pub database: String,
+}
+
+impl Settings {
+    /// The settings, or `None` when no listen address is given (by `--listen` or `[http]`).
+    pub fn resolve(
+        args: &HttpArgs,
+        config: &HttpConfig,
+        url: &DatabaseUrl,
+        once: bool,
+    ) -> Result<Option<Self>> {
+        if once && args.listen.is_some() {
+            return Err(usage(
+                "--listen serves a running daemon and does not go with --once; drop one of them",
+            ));
+        }
+        let Some(listen) = args.listen.or(config.listen) else {
+            return Ok(None);
+        };
+        if once {
+            return Ok(None);
+        }
+        let from_env = |var: &str, named_by: &str| -> Result<Token> {
+            match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Token(v.trim().to_owned())),
+                _ => Err(usage(format!(
+                    "{named_by} names the environment variable {var}, which is not set or empty; \
+                     set it to the API token, or drop {named_by} to run with the actions disabled"
+                ))),
+            }
+        };
+        let (token, token_source) = if let Some(var) = &args.api_token_env {
+            (
+                Some(from_env(var, "--api-token-env")?),
+                format!("environment variable {var}"),
+            )
+        } else if let Some(var) = &config.api_token_env {
+            (
+                Some(from_env(var, "[http] api_token_env")?),
+                format!("environment variable {var}"),
+            )
+        } else if let Some(t) = &config.api_token {
+            (
+                Some(Token(t.trim().to_owned())),
+                "[http] api_token in the config".to_owned(),
+            )
+        } else {
+            match std::env::var(DEFAULT_TOKEN_ENV) {
+                Ok(v) if !v.trim().is_empty() => (
+                    Some(Token(v.trim().to_owned())),
+                    format!("environment variable {DEFAULT_TOKEN_ENV}"),
+                ),
+                _ => (None, "none".to_owned()),
+            }
+        };
+        let max_lag_seconds = args.max_lag_seconds.or(config.max_lag_seconds);
+        if let Some(s) = max_lag_seconds {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(usage(format!(
+                    "--max-lag-seconds must be a positive number, found {s}"
+                )));
+            }
+        }
+        Ok(Some(Settings {
+            listen,
+            token,
+            token_source,
+            limits: Limits {
+                max_lag_events: args.max_lag_events.or(config.max_lag_events),
+                max_lag_seconds,
+            },
+            database: shown_database(url),
+        }))
+    }
+}
+
+/// The database URL as the daemon shows it: the URL's own redaction (user-info passwords),
+/// plus any `password=`-like query parameter masked, as libpq-style URLs may carry one.
+pub fn shown_database(url: &DatabaseUrl) -> String {
+    mask_query_secrets(&url.to_string())
+}
+
+fn mask_query_secrets(shown: &str) -> String {
+    let Some((base, query)) = shown.split_once('?') else {
+        return shown.to_owned();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", masked.join("&"));
+    if fragment.is_some() {
+        // A fragment has no meaning to the database; it is not shown.
+        out.push_str("#***");
+    }
+    out
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// What every handler shares.
+pub struct App {
+    pub ops: Arc<dyn Ops>,
+    pub token: Option<Token>,
+    pub limits: Limits,
+    pub database: String,
+    pub metrics: Option<PrometheusHandle>,
+    pub started: Instant,
+}
+
+/// An API error: a status code and a JSON body `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<projectionist::Error> for ApiError {
+    fn from(e: projectionist::Error) -> Self {
+        let status = match e {
+            projectionist::Error::UnknownProjection { .. } | projectionist::Error::UnknownDeadLetter(_) => {
+                StatusCode::NOT_FOUND
+            }
+            _ => {
+                warn!(error = %e, "an API request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"projectionist\""),
+            );
+        }
+        res
+    }
+}
+
+/// The routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::app_js))
+        .route("/assets/style.css", get(dashboard::style_css))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::render))
+        .route("/api/info", get(api::info))
+        .route("/api/projections", get(api::projections))
+        .route("/api/dead-letters", get(api::dead_letters))
+        .route("/api/projections/{name}/pause", post(api::pause))
+        .route("/api/projections/{name}/resume", post(api::resume))
+        .route("/api/projections/{name}/rebuild", post(api::rebuild))
+        .route("/api/dead-letters/{id}/retry", post(api::retry))
+        .route("/api/dead-letters/{id}/discard", post(api::discard))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page; see docs/operations.md") })
+        .with_state(app)
+}
+
+async fn shut(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs the projections `names` live while serving HTTP, until `shutdown` turns true.
+pub async fn serve<S: Source, St: Store>(
+    engine: Engine<S, St>,
+    names: Vec<String>,
+    settings: Settings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<WorkerReport>> {
+    let handle = metrics::install()?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        warn!(address = %addr, "listening beyond loopback: the dashboard, metrics and read-only API are open to the network; put it behind a proxy or firewall");
+    }
+    let supervisor = daemon::Supervisor::new(Arc::new(engine), names);
+    supervisor.start_all();
+    let app = Arc::new(App {
+        ops: supervisor.clone(),
+        token: settings.token,
+        limits: settings.limits,
+        database: settings.database,
+        metrics: Some(handle),
+        started: Instant::now(),
+    });
+    tokio::spawn(metrics::refresh_loop(app.clone(), shutdown.clone()));
+    info!(
+        address = %format!("http://{addr}"),
+        database = %app.database,
+        actions = if app.token.is_some() { "enabled" } else { "disabled (no API token)" },
+        token_from = %settings.token_source,
+        "serving the dashboard, /metrics, /health and /api"
+    );
+    let served = axum::serve(listener, router(app))
+        .with_graceful_shutdown(shut(shutdown))
+        .await;
+    let reports = supervisor.stop_all().await;
+    served.context("the HTTP server failed")?;
+    reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_secrets_are_masked() {
+        assert_eq!(
+            mask_query_secrets("sqlite://a.db?password=hunter2&mode=rwc"),
+            "sqlite://a.db?password=***&mode=rwc"
+        );
+        assert_eq!(mask_query_secrets("sqlite://a.db"), "sqlite://a.db");
+        assert_eq!(
+            mask_query_secrets("postgres://u:***@h/x?sslpassword=a#b"),
+            "postgres://u:***@h/x?sslpassword=***#***"
+        );
+        assert_eq!(mask_query_secrets("x?api_key=1&a=b"), "x?api_key=***&a=b");
+    }
+
+    #[test]
+    fn tokens_compare_and_never_print() {
+        let t = Token("abc123".into());
+        assert!(t.matches("abc123"));
+        assert!(!t.matches("abc124"));
+        assert!(!t.matches("abc"));
+        assert!(!t.matches(""));
+        assert_eq!(format!("{t:?}"), "Token(***)");
+    }
+}

@@ -1,0 +1,476 @@
+//! Drives the real `projectionist` binary against the real PostgreSQL, each test in its own
+//! schema (`?schema=NAME` in the URL). The URL comes from `PROJECTIONIST_TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`). Without a reachable database the tests
+//! print a loud SKIP and pass, except under `CI=true`, where they fail.
+
+use std::path::Path;
+use std::process::Output;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use projectionist::postgres::tokio_postgres::{self, NoTls};
+use projectionist::sqlite::rusqlite::Connection;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn base_url() -> String {
+    std::env::var("PROJECTIONIST_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+fn with_schema(schema: &str) -> String {
+    let base = base_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}schema={schema}")
+}
+
+async fn admin() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::from_str(&base_url())?;
+    config.connect_timeout(Duration::from_secs(5));
+    let (client, conn) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A fresh schema for one test, or `None` (after a loud SKIP) when PostgreSQL is unreachable
+/// outside CI.
+async fn fresh_schema(test: &str) -> Option<(String, tokio_postgres::Client)> {
+    let client = match admin().await {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("PostgreSQL is required under CI=true but is not reachable at PROJECTIONIST_TEST_POSTGRES_URL: {e}");
+            }
+            eprintln!(
+                "\n!!!!!!!! SKIP {test}: PostgreSQL is not reachable ({e}); set PROJECTIONIST_TEST_POSTGRES_URL \
+                 (default {DEFAULT_URL}) to run the PostgreSQL CLI tests !!!!!!!!\n"
+            );
+            return None;
+        }
+    };
+    let schema = format!("pcli_{test}_{}", std::process::id());
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .expect("drop schema");
+    Some((schema, client))
+}
+
+async fn drop_schema(client: &tokio_postgres::Client, schema: &str) {
+    let _ = client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await;
+}
+
+fn bin(dir: &Path, url: &str) -> Command {
+    let mut c = Command::cargo_bin("projectionist").expect("the projectionist binary is built");
+    c.current_dir(dir)
+        .env("PROJECTIONIST_DATABASE_URL", url)
+        .env_remove("PROJECTIONIST_CONFIG")
+        .env_remove("RUST_LOG")
+        .env_remove("PROJECTIONIST_LOG")
+        .timeout(Duration::from_secs(120));
+    c
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn example_dir() -> TempDir {
+    let dir = TempDir::new().expect("tempdir");
+    std::fs::write(
+        dir.path().join("projectionist.toml"),
+        include_str!("../../examples/projectionist.toml"),
+    )
+    .expect("write config");
+    dir
+}
+
+fn status(dir: &Path, url: &str) -> Vec<Value> {
+    let out = bin(dir, url).args(["status", "--json"]).output().expect("run");
+    serde_json::from_str(&ok(&out)).expect("status --json is JSON")
+}
+
+/// Each read-model table, sorted, with numbers rounded, as text rows.
+const TABLES: &[(&str, &str)] = &[
+    (
+        "order_summary",
+        "order_id, customer_id, customer_name, status, item_count, round(total_amount::numeric, 6), carrier, tracking_number, version",
+    ),
+    ("order_items", "order_id, line, item_name, quantity, round(unit_price::numeric, 6)"),
+    (
+        "orders_by_customer",
+        "customer_id, customer_name, orders, delivered, cancelled, round(ordered_value::numeric, 6)",
+    ),
+    ("revenue_by_carrier", "carrier, shipped, delivered, round(revenue::numeric, 6)"),
+];
+
+async fn pg_rows(client: &tokio_postgres::Client, schema: &str, table: &str, cols: &str) -> Vec<Vec<String>> {
+    let sql = format!("SELECT {cols} FROM {schema}.{table} ORDER BY 1, 2");
+    client
+        .simple_query(&sql)
+        .await
+        .expect("query")
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn sqlite_rows(db: &Path, table: &str, cols: &str) -> Vec<Vec<String>> {
+    let conn = Connection::open(db).expect("open");
+    let cols = cols.replace("::numeric", "");
+    let mut st = conn
+        .prepare(&format!("SELECT {cols} FROM {table} ORDER BY 1, 2"))
+        .expect("prepare");
+    let n = st.column_count();
+    st.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                use projectionist::sqlite::rusqlite::types::ValueRef;
+                Ok(match r.get_ref(i)? {
+                    ValueRef::Null => String::new(),
+                    ValueRef::Integer(v) => v.to_string(),
+                    // Same rounding as PostgreSQL's numeric output, without trailing zeros.
+                    ValueRef::Real(v) => format!("{v:.6}"),
+                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    ValueRef::Blob(_) => "<blob>".into(),
+                })
+            })
+            .collect::<Result<Vec<String>, _>>()
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_projections_give_the_same_read_model_as_on_sqlite() {
+    let Some((schema, client)) = fresh_schema("same_as_sqlite").await else {
+        return;
+    };
+    let url = with_schema(&schema);
+    let dir = example_dir();
+    let d = dir.path();
+    let generated = bin(d, &url)
+        .args(["generate", "--events", "4000", "--with-story"])
+        .output()
+        .expect("generate");
+    std::fs::write(d.join("orders.jsonl"), ok(&generated)).expect("write");
+    // PostgreSQL.
+    ok(&bin(d, &url).arg("init").output().expect("init"));
+    ok(&bin(d, &url)
+        .args(["import", "orders.jsonl"])
+        .output()
+        .expect("import"));
+    ok(&bin(d, &url).args(["run", "--once"]).output().expect("run"));
+    // SQLite, same file.
+    let sqlite = "sqlite://lite.db";
+    ok(&bin(d, sqlite)
+        .args(["import", "orders.jsonl"])
+        .output()
+        .expect("import"));
+    ok(&bin(d, sqlite).args(["run", "--once"]).output().expect("run"));
+    for (table, cols) in TABLES {
+        let pg = pg_rows(&client, &schema, table, cols).await;
+        let lite = sqlite_rows(&d.join("lite.db"), table, cols);
+        assert!(!pg.is_empty(), "{table} is empty on PostgreSQL");
+        // PostgreSQL prints round(x, 6) with trailing zeros too, as SQLite's format does.
+        assert_eq!(pg.len(), lite.len(), "{table}: row counts differ");
+        for (a, b) in pg.iter().zip(&lite) {
+            assert_eq!(a, b, "{table}: rows differ");
+        }
+    }
+    for s in status(d, &url) {
+        assert_eq!(s["lag_events"], 0, "{s}");
+        assert_eq!(s["errors"], 0, "{s}");
+    }
+    drop_schema(&client, &schema).await;
+}
+
+const FAILING: &str = r#"
+[[projection]]
+name = "totals"
+error_policy = "dead_letter"
+setup = "CREATE TABLE IF NOT EXISTS totals (id TEXT PRIMARY KEY, n BIGINT NOT NULL, flag BOOLEAN, doc JSONB, at TIMESTAMPTZ)"
+reset = "DELETE FROM totals"
+
+[projection.handlers]
+Added = """
+INSERT INTO totals (id, n, flag, doc, at) VALUES (:stream_id, :data.n, :data.flag, :data.doc, :recorded_at)
+ON CONFLICT (id) DO UPDATE SET n = totals.n + excluded.n
+"""
+
+[[projection]]
+name = "counts"
+setup = "CREATE TABLE IF NOT EXISTS counts (id TEXT PRIMARY KEY, n BIGINT NOT NULL)"
+
+[projection.handlers]
+Added = "INSERT INTO counts VALUES (:stream_id, 1) ON CONFLICT (id) DO UPDATE SET n = counts.n + 1"
+"#;
+
+fn status_of(dir: &Path, url: &str, name: &str) -> Value {
+    status(dir, url)
+        .into_iter()
+        .find(|s| s["name"] == name)
+        .expect("the projection is in the status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_works_on_postgres() {
+    let Some((schema, client)) = fresh_schema("commands").await else {
+        return;
+    };
+    let url = with_schema(&schema);
+    let dir = TempDir::new().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("projectionist.toml"), FAILING).expect("config");
+    let out = ok(&bin(d, &url).arg("init").output().expect("init"));
+    assert!(out.contains("totals"), "{out}");
+    // append prints the token `wait` takes: TXID:POSITION.
+    let token = ok(&bin(d, &url)
+        .args([
+            "append",
+            "--stream",
+            "a",
+            "--type",
+            "Added",
+            "--data",
+            r#"{"n": 2, "flag": true, "doc": {"x": [1]}}"#,
+        ])
+        .output()
+        .expect("append"))
+    .trim()
+    .to_owned();
+    assert!(token.contains(':'), "{token}");
+    // Not applied yet: wait times out with exit code 3 and the lag.
+    let timed_out = bin(d, &url)
+        .args(["wait", "totals", "--position", &token, "--timeout", "200ms"])
+        .output()
+        .expect("wait");
+    assert_eq!(timed_out.status.code(), Some(3), "{timed_out:?}");
+    assert!(String::from_utf8_lossy(&timed_out.stderr).contains("behind"));
+    // A failing event (n is NOT NULL) becomes a dead letter.
+    ok(&bin(d, &url)
+        .args([
+            "append",
+            "--stream",
+            "b",
+            "--type",
+            "Added",
+            "--data",
+            r#"{"flag": false}"#,
+        ])
+        .output()
+        .expect("append"));
+    std::fs::write(
+        d.join("more.jsonl"),
+        "{\"stream_id\": \"a\", \"type\": \"Added\", \"data\": {\"n\": 5}}\n",
+    )
+    .expect("jsonl");
+    ok(&bin(d, &url)
+        .args(["import", "more.jsonl"])
+        .output()
+        .expect("import"));
+    ok(&bin(d, &url).args(["run", "--once"]).output().expect("run"));
+    ok(&bin(d, &url)
+        .args(["wait", "totals", "--position", &token, "--timeout", "2s"])
+        .output()
+        .expect("wait"));
+    let row = client
+        .query_one(
+            &format!("SELECT n, flag, doc::text, at IS NOT NULL FROM {schema}.totals WHERE id = 'a'"),
+            &[],
+        )
+        .await
+        .expect("row");
+    assert_eq!(row.get::<_, i64>(0), 7);
+    assert_eq!(row.get::<_, Option<bool>>(1), Some(true));
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some(r#"{"x": [1]}"#));
+    assert!(row.get::<_, bool>(3));
+    let s = &status_of(d, &url, "totals");
+    assert_eq!(s["dead_letters"], 1, "{s}");
+    assert_eq!(s["lag_events"], 0, "{s}");
+    // Dead letters: list, retry (still fails: exit 1), discard.
+    let list = ok(&bin(d, &url)
+        .args(["dead-letters", "list", "--json"])
+        .output()
+        .expect("list"));
+    let letters: Vec<Value> = serde_json::from_str(&list).expect("json");
+    let id = letters[0]["id"].as_i64().expect("id").to_string();
+    assert!(
+        letters[0]["error"].as_str().unwrap_or("").contains("null value"),
+        "{list}"
+    );
+    let retry = bin(d, &url)
+        .args(["dead-letters", "retry", &id])
+        .output()
+        .expect("retry");
+    assert_eq!(retry.status.code(), Some(1), "{retry:?}");
+    ok(&bin(d, &url)
+        .args(["dead-letters", "discard", &id])
+        .output()
+        .expect("discard"));
+    assert_eq!(status_of(d, &url, "totals")["dead_letters"], 0);
+    // Pause and resume.
+    ok(&bin(d, &url).args(["pause", "totals"]).output().expect("pause"));
+    assert_eq!(status_of(d, &url, "totals")["state"], "paused");
+    ok(&bin(d, &url).args(["resume", "totals"]).output().expect("resume"));
+    assert_eq!(status_of(d, &url, "totals")["state"], "running");
+    // Rebuild stops at the failing event (fail fast); the other projection rebuilds, plain and
+    // blue/green.
+    let failed = bin(d, &url)
+        .args(["rebuild", "totals", "--yes"])
+        .output()
+        .expect("rebuild");
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("stopped at position"));
+    let rebuilt = ok(&bin(d, &url)
+        .args(["rebuild", "counts", "--yes"])
+        .output()
+        .expect("rebuild"));
+    assert!(rebuilt.contains("rebuilt counts"), "{rebuilt}");
+    let bg = ok(&bin(d, &url)
+        .args(["rebuild", "counts", "--blue-green", "--yes"])
+        .output()
+        .expect("blue/green"));
+    assert!(bg.contains("blue/green") && bg.contains("locks held"), "{bg}");
+    let n: i64 = client
+        .query_one(&format!("SELECT n FROM {schema}.counts WHERE id = 'a'"), &[])
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(n, 2);
+    assert_eq!(status_of(d, &url, "counts")["lag_events"], 0);
+    let abandon = ok(&bin(d, &url)
+        .args(["rebuild", "counts", "--blue-green", "--abandon"])
+        .output()
+        .expect("abandon"));
+    assert!(abandon.contains("no blue/green rebuild"), "{abandon}");
+    drop_schema(&client, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_follows_live_appends_and_stops_on_sigterm() {
+    let Some((schema, client)) = fresh_schema("live").await else {
+        return;
+    };
+    let url = with_schema(&schema);
+    let dir = TempDir::new().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(d.join("projectionist.toml"), FAILING).expect("config");
+    ok(&bin(d, &url).arg("init").output().expect("init"));
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("projectionist"))
+        .current_dir(d)
+        .env("PROJECTIONIST_DATABASE_URL", &url)
+        .arg("run")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let token = ok(&bin(d, &url)
+        .args([
+            "append",
+            "--stream",
+            "live",
+            "--type",
+            "Added",
+            "--data",
+            r#"{"n": 1}"#,
+        ])
+        .output()
+        .expect("append"))
+    .trim()
+    .to_owned();
+    // A waiter in another process wakes on the daemon's commit (LISTEN/NOTIFY).
+    let started = Instant::now();
+    ok(&bin(d, &url)
+        .args(["wait", "totals", "--position", &token, "--timeout", "20s"])
+        .output()
+        .expect("wait"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "run did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    drop_schema(&client, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_never_printed() {
+    let Some((schema, client)) = fresh_schema("secret").await else {
+        return;
+    };
+    let dir = example_dir();
+    let d = dir.path();
+    // Unreachable: the error names the place without the password.
+    let out = bin(d, "postgres://app:hunter2secret@127.0.0.1:1/nowhere")
+        .arg("init")
+        .output()
+        .expect("init");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("hunter2secret"), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
+    // Reachable (trust auth ignores the password): nothing printed shows it.
+    let url = with_schema(&schema).replacen("://postgres@", "://postgres:hunter2secret@", 1);
+    if url.contains("hunter2secret") {
+        let init = bin(d, &url).arg("init").output().expect("init");
+        let st = bin(d, &url).arg("status").output().expect("status");
+        for o in [&init, &st] {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(!text.contains("hunter2secret"), "{text}");
+        }
+    }
+    // Bad setup SQL is a usage error naming the projection and the statement.
+    std::fs::write(
+        d.join("bad.toml"),
+        "[[projection]]\nname = \"bad\"\nsetup = \"CREATE TABLE IF NOT EXISTS ok_t (id TEXT); CREATE TABLE IF NOT EXISTS bad_t ((id TEXT)\"\n[projection.handlers]\nX = \"INSERT INTO ok_t VALUES (:stream_id)\"\n",
+    )
+    .expect("bad config");
+    let bad = bin(d, &with_schema(&schema))
+        .args(["--config", "bad.toml", "init"])
+        .output()
+        .expect("init");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("bad") && err.contains("setup statement 2 of 2") && err.contains("bad_t"),
+        "{err}"
+    );
+    drop_schema(&client, &schema).await;
+}
