@@ -58,8 +58,13 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***`: the user-info password, and query parameters
+/// that look secret (libpq-style URLs may carry `?password=`).
 pub fn redact(url: &str) -> String {
+    mask_query_secrets(&redact_userinfo(url))
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -77,6 +82,37 @@ pub fn redact(url: &str) -> String {
         user.to_owned()
     };
     format!("{}://{masked}{}", &url[..scheme_end], &rest[at..])
+}
+
+/// Masks the values of query parameters whose names look secret; drops any fragment.
+fn mask_query_secrets(shown: &str) -> String {
+    let Some((base, query)) = shown.split_once('?') else {
+        return shown.to_owned();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", masked.join("&"));
+    if fragment.is_some() {
+        // A fragment has no meaning to the database; it is not shown.
+        out.push_str("#***");
+    }
+    out
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key"]
+        .iter()
+        .any(|s| k.contains(s))
 }
 
 impl DatabaseUrl {
@@ -372,6 +408,20 @@ pub(crate) use with_engine;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_secrets_are_masked() {
+        assert_eq!(
+            redact("sqlite://a.db?password=hunter2&mode=rwc"),
+            "sqlite://a.db?password=***&mode=rwc"
+        );
+        assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+        assert_eq!(
+            redact("postgres://u:pw@h/x?sslpassword=a#b"),
+            "postgres://u:***@h/x?sslpassword=***#***"
+        );
+        assert_eq!(redact("x?api_key=1&a=b"), "x?api_key=***&a=b");
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -92,8 +92,11 @@ pub fn cli(dir: &Path, args: &[&str]) -> String {
         out.status.success(),
         "projectionist {args:?} failed:\n{stdout}\n{stderr}"
     );
-    // Not checked for the secret here: one-shot commands print the database through
-    // `backend::redact`, which masks user-info passwords but not `?password=` query parameters.
+    // No command ever shows the password of the database URL.
+    assert!(
+        !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "projectionist {args:?} showed the database password:\n{stdout}\n{stderr}"
+    );
     stdout
 }
 
