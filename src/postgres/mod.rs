@@ -135,25 +135,27 @@ impl Sql {
             ),
             // Looks at up to $3 rows, returns the payload of admitted ones only, and stops
             // after the $5th admitted one, so that `scanned_to` covers the ignored rows too.
+            // Scans exactly `limit` rows and sends payloads only for the admitted ones: a batch
+            // of a filtering projection may hold fewer events, but it always moves past every
+            // row it scanned. (Scanning further to fill the batch made every read of a
+            // projection that handles most types pay for rows it then threw away.)
             read_filtered: format!(
-                "SELECT position, xid, stream_id, stream_version, event_type, event_id, data, metadata, \
-                 recorded_at, admitted FROM ( \
-                   SELECT s.position, s.xid, s.event_type, s.admitted, \
-                     sum(s.admitted::int) OVER (ORDER BY s.xid, s.position ROWS UNBOUNDED PRECEDING) AS taken, \
-                     CASE WHEN s.admitted THEN s.stream_id END AS stream_id, \
-                     CASE WHEN s.admitted THEN s.stream_version END AS stream_version, \
-                     CASE WHEN s.admitted THEN s.event_id END AS event_id, \
-                     CASE WHEN s.admitted THEN s.data::text END AS data, \
-                     CASE WHEN s.admitted THEN s.metadata::text END AS metadata, \
-                     CASE WHEN s.admitted THEN s.recorded_at END AS recorded_at \
-                   FROM ( \
-                     SELECT e.position, e.xid, e.stream_id, e.stream_version, e.event_type, e.event_id, \
-                       e.data, e.metadata, e.recorded_at, e.event_type = ANY($4::text[]) AS admitted \
-                     FROM {s}.events e \
-                     WHERE (e.xid, e.position) > ($1, $2) AND e.{READABLE} \
-                     ORDER BY e.xid, e.position LIMIT $3 \
-                   ) s \
-                 ) w WHERE w.taken <= $5 ORDER BY w.xid, w.position"
+                "SELECT s.position, s.xid, \
+                   CASE WHEN s.admitted THEN s.stream_id END, \
+                   CASE WHEN s.admitted THEN s.stream_version END, \
+                   s.event_type, \
+                   CASE WHEN s.admitted THEN s.event_id END, \
+                   CASE WHEN s.admitted THEN s.data::text END, \
+                   CASE WHEN s.admitted THEN s.metadata::text END, \
+                   CASE WHEN s.admitted THEN s.recorded_at END, \
+                   s.admitted \
+                 FROM ( \
+                   SELECT e.position, e.xid, e.stream_id, e.stream_version, e.event_type, e.event_id, \
+                     e.data, e.metadata, e.recorded_at, e.event_type = ANY($4::text[]) AS admitted \
+                   FROM {s}.events e \
+                   WHERE (e.xid, e.position) > ($1, $2) AND e.{READABLE} \
+                   ORDER BY e.xid, e.position LIMIT $3 \
+                 ) s ORDER BY s.xid, s.position"
             ),
             blocked: format!("SELECT EXISTS (SELECT 1 FROM {s}.events WHERE (xid, position) > ($1, $2))"),
             // The committed head, readable or not yet: a catch-up waits for events that sit
@@ -979,7 +981,7 @@ impl PgStore {
                 client
                     .query(
                         &format!("EXPLAIN {}", self.inner.sql.read_filtered),
-                        &[&after.txid, &after.position, &(limit * 8), &types, &limit],
+                        &[&after.txid, &after.position, &limit, &types],
                     )
                     .await
             }
@@ -1609,10 +1611,9 @@ impl Source for PgStore {
             }
             Some(types) => {
                 let types: Vec<&str> = types.iter().map(String::as_str).collect();
-                let scan = limit.saturating_mul(8);
                 let st = client.prepare_cached(&sql.read_filtered).await.map_err(&err)?;
                 client
-                    .query(&st, &[&after.txid, &after.position, &scan, &types, &limit])
+                    .query(&st, &[&after.txid, &after.position, &limit, &types])
                     .await
             }
         }

@@ -13,6 +13,7 @@
 //! and the peak resident memory of each phase.
 
 mod orders;
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 use crate::output;
 
+pub use postgres::PgBench;
 pub use sqlite::SqliteBench;
 
 /// The read-model styles measured.

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 
 use crate::args::BenchArgs;
 use crate::backend::Location;
-use crate::bench::{self, Settings, SqliteBench};
+use crate::bench::{self, PgBench, Settings, SqliteBench};
 use crate::commands::Ctx;
 
 /// The global `--database` default: the bench then uses a temporary database instead.
@@ -32,10 +32,9 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
                 "the bench needs a database file (or no --database, for a temporary one)"
             ))
         }
-        Location::Postgres(_) => {
-            bail!(crate::exit::usage(
-                "the bench runs on SQLite only for now; pass a sqlite:// --database (or none)"
-            ))
+        Location::Postgres(url) => {
+            let backend = PgBench::open(url.expose(), ctx.url.to_string(), batch_size).await?;
+            bench::run(&backend, &settings, a.json).await?
         }
     };
     if a.json {
