@@ -237,9 +237,10 @@ pub struct BenchArgs {
     /// Print the phases as a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Events per batch for the projections.
-    #[arg(long, default_value_t = 2_000)]
-    pub batch_size: usize,
+    /// Events per batch for every projection (default: each style's own default, 1,000 for
+    /// per-event styles and 10,000 for documents).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Seconds of live appends for the latency phase (0 skips it).
     #[arg(long, default_value_t = 5)]
     pub live_seconds: u64,

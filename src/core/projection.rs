@@ -224,6 +224,16 @@ impl<C: ?Sized + 'static> Apply<C> for Handlers<C> {
     }
 }
 
+/// Events per batch of a per-event body, measured with `projectionist bench`: per-event
+/// statements cost the same at any batch size beyond this, and smaller batches keep
+/// transactions and live latency short.
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+
+/// Events per batch of a batch-wide body (a fold by key): each batch costs one load and one
+/// bulk write, so larger batches fold more events per document (measured on PostgreSQL:
+/// about 2x the throughput of batches of 2,000).
+pub const DEFAULT_BATCH_WIDE_SIZE: usize = 10_000;
+
 /// How a projection runs.
 #[derive(Clone, Debug)]
 pub struct ProjectionOptions {
@@ -243,7 +253,7 @@ pub struct ProjectionOptions {
 impl Default for ProjectionOptions {
     fn default() -> Self {
         ProjectionOptions {
-            batch_size: 1000,
+            batch_size: DEFAULT_BATCH_SIZE,
             priority: 0,
             policy: Policy::default(),
             rebuild_fail_fast: true,
@@ -285,9 +295,13 @@ impl<C: ?Sized + 'static> Projection<dyn Apply<C>> {
     /// A projection named `name` whose body is `body`.
     pub fn new<A: Apply<C>>(name: impl Into<String>, body: A) -> Self {
         let event_types = body.event_types().map(Arc::from);
+        let mut options = ProjectionOptions::default();
+        if body.batch_wide() {
+            options.batch_size = DEFAULT_BATCH_WIDE_SIZE;
+        }
         Projection {
             name: Arc::from(name.into()),
-            options: ProjectionOptions::default(),
+            options,
             event_types,
             body: Arc::new(body),
         }

@@ -126,6 +126,17 @@ pub struct Phase {
     pub max_ms: Option<f64>,
 }
 
+/// `p` with `batch_size` when one is given, else with its own default.
+pub fn sized<B: ?Sized>(
+    p: projectionist::Projection<B>,
+    batch_size: Option<usize>,
+) -> projectionist::Projection<B> {
+    match batch_size {
+        Some(b) => p.batch_size(b),
+        None => p,
+    }
+}
+
 /// The name of the live-latency projection.
 pub const LIVE: &str = "bench_live";
 

@@ -19,12 +19,12 @@ pub const SCHEMA: &str = "projectionist_bench";
 pub struct PgBench {
     store: PgStore,
     shown: String,
-    batch_size: usize,
+    batch_size: Option<usize>,
 }
 
 impl PgBench {
     /// Connects to `url` (the password never shown) and recreates the bench's own schema.
-    pub async fn open(url: &str, shown: String, batch_size: usize) -> Result<Self> {
+    pub async fn open(url: &str, shown: String, batch_size: Option<usize>) -> Result<Self> {
         let admin = PgStore::builder(url)?
             .schema("public")
             .listen(false)
@@ -52,15 +52,22 @@ impl PgBench {
         let (name, table) = (style.projection(), style.table());
         Ok(match style {
             Style::Sql => {
-                let config = Config::parse(&declarative_config(name, table, self.batch_size), "bench")?;
+                let config = Config::parse(
+                    &declarative_config(
+                        name,
+                        table,
+                        self.batch_size.unwrap_or(projectionist::DEFAULT_BATCH_SIZE),
+                    ),
+                    "bench",
+                )?;
                 let def = config
                     .projections
                     .first()
                     .context("the bench config has a projection")?;
                 projectionist::declarative::postgres::projection(def)
             }
-            Style::Documents => PgProjection::new(name, documents(table)).batch_size(self.batch_size),
-            Style::Handlers => PgProjection::new(name, handlers(table)).batch_size(self.batch_size),
+            Style::Documents => super::sized(PgProjection::new(name, documents(table)), self.batch_size),
+            Style::Handlers => super::sized(PgProjection::new(name, handlers(table)), self.batch_size),
         }
         .error_policy(projectionist::ErrorPolicy::Stop))
     }
@@ -207,8 +214,10 @@ impl Backend for PgBench {
     }
 
     async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<Vec<Duration>> {
-        let projection =
-            PgProjection::new(super::LIVE, handlers("bench_live_summary")).batch_size(self.batch_size);
+        let projection = super::sized(
+            PgProjection::new(super::LIVE, handlers("bench_live_summary")),
+            self.batch_size,
+        );
         let engine = Arc::new(self.store.engine().with(projection)?);
         let store = self.store.clone();
         super::measure_live(engine, events, rate, move |e| {

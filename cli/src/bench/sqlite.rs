@@ -20,13 +20,13 @@ pub struct SqliteBench {
     path: PathBuf,
     /// Keeps a temporary folder alive when the bench made one.
     _dir: Option<tempfile::TempDir>,
-    batch_size: usize,
+    batch_size: Option<usize>,
 }
 
 impl SqliteBench {
     /// Opens a fresh database at `path`, or in a temporary folder when `path` is `None`.
     /// Refuses a database that already holds events: the bench needs its own.
-    pub async fn open(path: Option<&Path>, batch_size: usize) -> Result<Self> {
+    pub async fn open(path: Option<&Path>, batch_size: Option<usize>) -> Result<Self> {
         let (dir, path) = match path {
             Some(p) => (None, p.to_path_buf()),
             None => {
@@ -117,15 +117,22 @@ impl SqliteBench {
         let (name, table) = (style.projection(), style.table());
         Ok(match style {
             Style::Sql => {
-                let config = Config::parse(&declarative_config(name, table, self.batch_size), "bench")?;
+                let config = Config::parse(
+                    &declarative_config(
+                        name,
+                        table,
+                        self.batch_size.unwrap_or(projectionist::DEFAULT_BATCH_SIZE),
+                    ),
+                    "bench",
+                )?;
                 let def = config
                     .projections
                     .first()
                     .context("the bench config has a projection")?;
                 projectionist::declarative::sqlite::projection(def)
             }
-            Style::Documents => SqliteProjection::new(name, documents(table)).batch_size(self.batch_size),
-            Style::Handlers => SqliteProjection::new(name, handlers(table)).batch_size(self.batch_size),
+            Style::Documents => super::sized(SqliteProjection::new(name, documents(table)), self.batch_size),
+            Style::Handlers => super::sized(SqliteProjection::new(name, handlers(table)), self.batch_size),
         }
         .error_policy(projectionist::ErrorPolicy::Stop))
     }
@@ -211,8 +218,10 @@ impl Backend for SqliteBench {
     }
 
     async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<Vec<Duration>> {
-        let projection =
-            SqliteProjection::new(super::LIVE, handlers("bench_live_summary")).batch_size(self.batch_size);
+        let projection = super::sized(
+            SqliteProjection::new(super::LIVE, handlers("bench_live_summary")),
+            self.batch_size,
+        );
         let engine = Arc::new(self.store.engine().with(projection)?);
         let store = self.store.clone();
         super::measure_live(engine, events, rate, move |e| {

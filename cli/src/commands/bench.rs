@@ -20,7 +20,9 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         live_seconds: a.live_seconds,
         live_rate: a.live_rate,
     };
-    let batch_size = a.batch_size.clamp(1, projectionist::declarative::MAX_BATCH_SIZE);
+    let batch_size = a
+        .batch_size
+        .map(|b| b.clamp(1, projectionist::declarative::MAX_BATCH_SIZE));
     let phases = match &ctx.url.location {
         Location::Sqlite(path) => {
             let path = (ctx.url.to_string() != DEFAULT_DATABASE).then_some(path.as_path());
