@@ -175,7 +175,7 @@ impl PgStore {
             position: row.try_get(1).map_err(&err)?,
         };
         let read = format!(
-            "SELECT {EVENT_COLUMNS} FROM {}.events WHERE (xid, position) > ($1, $2) AND xid <= $3 \
+            "SELECT {EVENT_COLUMNS} FROM {}.events WHERE xid >= $1 AND (xid, position) > ($1, $2) AND xid <= $3 \
              ORDER BY xid, position LIMIT $4",
             super::quote(&self.inner.schema)
         );

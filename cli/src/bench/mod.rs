@@ -87,8 +87,8 @@ pub trait Backend {
     /// Rows of `table` that differ from the reference (both ways), and the two row counts.
     async fn compare(&self, table: &str) -> Result<Mismatch>;
     /// Appends `events` at `rate` per second while a live runner projects them; returns the
-    /// append-to-visible latency of each.
-    async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<Vec<Duration>>;
+    /// append-to-visible latency of each, and how long the appends took.
+    async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<(Vec<Duration>, f64)>;
 }
 
 /// How a read model differs from the reference.
@@ -142,13 +142,14 @@ pub const LIVE: &str = "bench_live";
 
 /// Runs `engine`'s projection [`LIVE`] live, appends `events` at `rate` per second with
 /// `append`, and returns each event's latency from the start of its append until the live
-/// projection's checkpoint passed it (its effect is then visible: same transaction).
+/// projection's checkpoint passed it (its effect is then visible: same transaction), and the
+/// seconds from the first append to the last one's visibility.
 pub async fn measure_live<S, St, F, Fut>(
     engine: Arc<Engine<S, St>>,
     events: Vec<WorkloadEvent>,
     rate: u32,
     append: F,
-) -> Result<Vec<Duration>>
+) -> Result<(Vec<Duration>, f64)>
 where
     S: Source,
     St: Store,
@@ -196,6 +197,7 @@ where
             }
         })
     };
+    let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for e in events {
@@ -214,8 +216,9 @@ where
     if finished.is_err() {
         bail!("the live projection did not catch up within 30 s of the last append");
     }
+    let seconds = started.elapsed().as_secs_f64();
     let out = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Ok(out)
+    Ok((out, seconds))
 }
 
 /// Bench settings.
@@ -339,7 +342,7 @@ pub async fn run<B: Backend>(backend: &B, s: &Settings, quiet: bool) -> Result<V
             .skip(s.events as usize)
             .collect();
         say(format!("  live: {n} appends at {}/s ...", s.live_rate));
-        let (mut lat, secs, rss) = timed(backend.live(live, s.live_rate)).await?;
+        let ((mut lat, secs), _, rss) = timed(backend.live(live, s.live_rate)).await?;
         lat.sort_unstable();
         phases.push(Phase {
             name: format!("live: append to visible at {}/s", s.live_rate),

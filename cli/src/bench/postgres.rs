@@ -213,7 +213,22 @@ impl Backend for PgBench {
         })
     }
 
-    async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<Vec<Duration>> {
+    async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<(Vec<Duration>, f64)> {
+        // Settle the tables first, so that an autovacuum ANALYZE of the rebuilt tables (which
+        // takes a transaction id, holding back every reader's xmin) does not run during the
+        // measurement. Long transactions anywhere in the cluster delay visibility: see
+        // docs/postgres.md.
+        let client = self.store.client().await?;
+        client
+            .batch_execute("VACUUM ANALYZE")
+            .await
+            .context("VACUUM ANALYZE before the live phase")?;
+        // Flush the pages the load and the rebuilds dirtied, so that the checkpointer's writes
+        // do not slow every commit's WAL flush during the measurement (needs the
+        // pg_checkpoint role or a superuser; skipped otherwise).
+        if let Err(e) = client.batch_execute("CHECKPOINT").await {
+            tracing::info!(error = %e, "CHECKPOINT before the live phase was not allowed; measuring anyway");
+        }
         let projection = super::sized(
             PgProjection::new(super::LIVE, handlers("bench_live_summary")),
             self.batch_size,

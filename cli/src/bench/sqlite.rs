@@ -217,7 +217,7 @@ impl Backend for SqliteBench {
         })
     }
 
-    async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<Vec<Duration>> {
+    async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<(Vec<Duration>, f64)> {
         let projection = super::sized(
             SqliteProjection::new(super::LIVE, handlers("bench_live_summary")),
             self.batch_size,
