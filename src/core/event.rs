@@ -276,6 +276,14 @@ pub struct Appended {
 
 type UpcastFn = dyn Fn(Value) -> Result<Value, HandlerError> + Send + Sync;
 
+impl Appended {
+    /// The result of a one-stream append made through a many-streams append.
+    pub(crate) fn only(mut out: Vec<Appended>) -> crate::core::error::Result<Appended> {
+        out.pop()
+            .ok_or_else(|| crate::core::error::Error::Invalid("nothing was appended".into()))
+    }
+}
+
 /// Schema evolution: transforms the raw JSON of old event shapes before typed decoding.
 ///
 /// Upcasters run in registration order for their event type; `rename` maps an old type name to

@@ -9,5 +9,6 @@ pub mod policy;
 pub mod projection;
 pub mod runner;
 pub mod scheduler;
+pub mod shadow;
 pub mod source;
 pub mod store;

@@ -22,35 +22,19 @@
 //! resumes the shadow from its checkpoint, and [`PgEngine::abandon_blue_green`] drops it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::watch;
 use tracing::info;
 
 use super::error::db_err;
 use super::listen::bump;
 use super::{quote, PgEngine, PgStore};
 use crate::core::error::Result;
-use crate::core::event::Checkpoint;
-use crate::core::runner::{Mode, ProgressFn, Worker};
+use crate::core::runner::{Mode, ProgressFn};
+pub use crate::core::shadow::BlueGreenReport;
+use crate::core::shadow::{build_shadow, shadow_catch_up};
 use crate::core::source::Source;
 use crate::core::store::{RunState, Store};
-
-/// What a blue/green rebuild did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BlueGreenReport {
-    pub projection: String,
-    /// Events applied into the shadow.
-    pub events: u64,
-    /// The checkpoint the new version took over at.
-    pub checkpoint: Checkpoint,
-    /// Whole rebuild, shadow build and swap.
-    pub seconds: f64,
-    /// How long the swap transaction held its locks (appends and the live runner waited).
-    pub swap_lock: Duration,
-    /// Tables swapped in.
-    pub tables: Vec<String>,
-}
 
 /// FNV-1a: a stable hash, so that another process finds the same shadow.
 fn fnv(text: &str) -> u64 {
@@ -119,43 +103,8 @@ impl PgEngine {
         }
 
         let source = self.source().clone();
-        let (_keep, shutdown) = watch::channel(false);
-        let worker = |mode: Mode| {
-            Worker::new(
-                source.clone(),
-                shadow.clone(),
-                projection.clone(),
-                0,
-                self.runner_settings().clone(),
-                mode,
-                crate::core::scheduler::Scheduler::new(1),
-            )
-        };
-        // Build to the head, then chase the head while appends keep coming, until the rest is
-        // less than a batch.
-        let mut events = 0;
-        let mut round = 0;
-        loop {
-            let target = source.head().await?;
-            let mode = if round == 0 {
-                Mode::Rebuild {
-                    target,
-                    progress: progress.clone(),
-                }
-            } else {
-                Mode::ToHead {
-                    target,
-                    progress: progress.clone(),
-                }
-            };
-            let report = worker(mode).run(shutdown.clone()).await?;
-            events += report.events;
-            round += 1;
-            let lag = source.lag(report.checkpoint).await?.events;
-            if lag < projection.options().batch_size as u64 || round >= 10 {
-                break;
-            }
-        }
+        let settings = self.runner_settings();
+        let (mut events, _) = build_shadow(&source, &shadow, &projection, settings, progress.clone()).await?;
 
         // The swap.
         let (s_live, s_shadow, s_old) = (quote(live.schema()), quote(&shadow_name), quote(&old_name));
@@ -183,12 +132,11 @@ impl PgEngine {
         .map_err(&err)?;
         // Final catch-up: no append can commit now, so the head is fixed.
         let target = source.head().await?;
-        let report = worker(Mode::ToHead {
+        let mode = Mode::ToHead {
             target,
             progress: progress.clone(),
-        })
-        .run(shutdown.clone())
-        .await?;
+        };
+        let report = shadow_catch_up(&source, &shadow, &projection, settings, mode).await?;
         events += report.events;
         let checkpoint = report.checkpoint;
         let tables: Vec<String> = tx

@@ -51,11 +51,10 @@ impl PgEngine {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
-        let mut out = self
-            .append_many(vec![StreamAppend::new(stream_id, expected, events)])
-            .await?;
-        out.pop()
-            .ok_or_else(|| Error::Invalid("nothing was appended".into()))
+        Appended::only(
+            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
+                .await?,
+        )
     }
 
     /// Appends to several streams, with the inline projections, in one transaction. The

@@ -673,11 +673,10 @@ impl PgStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
-        let mut out = self
-            .append_many(vec![StreamAppend::new(stream_id, expected, events)])
-            .await?;
-        out.pop()
-            .ok_or_else(|| Error::Invalid("nothing was appended".into()))
+        Appended::only(
+            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
+                .await?,
+        )
     }
 
     /// Appends to several streams in one transaction: all or nothing. Appends that expect

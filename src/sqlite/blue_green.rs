@@ -14,31 +14,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rusqlite::{params, Connection, TransactionBehavior};
-use tokio::sync::watch;
 use tracing::info;
 
 use super::{db_err, format_time, SqliteEngine, SqliteStore};
 use crate::core::error::{Error, Result};
-use crate::core::event::Checkpoint;
-use crate::core::runner::{Mode, ProgressFn, Worker};
+use crate::core::runner::{Mode, ProgressFn};
+pub use crate::core::shadow::BlueGreenReport;
+use crate::core::shadow::{build_shadow, shadow_catch_up};
 use crate::core::source::Source;
 use crate::core::store::{RunState, Store};
-
-/// What a blue/green rebuild did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BlueGreenReport {
-    pub projection: String,
-    /// Events applied into the shadow.
-    pub events: u64,
-    /// The checkpoint the new version took over at.
-    pub checkpoint: Checkpoint,
-    /// Whole rebuild, shadow build and swap.
-    pub seconds: f64,
-    /// How long the swap transaction held the write lock.
-    pub swap_lock: Duration,
-    /// Tables swapped in.
-    pub tables: Vec<String>,
-}
 
 fn shadow_path(main: &str, projection: &str) -> Result<PathBuf> {
     if main == ":memory:" {
@@ -95,41 +79,9 @@ impl SqliteEngine {
         // less than a batch (the live runner takes over from the swapped checkpoint).
         let source = self.source().clone();
         let shadow = Arc::new(shadow);
-        let (_keep, shutdown) = watch::channel(false);
-        let mut events = 0;
-        let mut checkpoint;
-        let mut round = 0;
-        loop {
-            let target = source.head().await?;
-            let mode = if round == 0 {
-                Mode::Rebuild {
-                    target,
-                    progress: progress.clone(),
-                }
-            } else {
-                Mode::ToHead {
-                    target,
-                    progress: progress.clone(),
-                }
-            };
-            let worker = Worker::new(
-                source.clone(),
-                shadow.clone(),
-                projection.clone(),
-                0,
-                self.runner_settings().clone(),
-                mode,
-                crate::core::scheduler::Scheduler::new(1),
-            );
-            let report = worker.run(shutdown.clone()).await?;
-            events += report.events;
-            checkpoint = report.checkpoint;
-            round += 1;
-            let lag = source.lag(checkpoint).await?.events;
-            if lag < projection.options().batch_size as u64 || round >= 10 {
-                break;
-            }
-        }
+        let settings = self.runner_settings();
+        let (mut events, _) = build_shadow(&source, &shadow, &projection, settings, progress.clone()).await?;
+        let checkpoint;
 
         // Swap in one transaction on the main database. The swap takes the write lock first,
         // so no event can commit after the shadow's final catch-up: the new version goes in at
@@ -151,19 +103,11 @@ impl SqliteEngine {
         }
         let final_catch_up = async {
             let target = source.head().await?;
-            let worker = Worker::new(
-                source.clone(),
-                shadow.clone(),
-                projection.clone(),
-                0,
-                self.runner_settings().clone(),
-                Mode::ToHead {
-                    target,
-                    progress: progress.clone(),
-                },
-                crate::core::scheduler::Scheduler::new(1),
-            );
-            worker.run(shutdown.clone()).await
+            let mode = Mode::ToHead {
+                target,
+                progress: progress.clone(),
+            };
+            shadow_catch_up(&source, &shadow, &projection, settings, mode).await
         };
         match final_catch_up.await {
             Ok(report) => {

@@ -310,10 +310,10 @@ impl SqliteStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
-        let append = StreamAppend::new(stream_id, expected, events);
-        let mut out = self.append_many(vec![append]).await?;
-        out.pop()
-            .ok_or_else(|| Error::Invalid("nothing was appended".into()))
+        Appended::only(
+            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
+                .await?,
+        )
     }
 
     /// Appends to several streams in one transaction: all or nothing.
@@ -731,11 +731,10 @@ impl Engine<SqliteStore, SqliteStore> {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
-        let mut out = self
-            .append_many(vec![StreamAppend::new(stream_id, expected, events)])
-            .await?;
-        out.pop()
-            .ok_or_else(|| Error::Invalid("nothing was appended".into()))
+        Appended::only(
+            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
+                .await?,
+        )
     }
 
     /// Appends to several streams, with the inline projections, in one transaction.
