@@ -33,13 +33,15 @@ pub use crate::core::error::{BatchFailure, Error, HandlerError, HandlerErrorKind
 pub use crate::core::event::{
     Appended, Checkpoint, Event, ExpectedVersion, ImportProgress, NewEvent, StreamAppend, Upcasters,
 };
+pub use crate::core::lease::{Fence, Lease, LeaseInfo, LeaseSettings, Member, Membership};
+pub use crate::core::partition::{partition_of, stream_hash, MAX_PARTITIONS};
 pub use crate::core::policy::{Backoff, Decision, ErrorHandler, ErrorPolicy, Failure, Policy};
 pub use crate::core::projection::{
     Applied, Apply, Handlers, Prefetch, Projection, ProjectionOptions, DEFAULT_BATCH_SIZE,
     DEFAULT_BATCH_WIDE_SIZE,
 };
 pub use crate::core::runner::{Progress, ProgressFn, RunnerSettings, WorkerReport};
-pub use crate::core::source::{Batch, Filter, Lag, Source};
+pub use crate::core::source::{Batch, Filter, Lag, PartitionSlice, Source};
 pub use crate::core::store::{
     Commit, CommitError, CommitStats, DeadLetter, NewDeadLetter, ProjectionRecord, RunState, Store,
 };

@@ -9,6 +9,8 @@
 //! | `projectionist_errors_total` | counter | projection, partition |
 //! | `projectionist_dead_letters_total` | counter | projection, partition |
 //! | `projectionist_fenced_total` | counter | projection, partition |
+//! | `projectionist_redelivered_total` | counter | projection, partition |
+//! | `projectionist_partitions_owned` | gauge | projection |
 //! | `projectionist_wait_for_seconds` | histogram | projection, outcome (`reached`, `timeout`) |
 
 use std::time::Duration;
@@ -52,4 +54,14 @@ pub fn wait_for(projection: &str, reached: bool, waited: Duration) {
         "outcome" => outcome
     )
     .record(waited.as_secs_f64());
+}
+
+/// Events a broker redelivered after they were applied, dropped.
+pub fn redelivered(projection: &str, partition: u32, events: u64) {
+    metrics::counter!("projectionist_redelivered_total", &labels(projection, partition)).increment(events);
+}
+
+/// The number of partitions of `projection` this process holds.
+pub fn partitions_owned(projection: &str, owned: usize) {
+    metrics::gauge!("projectionist_partitions_owned", "projection" => projection.to_owned()).set(owned as f64);
 }

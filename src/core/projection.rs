@@ -248,6 +248,10 @@ pub struct ProjectionOptions {
     /// Applied inside the append transaction by the engine's `append` (read-your-writes),
     /// as well as by runners for events appended elsewhere.
     pub inline: bool,
+    /// Partitions (1: not partitioned). A partitioned projection splits the streams by
+    /// [`partition_of`](super::partition::partition_of); each partition has its own checkpoint,
+    /// and `run` processes share the partitions through leases (PostgreSQL).
+    pub partitions: u32,
 }
 
 impl Default for ProjectionOptions {
@@ -258,6 +262,7 @@ impl Default for ProjectionOptions {
             policy: Policy::default(),
             rebuild_fail_fast: true,
             inline: false,
+            partitions: 1,
         }
     }
 }
@@ -373,6 +378,19 @@ impl<B: ?Sized> Projection<B> {
     pub fn inline(mut self, yes: bool) -> Self {
         self.options.inline = yes;
         self
+    }
+
+    /// Splits the projection into `n` partitions (1 to
+    /// [`MAX_PARTITIONS`](super::partition::MAX_PARTITIONS)), each with its own checkpoint,
+    /// shared by every `run` process through leases. Needs PostgreSQL.
+    pub fn partitions(mut self, n: u32) -> Self {
+        self.options.partitions = n.clamp(1, super::partition::MAX_PARTITIONS);
+        self
+    }
+
+    /// Whether the projection is split into partitions.
+    pub fn is_partitioned(&self) -> bool {
+        self.options.partitions > 1
     }
 
     pub fn with_options(mut self, options: ProjectionOptions) -> Self {

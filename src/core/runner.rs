@@ -11,10 +11,11 @@ use tracing::{debug, info, warn};
 
 use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
+use super::lease::Fence;
 use super::policy::{Decision, Failure};
 use super::projection::Projection;
 use super::scheduler::Scheduler;
-use super::source::{Batch, Filter, Source};
+use super::source::{Batch, Filter, PartitionSlice, Source};
 use super::store::{Commit, CommitError, CommitStats, NewDeadLetter, RunState, Store};
 
 /// Timing of the runner loops.
@@ -159,6 +160,11 @@ pub(crate) struct Worker<S: Source, St: Store> {
     pub mode: Mode,
     scheduler: Scheduler,
     filter: Filter,
+    /// The lease this worker's commits are made under (partitioned projections).
+    fence: Option<Fence>,
+    /// The batch being applied came from a source that may redeliver (see
+    /// [`Batch::deduplicate`]).
+    deduplicate: bool,
     checkpoint: Checkpoint,
     rate: Rate,
     events: u64,
@@ -174,7 +180,7 @@ impl<S: Source, St: Store> Worker<S, St> {
         mode: Mode,
         scheduler: Scheduler,
     ) -> Self {
-        let filter = Filter::types(projection.event_types());
+        let filter = Filter::types(projection.event_types()).for_projection(projection.name_arc());
         Worker {
             source,
             store,
@@ -184,10 +190,24 @@ impl<S: Source, St: Store> Worker<S, St> {
             mode,
             scheduler,
             filter,
+            fence: None,
+            deduplicate: false,
             checkpoint: Checkpoint::START,
             rate: Rate::default(),
             events: 0,
         }
+    }
+
+    /// Makes this the worker of one partition out of `count`, committing under `fence` when
+    /// it holds a lease (a rebuild or catch-up in one process runs every partition unfenced,
+    /// guarded by the checkpoints' compare-and-set alone).
+    pub fn partitioned(mut self, count: u32, fence: Option<Fence>) -> Self {
+        self.filter = self.filter.in_partition(Some(PartitionSlice {
+            index: self.partition,
+            count,
+        }));
+        self.fence = fence;
+        self
     }
 
     fn name(&self) -> &str {
@@ -307,9 +327,15 @@ impl<S: Source, St: Store> Worker<S, St> {
             idle = self.settings.poll_min;
 
             let permit = self.scheduler.acquire(self.projection.options().priority).await;
-            let (before, took) = (self.events, Instant::now());
+            let (before, took, from) = (self.events, Instant::now(), self.checkpoint);
             let step = self.apply_batch(batch, &mut shutdown).await;
             drop(permit);
+            if self.checkpoint > from {
+                // Durable now: a broker source may forget these messages.
+                if let Err(e) = self.source.acknowledge(&self.filter, self.checkpoint).await {
+                    warn!(projection = self.name(), error = %e, "acknowledging applied events failed; the source will redeliver them, and they will be dropped as already applied");
+                }
+            }
             if step.is_ok() {
                 let position = self.checkpoint.position;
                 super::metrics::batch(
@@ -385,12 +411,41 @@ impl<S: Source, St: Store> Worker<S, St> {
             dead_letters: Vec::new(),
             stats,
             last_error: None,
+            fence: self.fence.clone(),
+            record_ids: if self.deduplicate {
+                events.iter().take(end).map(|e| e.event_id).collect()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// Drops the events of a batch that an earlier commit already applied (a broker
+    /// redelivered them), when the source says it may redeliver.
+    async fn drop_redelivered(&mut self, mut batch: Batch) -> Result<Batch> {
+        self.deduplicate = batch.deduplicate;
+        if !batch.deduplicate || batch.events.is_empty() {
+            return Ok(batch);
+        }
+        let ids: Vec<uuid::Uuid> = batch.events.iter().map(|e| e.event_id).collect();
+        let seen = self.store.seen(self.name(), &ids).await?;
+        if !seen.is_empty() {
+            let before = batch.events.len();
+            // Within one batch, an id delivered twice is applied once.
+            let mut fresh = std::collections::HashSet::new();
+            batch
+                .events
+                .retain(|e| !seen.contains(&e.event_id) && fresh.insert(e.event_id));
+            debug!(projection = self.name(), dropped = before - batch.events.len(), "dropped redelivered events");
+            super::metrics::redelivered(self.name(), self.partition, (before - batch.events.len()) as u64);
+        }
+        Ok(batch)
     }
 
     /// Applies a batch. When an event fails, the events before it are committed on their own,
     /// and the failing event goes to the error policy.
     async fn apply_batch(&mut self, batch: Batch, shutdown: &mut watch::Receiver<bool>) -> Result<Step> {
+        let batch = self.drop_redelivered(batch).await?;
         let events: Arc<[Event]> = batch.events.into();
         let mut end = events.len();
         let mut to = batch.scanned_to;
@@ -424,6 +479,13 @@ impl<S: Source, St: Store> Worker<S, St> {
         match failure {
             None => Ok(Step::Continue),
             Some(BatchFailure { index, error }) => self.handle_failure(&events, index, error, shutdown).await,
+        }
+    }
+
+    /// A failed event that a policy dealt with (skipped, dead-lettered) counts as seen.
+    fn record_dealt_with(&self, commit: &mut Commit<St::Body>, event: &Event) {
+        if self.deduplicate {
+            commit.record_ids = vec![event.event_id];
         }
     }
 
@@ -518,6 +580,7 @@ impl<S: Source, St: Store> Worker<S, St> {
                     warn!(projection = self.name(), position = event.position, stream = %event.stream_id, error = %message, "skipping failed event");
                     let mut commit = self.commit(&single, 0, event.checkpoint(), stats);
                     commit.last_error = Some(message);
+                    self.record_dealt_with(&mut commit, &event);
                     return match self.store.commit(commit).await {
                         Ok(()) => {
                             self.advance(event.checkpoint(), 0);
@@ -536,6 +599,7 @@ impl<S: Source, St: Store> Worker<S, St> {
                         first_failed_at,
                     });
                     commit.last_error = Some(message);
+                    self.record_dealt_with(&mut commit, &event);
                     return match self.store.commit(commit).await {
                         Ok(()) => {
                             super::metrics::dead_letter(self.name(), self.partition);

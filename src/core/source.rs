@@ -10,19 +10,45 @@ use tokio::sync::watch;
 use super::error::Result;
 use super::event::{Checkpoint, Event};
 
+/// One partition of a partitioned projection: the streams whose
+/// [`partition_of`](super::partition::partition_of) is `index` out of `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PartitionSlice {
+    pub index: u32,
+    pub count: u32,
+}
+
 /// Which events a reader wants.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     /// Only these event types (`None`: all). Sources drop the others before decoding, and
     /// count them as ignored.
     pub types: Option<Arc<HashSet<String>>>,
+    /// The projection that reads. Broker sources keep one consumer per projection (a durable
+    /// NATS consumer, a RabbitMQ queue) and find it by this name.
+    pub projection: Option<Arc<str>>,
+    /// Only the events of this partition's streams (`None`: every stream).
+    pub partition: Option<PartitionSlice>,
 }
 
 impl Filter {
     pub fn types(types: Option<&[String]>) -> Self {
         Filter {
             types: types.map(|t| Arc::new(t.iter().cloned().collect())),
+            ..Filter::default()
         }
+    }
+
+    /// The same filter, for the reader `projection`.
+    pub fn for_projection(mut self, projection: Arc<str>) -> Self {
+        self.projection = Some(projection);
+        self
+    }
+
+    /// The same filter, restricted to one partition.
+    pub fn in_partition(mut self, partition: Option<PartitionSlice>) -> Self {
+        self.partition = partition;
+        self
     }
 
     pub fn admits(&self, event_type: &str) -> bool {
@@ -40,6 +66,11 @@ pub struct Batch {
     pub scanned_to: Checkpoint,
     /// Events the read looked at and dropped because the filter did not admit them.
     pub ignored: u64,
+    /// The source may deliver an event more than once (a broker's redelivery, with no
+    /// position to compare). The runner then drops the events whose `event_id` the store has
+    /// already recorded for the projection ([`Store::seen`](super::store::Store::seen)), and
+    /// records the others in the commit's transaction.
+    pub deduplicate: bool,
 }
 
 /// How far behind a checkpoint is.
@@ -72,4 +103,13 @@ pub trait Source: Send + Sync + 'static {
     /// Ticks whenever new events may be readable (an append in this process, a notification).
     /// Runners also poll, so a lost tick only delays them.
     fn changes(&self) -> watch::Receiver<u64>;
+
+    /// Called after every commit of the reader `filter`, with the checkpoint it committed:
+    /// everything up to `through` is durable in the read model. Broker sources acknowledge
+    /// their messages here (never before the commit, so a crash redelivers instead of losing).
+    /// Databases have nothing to do.
+    fn acknowledge(&self, filter: &Filter, through: Checkpoint) -> impl Future<Output = Result<()>> + Send {
+        let _ = (filter, through);
+        async { Ok(()) }
+    }
 }

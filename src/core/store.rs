@@ -9,8 +9,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
 use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
+use super::lease::{Fence, Lease, LeaseInfo, Member, Membership};
 
 /// A projection's (or partition's) run state, persisted with its checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -125,6 +130,14 @@ pub struct Commit<B: ?Sized> {
     pub stats: CommitStats,
     /// The error message to remember as the last error, if this commit deals with a failure.
     pub last_error: Option<String>,
+    /// The lease this commit is made under (partitioned projections): the store refuses the
+    /// commit with [`CommitError::Fenced`] unless the partition's lease still has this owner
+    /// and token.
+    pub fence: Option<Fence>,
+    /// Event ids to record as seen for the projection, in the same transaction (sources that
+    /// may redeliver, see [`Batch::deduplicate`](super::source::Batch::deduplicate)). Recording
+    /// an id twice fails the commit.
+    pub record_ids: Vec<Uuid>,
 }
 
 /// Why a commit did not happen. Nothing of it was written.
@@ -203,4 +216,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ticks whenever a checkpoint moves in this process (for `wait_for`).
     fn checkpoint_changes(&self) -> watch::Receiver<u64>;
+
+    /// Which of `ids` were recorded as seen for `projection` by an earlier commit
+    /// ([`Commit::record_ids`]). Stores keep them for a bounded time.
+    fn seen(&self, projection: &str, ids: &[Uuid]) -> impl Future<Output = Result<HashSet<Uuid>>> + Send {
+        let _ = (projection, ids);
+        async { Err(unsupported("deduplicating redelivered events")) }
+    }
+
+    /// Renews this node's membership and the leases it holds; tells which it still holds and
+    /// how many nodes are live.
+    fn heartbeat(&self, member: &Member) -> impl Future<Output = Result<Membership>> + Send {
+        let _ = member;
+        async { Err(unsupported("partitioned projections")) }
+    }
+
+    /// Takes up to `max` partitions that are free or whose lease expired, each with a new
+    /// fencing token.
+    fn acquire(&self, member: &Member, max: u32) -> impl Future<Output = Result<Vec<Lease>>> + Send {
+        let _ = (member, max);
+        async { Err(unsupported("partitioned projections")) }
+    }
+
+    /// Gives leases back (their workers have stopped), so other nodes can take them at once.
+    fn release(&self, member: &Member, leases: &[Lease]) -> impl Future<Output = Result<()>> + Send {
+        let _ = (member, leases);
+        async { Err(unsupported("partitioned projections")) }
+    }
+
+    /// Gives every lease of this node back and ends its membership (a clean shutdown).
+    fn leave(&self, member: &Member) -> impl Future<Output = Result<()>> + Send {
+        let _ = member;
+        async { Err(unsupported("partitioned projections")) }
+    }
+
+    /// The leases of a partitioned projection, by partition (empty for other projections).
+    fn leases(&self, projection: &str) -> impl Future<Output = Result<Vec<LeaseInfo>>> + Send {
+        let _ = projection;
+        async { Ok(Vec::new()) }
+    }
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::Invalid(format!(
+        "{what} need a store that supports it (PostgreSQL); this store does not"
+    ))
 }

@@ -727,6 +727,11 @@ pub struct ProjectionDef {
     pub priority: i32,
     /// A missing JSON path is an error (through the error policy) instead of NULL.
     pub strict: bool,
+    /// Partitions (1: not partitioned; see `Projection::partitions`).
+    pub partitions: u32,
+    /// The subject filter of a broker source (a NATS subject, or a RabbitMQ binding key);
+    /// `None`: everything the source carries.
+    pub subject: Option<String>,
 }
 
 impl ProjectionDef {
@@ -736,6 +741,7 @@ impl ProjectionDef {
             batch_size: self.batch_size,
             priority: self.priority,
             policy: self.error_policy.clone().into(),
+            partitions: self.partitions,
             ..ProjectionOptions::default()
         }
     }
@@ -754,6 +760,9 @@ pub struct Config {
     pub projections: Vec<ProjectionDef>,
     /// The daemon's `[http]` table (all keys optional).
     pub http: HttpConfig,
+    /// Where events come from, when not from the database's events table: a broker URL
+    /// (`nats://…`, `amqp://…`). The `--source` option overrides it.
+    pub source: Option<String>,
 }
 
 /// Defaults of the optional keys.
@@ -773,6 +782,8 @@ const PROJECTION_KEYS: &[&str] = &[
     "priority",
     "strict",
     "description",
+    "partitions",
+    "subject",
 ];
 
 impl Config {
@@ -804,14 +815,28 @@ impl Config {
             )
         })?;
         for key in table.keys() {
-            if key != "projection" && key != "http" {
+            if key != "projection" && key != "http" && key != "source" {
                 return Err(err(
                     None,
                     Some(key.clone()),
-                    "unknown key; expected [[projection]] entries and an optional [http] table".into(),
+                    "unknown key; expected [[projection]] entries, an optional [http] table and an optional source".into(),
                 ));
             }
         }
+        let source = match table.get("source") {
+            None => None,
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Some(other) => {
+                return Err(err(
+                    None,
+                    Some("source".into()),
+                    format!(
+                        "expected a broker URL string such as \"nats://127.0.0.1:4222?stream=EVENTS\", found {}",
+                        describe(other)
+                    ),
+                ))
+            }
+        };
         let http = HttpConfig::parse(table.get("http")).map_err(|(k, m)| err(None, Some(k), m))?;
         let entries = match table.get("projection") {
             None => {
@@ -857,6 +882,7 @@ impl Config {
             file: file.to_owned(),
             projections,
             http,
+            source,
         })
     }
 
@@ -1097,6 +1123,28 @@ fn parse_projection(entry: &toml::Value, label: &str) -> Result<ProjectionDef, E
             ))
         }
     };
+    let partitions = int_in(
+        t.get("partitions"),
+        p,
+        "partitions",
+        1,
+        i64::from(crate::core::partition::MAX_PARTITIONS),
+        1,
+    )? as u32;
+    let subject = match t.get("subject") {
+        None => None,
+        Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Some(other) => {
+            return Err(fail(
+                p,
+                "subject",
+                format!(
+                    "expected a non-empty subject string such as \"orders.>\", found {}",
+                    describe(other)
+                ),
+            ))
+        }
+    };
     if let Some(v) = t.get("description") {
         if !v.is_str() {
             return Err(fail(
@@ -1116,6 +1164,8 @@ fn parse_projection(entry: &toml::Value, label: &str) -> Result<ProjectionDef, E
         batch_size,
         priority,
         strict,
+        partitions,
+        subject,
     })
 }
 

@@ -1627,6 +1627,7 @@ impl Source for PgStore {
             events: Vec::with_capacity(rows.len()),
             scanned_to: after,
             ignored: 0,
+            deduplicate: false,
         };
         for r in &rows {
             let admitted: bool = r.try_get(9).map_err(&err)?;

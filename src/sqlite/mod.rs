@@ -563,6 +563,7 @@ fn read_batch(conn: &Connection, after: Checkpoint, limit: usize, filter: &Filte
         events: Vec::with_capacity(limit.min(4096)),
         scanned_to: after,
         ignored: 0,
+        deduplicate: false,
     };
     while let Some(row) = rows.next().map_err(&err)? {
         let position: i64 = row.get(0).map_err(&err)?;
@@ -962,6 +963,8 @@ fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> {
                 ..Default::default()
             },
             last_error: None,
+            fence: None,
+            record_ids: Vec::new(),
         };
         match commit_in(tx, &commit) {
             Ok(()) => checkpoint = batch.scanned_to,
