@@ -122,8 +122,23 @@ pub struct RunArgs {
     /// Run only this projection (repeatable; default: all).
     #[arg(long = "projection", value_name = "NAME")]
     pub projections: Vec<String>,
+    /// Partitioned projections: a partition whose owner process died is taken over by
+    /// another `run` process within SECONDS (leases live 80% of it, renewed every 20%).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = parse_takeover)]
+    pub takeover_seconds: f64,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+fn parse_takeover(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of seconds, found {s:?}"))?;
+    if !(0.5..=3600.0).contains(&v) {
+        return Err(format!("expected between 0.5 and 3600 seconds, found {v}"));
+    }
+    Ok(v)
 }
 
 /// The daemon's HTTP server (health, metrics, JSON API, dashboard); see docs/operations.md.

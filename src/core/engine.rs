@@ -10,8 +10,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::info;
 
+use super::coordinator::{check_partitioning, Coordinator};
 use super::error::{Error, HandlerError, Result};
 use super::event::Checkpoint;
+use super::lease::{node_id, LeaseSettings};
 use super::projection::Projection;
 use super::runner::{Mode, ProgressFn, RunnerSettings, Worker, WorkerReport};
 use super::scheduler::Scheduler;
@@ -42,6 +44,10 @@ pub struct Status {
     /// Why it is paused or stopped.
     pub reason: Option<String>,
     pub last_error: Option<String>,
+    /// Partitions of the projection (1: not partitioned).
+    pub partitions: u32,
+    /// The node whose live lease holds this partition (partitioned projections only).
+    pub owner: Option<String>,
 }
 
 /// Rates older than this are shown as 0: the runner is idle or gone.
@@ -54,6 +60,8 @@ pub struct Engine<S: Source, St: Store> {
     projections: Vec<Projection<St::Body>>,
     settings: RunnerSettings,
     scheduler: Scheduler,
+    leases: LeaseSettings,
+    node: Arc<str>,
 }
 
 impl<S: Source, St: Store> Engine<S, St> {
@@ -66,7 +74,20 @@ impl<S: Source, St: Store> Engine<S, St> {
             projections: Vec::new(),
             settings,
             scheduler,
+            leases: LeaseSettings::default(),
+            node: Arc::from(node_id()),
         }
+    }
+
+    /// The lease timing of partitioned projections (takeover bound; 10 s by default).
+    pub fn lease_settings(mut self, leases: LeaseSettings) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    /// This process's node id in partition groups.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Adds a projection. Names are unique.
@@ -131,21 +152,42 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// Creates every projection's read model and checkpoint (idempotent).
     pub async fn prepare(&self) -> Result<()> {
         for p in &self.projections {
-            self.store.prepare(p.name(), 0, p.body().clone()).await?;
+            for partition in 0..p.options().partitions.max(1) {
+                self.store.prepare(p.name(), partition, p.body().clone()).await?;
+            }
         }
         Ok(())
     }
 
     fn worker(&self, p: Projection<St::Body>, mode: Mode) -> Worker<S, St> {
-        Worker::new(
+        self.partition_worker(p, 0, mode)
+    }
+
+    /// A worker for one partition of `p` (the whole of `p` when it is not partitioned). Run in
+    /// one process without a lease, e.g. by `catch_up` and `rebuild`.
+    fn partition_worker(&self, p: Projection<St::Body>, partition: u32, mode: Mode) -> Worker<S, St> {
+        let count = p.options().partitions;
+        let w = Worker::new(
             self.source.clone(),
             self.store.clone(),
             p,
-            0,
+            partition,
             self.settings.clone(),
             mode,
             self.scheduler.clone(),
-        )
+        );
+        if count > 1 {
+            w.partitioned(count, None)
+        } else {
+            w
+        }
+    }
+
+    /// Every partition's worker of `p`.
+    fn workers(&self, p: &Projection<St::Body>, mode: &Mode) -> Vec<Worker<S, St>> {
+        (0..p.options().partitions.max(1))
+            .map(|partition| self.partition_worker(p.clone(), partition, mode.clone()))
+            .collect()
     }
 
     /// Runs the projections named in `only` (all when empty) live until `shutdown` turns true.
@@ -153,29 +195,56 @@ impl<S: Source, St: Store> Engine<S, St> {
     pub async fn run(&self, only: &[String], shutdown: watch::Receiver<bool>) -> Result<Vec<WorkerReport>> {
         let selected = self.selected(only)?;
         let mut set = JoinSet::new();
+        let mut groups = JoinSet::new();
         for p in selected {
-            let worker = self.worker(p, Mode::Live);
-            set.spawn(worker.run(shutdown.clone()));
+            if p.is_partitioned() {
+                let coordinator = Coordinator {
+                    source: self.source.clone(),
+                    store: self.store.clone(),
+                    projection: p,
+                    settings: self.settings.clone(),
+                    leases: self.leases,
+                    scheduler: self.scheduler.clone(),
+                    node: self.node.clone(),
+                };
+                groups.spawn(coordinator.run(shutdown.clone()));
+            } else {
+                let worker = self.worker(p, Mode::Live);
+                set.spawn(worker.run(shutdown.clone()));
+            }
         }
-        join_all(set).await
+        let mut reports = join_all(set).await;
+        while let Some(joined) = groups.join_next().await {
+            let group = joined
+                .map_err(|e| Error::Invalid(format!("a partition coordinator panicked: {e}")))
+                .and_then(|r| r);
+            match (&mut reports, group) {
+                (Ok(all), Ok(more)) => all.extend(more),
+                (Ok(_), Err(e)) => reports = Err(e),
+                (Err(_), _) => {}
+            }
+        }
+        reports.map(|mut r| {
+            r.sort_by(|a, b| (&a.projection, a.partition).cmp(&(&b.projection, b.partition)));
+            r
+        })
     }
 
     /// Runs the projections named in `only` (all when empty) up to the head as it is now,
     /// then returns. `progress` is called after each commit of each projection.
     pub async fn catch_up(&self, only: &[String], progress: Option<ProgressFn>) -> Result<Vec<WorkerReport>> {
         let selected = self.selected(only)?;
+        for p in &selected {
+            check_partitioning(self.source.as_ref(), self.store.as_ref(), p).await?;
+        }
         let target = self.source.head().await?;
         let (_keep, shutdown) = watch::channel(false);
         let mut set = JoinSet::new();
+        let mode = Mode::ToHead { target, progress };
         for p in selected {
-            let worker = self.worker(
-                p,
-                Mode::ToHead {
-                    target,
-                    progress: progress.clone(),
-                },
-            );
-            set.spawn(worker.run(shutdown.clone()));
+            for worker in self.workers(&p, &mode) {
+                set.spawn(worker.run(shutdown.clone()));
+            }
         }
         join_all(set).await
     }
@@ -187,25 +256,42 @@ impl<S: Source, St: Store> Engine<S, St> {
     pub async fn rebuild(&self, name: &str, progress: Option<ProgressFn>) -> Result<WorkerReport> {
         let p = self.projection(name)?.clone();
         let record = self.store.prepare(p.name(), 0, p.body().clone()).await?;
+        for partition in 1..p.options().partitions.max(1) {
+            self.store.prepare(p.name(), partition, p.body().clone()).await?;
+        }
         if record.state == RunState::Rebuilding {
             info!(projection = name, checkpoint = %record.checkpoint, "resuming an interrupted rebuild");
         } else {
             info!(projection = name, "resetting the read model for a rebuild");
             self.store.reset(name, p.body().clone()).await?;
         }
+        if p.is_partitioned() && !self.source.supports_partitions() {
+            check_partitioning(self.source.as_ref(), self.store.as_ref(), &p).await?;
+        }
         let target = self.source.head().await?;
         let (_keep, shutdown) = watch::channel(false);
-        let report = self
-            .worker(p, Mode::Rebuild { target, progress })
-            .run(shutdown)
-            .await?;
-        if report.state == RunState::Rebuilding && report.checkpoint >= target {
+        let mut set = JoinSet::new();
+        for worker in self.workers(&p, &Mode::Rebuild { target, progress }) {
+            set.spawn(worker.run(shutdown.clone()));
+        }
+        let reports = join_all(set).await?;
+        let done = reports
+            .iter()
+            .all(|r| r.state != RunState::Rebuilding || r.checkpoint >= target);
+        if done {
             self.store.set_state(name, None, RunState::Running, None).await?;
         }
-        Ok(WorkerReport {
-            state: RunState::Running,
-            ..report
-        })
+        let mut merged = reports.into_iter().reduce(|mut a, b| {
+            a.events += b.events;
+            a.seconds = a.seconds.max(b.seconds);
+            a.checkpoint = a.checkpoint.max(b.checkpoint);
+            a
+        });
+        if let Some(m) = merged.as_mut() {
+            m.partition = 0;
+            m.state = RunState::Running;
+        }
+        merged.ok_or_else(|| Error::Invalid(format!("rebuild of {name} ran no worker")))
     }
 
     /// Pauses a projection: its runners stop after their current batch, in any process.
@@ -228,15 +314,29 @@ impl<S: Source, St: Store> Engine<S, St> {
         let records = self.store.records().await?;
         let mut out = Vec::new();
         for p in &self.projections {
-            let mine: Vec<&ProjectionRecord> = records.iter().filter(|r| r.name == p.name()).collect();
+            let count = p.options().partitions;
+            let mine: Vec<&ProjectionRecord> = records
+                .iter()
+                .filter(|r| r.name == p.name() && (count <= 1 || r.partition < count))
+                .collect();
             if mine.is_empty() {
                 let lag = self.source.lag(Checkpoint::START).await?;
                 out.push(status_of(p, None, head, lag));
                 continue;
             }
+            let leases = if count > 1 {
+                self.store.leases(p.name()).await?
+            } else {
+                Vec::new()
+            };
             for r in mine {
                 let lag = self.source.lag(r.checkpoint).await?;
-                out.push(status_of(p, Some(r), head, lag));
+                let mut s = status_of(p, Some(r), head, lag);
+                s.owner = leases
+                    .iter()
+                    .find(|l| l.partition == r.partition)
+                    .and_then(|l| l.owner.clone());
+                out.push(s);
             }
         }
         Ok(out)
@@ -276,14 +376,20 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// append), from this process or any other. Returns a distinct [`Error::Timeout`] carrying
     /// the lag when `timeout` passes first.
     pub async fn wait_for(&self, projection: &str, token: Checkpoint, timeout: Duration) -> Result<Duration> {
-        self.projection(projection)?;
+        let partitions = self.projection(projection)?.options().partitions.max(1);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.store.checkpoint_changes();
         let mut poll = Duration::from_millis(2);
         loop {
-            let record = self.store.record(projection, 0).await?;
-            let checkpoint = record.as_ref().map_or(Checkpoint::START, |r| r.checkpoint);
+            // A partitioned projection has applied `token` once every partition passed it.
+            let mut checkpoint: Option<Checkpoint> = None;
+            for partition in 0..partitions {
+                let record = self.store.record(projection, partition).await?;
+                let c = record.as_ref().map_or(Checkpoint::START, |r| r.checkpoint);
+                checkpoint = Some(checkpoint.map_or(c, |m| m.min(c)));
+            }
+            let checkpoint = checkpoint.unwrap_or(Checkpoint::START);
             if checkpoint >= token {
                 super::metrics::wait_for(projection, true, started.elapsed());
                 return Ok(started.elapsed());
@@ -340,6 +446,8 @@ fn status_of<B: ?Sized>(
         priority: p.options().priority,
         reason: r.and_then(|r| r.reason.clone()),
         last_error: r.and_then(|r| r.last_error.clone()),
+        partitions: p.options().partitions.max(1),
+        owner: None,
     }
 }
 

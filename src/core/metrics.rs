@@ -63,5 +63,6 @@ pub fn redelivered(projection: &str, partition: u32, events: u64) {
 
 /// The number of partitions of `projection` this process holds.
 pub fn partitions_owned(projection: &str, owned: usize) {
-    metrics::gauge!("projectionist_partitions_owned", "projection" => projection.to_owned()).set(owned as f64);
+    metrics::gauge!("projectionist_partitions_owned", "projection" => projection.to_owned())
+        .set(owned as f64);
 }

@@ -36,8 +36,9 @@ mod tests {
 
     #[test]
     fn the_hash_is_the_documented_one() {
-        // md5("order-1") = 0e0b7d5d…; md5("") = d41d8cd9…
+        // The same values as PostgreSQL's `('x' || left(md5(s), 8))::bit(32)::bigint`.
         assert_eq!(stream_hash(""), 0xd41d_8cd9);
+        assert_eq!(stream_hash("order-1"), 1_853_851_049);
         assert_eq!(partition_of("", 1), 0);
         assert_eq!(partition_of("", 0), 0);
         assert_eq!(partition_of("", 7), 0xd41d_8cd9 % 7);

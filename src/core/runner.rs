@@ -149,6 +149,8 @@ enum Step {
     Continue,
     /// The projection left the active states (paused or stopped).
     Inactive(RunState),
+    /// This worker's lease went to another node: it must stop.
+    LeaseLost,
 }
 
 pub(crate) struct Worker<S: Source, St: Store> {
@@ -351,6 +353,14 @@ impl<S: Source, St: Store> Worker<S, St> {
                     retry = self.settings.retry_min;
                 }
                 Ok(Step::Inactive(s)) => state = s,
+                Ok(Step::LeaseLost) => {
+                    warn!(
+                        projection = self.name(),
+                        partition = self.partition,
+                        "another node took this partition over; stopping its worker"
+                    );
+                    break;
+                }
                 Err(Error::Shutdown) => break,
                 Err(e @ Error::RebuildFailed { .. }) => return Err(e),
                 Err(e) => {
@@ -436,7 +446,11 @@ impl<S: Source, St: Store> Worker<S, St> {
             batch
                 .events
                 .retain(|e| !seen.contains(&e.event_id) && fresh.insert(e.event_id));
-            debug!(projection = self.name(), dropped = before - batch.events.len(), "dropped redelivered events");
+            debug!(
+                projection = self.name(),
+                dropped = before - batch.events.len(),
+                "dropped redelivered events"
+            );
             super::metrics::redelivered(self.name(), self.partition, (before - batch.events.len()) as u64);
         }
         Ok(batch)
@@ -512,6 +526,10 @@ impl<S: Source, St: Store> Worker<S, St> {
             CommitError::NotActive { state } => {
                 info!(projection = self.name(), %state, "projection is not active; waiting");
                 Ok(Step::Inactive(state))
+            }
+            CommitError::LeaseLost => {
+                super::metrics::fenced(self.name(), self.partition);
+                Ok(Step::LeaseLost)
             }
             CommitError::Store(e) => Err(e),
             CommitError::Handler(f) => Err(Error::Invalid(format!(

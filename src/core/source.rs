@@ -104,6 +104,12 @@ pub trait Source: Send + Sync + 'static {
     /// Runners also poll, so a lost tick only delays them.
     fn changes(&self) -> watch::Receiver<u64>;
 
+    /// Whether reads honour [`Filter::partition`] (in the database, on an index). Partitioned
+    /// projections refuse to run on a source that does not.
+    fn supports_partitions(&self) -> bool {
+        false
+    }
+
     /// Called after every commit of the reader `filter`, with the checkpoint it committed:
     /// everything up to `through` is durable in the read model. Broker sources acknowledge
     /// their messages here (never before the commit, so a crash redelivers instead of losing).

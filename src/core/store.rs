@@ -149,6 +149,9 @@ pub enum CommitError {
     Fenced { actual: Checkpoint },
     /// The projection is paused or stopped.
     NotActive { state: RunState },
+    /// The commit's lease ([`Commit::fence`]) is no longer this owner's: another node took
+    /// the partition over. The worker must stop.
+    LeaseLost,
     /// The store failed.
     Store(Error),
 }

@@ -31,6 +31,7 @@ mod blue_green;
 mod error;
 mod inline;
 mod listen;
+mod partition;
 mod schema;
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,7 @@ use uuid::Uuid;
 use crate::core::engine::Engine;
 use crate::core::error::{BatchFailure, Error, HandlerError, Result};
 use crate::core::event::{Appended, Checkpoint, Event, ExpectedVersion, NewEvent};
+use crate::core::lease::{Lease, LeaseInfo, Member, Membership};
 use crate::core::projection::{Applied, Apply, Handlers, Projection};
 use crate::core::source::{Batch, Filter, Lag, Source};
 use crate::core::store::{Commit, CommitError, DeadLetter, ProjectionRecord, RunState, Store};
@@ -109,6 +111,14 @@ struct Sql {
     retry_counters: String,
     events_channel: String,
     checkpoints_channel: String,
+    /// Fails (SQLSTATE 22012) unless the partition's lease still has this owner and token, and
+    /// holds the lease row (`FOR SHARE`) until the commit, so a takeover waits for it.
+    fence: String,
+    mark_owner: String,
+    record_seen: String,
+    seen: String,
+    prune_seen: String,
+    delete_seen: String,
 }
 
 const EVENT_COLUMNS: &str =
@@ -244,6 +254,24 @@ blocked: format!(
             ),
             events_channel: format!("{schema}.events"),
             checkpoints_channel: format!("{schema}.checkpoints"),
+            fence: format!(
+                "WITH l AS (SELECT 1 FROM {s}.projection_leases WHERE projection = $1 AND partition = $2 \
+                 AND owner = $3 AND token = $4 FOR SHARE) SELECT 1 / (SELECT count(*)::int FROM l)"
+            ),
+            mark_owner: format!(
+                "UPDATE {s}.projection_checkpoints SET owner = $3, lease_token = $4 \
+                 WHERE projection = $1 AND partition = $2"
+            ),
+            record_seen: format!(
+                "INSERT INTO {s}.projection_seen_events (projection, event_id) SELECT $1, unnest($2::uuid[])"
+            ),
+            seen: format!(
+                "SELECT event_id FROM {s}.projection_seen_events WHERE projection = $1 AND event_id = ANY($2)"
+            ),
+            prune_seen: format!(
+                "DELETE FROM {s}.projection_seen_events WHERE seen_at < now() - $1::float8 * interval '1 second'"
+            ),
+            delete_seen: format!("DELETE FROM {s}.projection_seen_events WHERE projection = $1"),
         }
     }
 }
@@ -332,7 +360,12 @@ pub struct PgBuilder {
     /// Schemas searched after `schema` (before `public`): a blue/green shadow store resolves
     /// unqualified names in the shadow first, then in the live schema.
     also_search: Option<String>,
+    seen_retention: Duration,
 }
+
+/// How long the ids of applied events are kept for sources that redeliver (RabbitMQ), by
+/// default: a redelivery later than this is applied again.
+pub const DEFAULT_SEEN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 impl std::fmt::Debug for PgBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -389,6 +422,13 @@ impl PgBuilder {
 
     /// How document projections write their rows back (default
     /// [`DocumentWrite::Recordset`], which measured faster; see docs/postgres.md).
+    /// How long the ids of applied events are kept to drop redeliveries (sources such as
+    /// RabbitMQ that have no position to compare); default [`DEFAULT_SEEN_RETENTION`].
+    pub fn seen_retention(mut self, window: Duration) -> Self {
+        self.seen_retention = window;
+        self
+    }
+
     pub fn document_write(mut self, w: DocumentWrite) -> Self {
         self.document_write = w;
         self
@@ -520,6 +560,9 @@ impl PgBuilder {
                     pending: false,
                     delay: Duration::from_millis(1),
                 }),
+                partition_indexes: Mutex::new(HashSet::new()),
+                seen_retention: self.seen_retention,
+                last_prune: Mutex::new(None),
                 _stop: stop,
             }),
         })
@@ -545,6 +588,10 @@ struct Inner {
     listening: Arc<AtomicBool>,
     /// A pending re-read after a read found only rows of still-open transactions.
     wake: Mutex<Wake>,
+    /// Partition counts whose index this process has made sure of.
+    partition_indexes: Mutex<HashSet<u32>>,
+    seen_retention: Duration,
+    last_prune: Mutex<Option<std::time::Instant>>,
     /// Dropped with the last handle: stops the listener.
     _stop: watch::Sender<()>,
 }
@@ -616,6 +663,7 @@ impl PgStore {
             read_models: true,
             document_write: DocumentWrite::default(),
             also_search: None,
+            seen_retention: DEFAULT_SEEN_RETENTION,
         }
     }
 
@@ -1003,6 +1051,27 @@ impl PgStore {
     /// Schedules a wake-up of the runners: used when a read found only events of transactions
     /// that are still open, which commit (or roll back) without a notification reaching the
     /// runners in every case. Backs off while the same transaction stays open.
+    /// Nothing was readable after `after`. If committed events wait behind an open
+    /// transaction, look again soon: that transaction may end without any notification (a
+    /// rollback).
+    async fn probe_blocked(&self, after: Checkpoint) -> Result<()> {
+        let client = self.client_for("reading events").await?;
+        let err = db_err("reading events");
+        let st = client
+            .prepare_cached(&self.inner.sql.blocked)
+            .await
+            .map_err(&err)?;
+        let blocked = client
+            .query_opt(&st, &[&after.txid, &after.position])
+            .await
+            .map_err(&err)?
+            .is_some();
+        if blocked {
+            self.wake_later();
+        }
+        Ok(())
+    }
+
     fn wake_later(&self) {
         let delay = {
             let mut w = self.inner.wake.lock().unwrap_or_else(|p| p.into_inner());
@@ -1051,6 +1120,18 @@ impl PgStore {
         let sql = &inner.sql;
         let partition = partition_i32(c.partition)?;
         let batch = self.new_batch();
+        let fence = c.fence.as_ref().map(|f| {
+            let at = batch.store(
+                sql.fence.clone(),
+                params![c.projection.to_string(), partition, f.owner.to_string(), f.token],
+            );
+            // Before the compare-and-set, so the row carries its owner when it moves.
+            batch.store(
+                sql.mark_owner.clone(),
+                params![c.projection.to_string(), partition, f.owner.to_string(), f.token],
+            );
+            at
+        });
         let cas = batch.store(
             sql.cas_strict.clone(),
             params![
@@ -1100,6 +1181,13 @@ impl PgStore {
             Err(_) => false,
         };
         match outcome {
+            // The lease went to another node.
+            Err(PipelineError { ref error, index, .. })
+                if Some(index) == fence && error.code().is_some_and(|c| c.code() == "22012") =>
+            {
+                let _ = tx.rollback().await;
+                Err(CommitError::LeaseLost)
+            }
             // The strict compare-and-set moved nothing: fenced or not active.
             Err(PipelineError { ref error, index, .. })
                 if index == cas && error.code().is_some_and(|c| c.code() == "22012") =>
@@ -1195,6 +1283,12 @@ impl PgStore {
                 ],
             );
         }
+        if !c.record_ids.is_empty() {
+            batch.store(
+                sql.record_seen.clone(),
+                params![c.projection.to_string(), c.record_ids.clone()],
+            );
+        }
         batch.store(
             sql.counters.clone(),
             params![
@@ -1230,8 +1324,26 @@ impl PgStore {
         let mut client = self.client_for("beginning a batch").await?;
         let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
         let cas_err = db_err("moving the checkpoint");
-        let st = tx.prepare_cached(&sql.cas).await.map_err(&cas_err)?;
         let name = c.projection.to_string();
+        if let Some(f) = &c.fence {
+            let st = tx.prepare_cached(&sql.fence).await.map_err(&cas_err)?;
+            match tx
+                .query_one(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code().is_some_and(|c| c.code() == "22012") => {
+                    let _ = tx.rollback().await;
+                    return Err(CommitError::LeaseLost);
+                }
+                Err(e) => return Err(CommitError::Store(db("checking the partition's lease", &e))),
+            }
+            let st = tx.prepare_cached(&sql.mark_owner).await.map_err(&cas_err)?;
+            tx.execute(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
+                .await
+                .map_err(&cas_err)?;
+        }
+        let st = tx.prepare_cached(&sql.cas).await.map_err(&cas_err)?;
         let moved = tx
             .execute(
                 &st,
@@ -1603,6 +1715,15 @@ fn dead_letter_from_row(r: &Row) -> Result<DeadLetter, tokio_postgres::Error> {
 
 impl Source for PgStore {
     async fn read(&self, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
+        if let Some(slice) = filter.partition {
+            let batch = self.read_partition(after, limit, filter, slice).await?;
+            if batch.events.is_empty() && batch.scanned_to <= after {
+                self.probe_blocked(after).await?;
+            } else {
+                self.reset_wake();
+            }
+            return Ok(batch);
+        }
         let sql = &self.inner.sql;
         let client = self.client_for("reading events").await?;
         let err = db_err("reading events");
@@ -1641,18 +1762,9 @@ impl Source for PgStore {
                 batch.ignored += 1;
             }
         }
+        drop(client);
         if rows.is_empty() {
-            // Nothing readable. If committed events wait behind an open transaction, look again
-            // soon: that transaction may end without any notification (a rollback).
-            let st = client.prepare_cached(&sql.blocked).await.map_err(&err)?;
-            let blocked = client
-                .query_opt(&st, &[&after.txid, &after.position])
-                .await
-                .map_err(&err)?
-                .is_some();
-            if blocked {
-                self.wake_later();
-            }
+            self.probe_blocked(after).await?;
         } else {
             self.reset_wake();
         }
@@ -1698,6 +1810,10 @@ impl Source for PgStore {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    fn supports_partitions(&self) -> bool {
+        true
     }
 }
 
@@ -1753,6 +1869,7 @@ impl Store for PgStore {
                 |b| {
                     b.store(sql.reset.clone(), params![name.to_owned()]);
                     b.store(sql.delete_dead_letters.clone(), params![name.to_owned()]);
+                    b.store(sql.delete_seen.clone(), params![name.to_owned()]);
                     b.store(
                         "SELECT pg_notify($1, '')",
                         params![sql.checkpoints_channel.clone()],
@@ -1897,6 +2014,30 @@ impl Store for PgStore {
                 Ok(Err(error))
             }
         }
+    }
+
+    async fn seen(&self, projection: &str, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
+        self.seen_ids(projection, ids).await
+    }
+
+    async fn heartbeat(&self, member: &Member) -> Result<Membership> {
+        self.lease_heartbeat(member).await
+    }
+
+    async fn acquire(&self, member: &Member, max: u32) -> Result<Vec<Lease>> {
+        self.lease_acquire(member, max).await
+    }
+
+    async fn release(&self, member: &Member, leases: &[Lease]) -> Result<()> {
+        self.lease_release(member, leases).await
+    }
+
+    async fn leave(&self, member: &Member) -> Result<()> {
+        self.lease_leave(member).await
+    }
+
+    async fn leases(&self, projection: &str) -> Result<Vec<LeaseInfo>> {
+        self.lease_infos(projection).await
     }
 
     fn checkpoint_changes(&self) -> watch::Receiver<u64> {

@@ -23,6 +23,12 @@ CREATE TABLE IF NOT EXISTS {S}.events (
 
 CREATE INDEX IF NOT EXISTS events_xid_position_idx ON {S}.events (xid, position);
 
+-- The stable hash that partitions streams (see docs/scaling.md): the first 4 bytes of
+-- MD5(stream_id) as an unsigned 32-bit integer. Generated, so raw INSERTs get it too.
+-- Partitioned projections read `stream_hash % N = p` on an index made for their N.
+ALTER TABLE {S}.events ADD COLUMN IF NOT EXISTS stream_hash bigint
+    GENERATED ALWAYS AS (('x' || left(md5(stream_id), 8))::bit(32)::bigint) STORED;
+
 CREATE OR REPLACE FUNCTION {S}.projectionist_notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -85,6 +91,40 @@ CREATE TABLE IF NOT EXISTS {S}.projection_dead_letters (
 
 CREATE INDEX IF NOT EXISTS projection_dead_letters_by_projection
     ON {S}.projection_dead_letters (projection, partition);
+
+-- The lease behind the last commit of a partition (partitioned projections).
+ALTER TABLE {S}.projection_checkpoints ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE {S}.projection_checkpoints ADD COLUMN IF NOT EXISTS lease_token bigint;
+
+-- Who runs which partition: one row per partition, with a fencing token that goes up at
+-- every change of owner.
+CREATE TABLE IF NOT EXISTS {S}.projection_leases (
+    projection  text        NOT NULL,
+    partition   integer     NOT NULL,
+    owner       text,
+    token       bigint      NOT NULL DEFAULT 0,
+    acquired_at timestamptz,
+    expires_at  timestamptz,
+    PRIMARY KEY (projection, partition)
+);
+
+-- The `run` processes of each partitioned projection, with their heartbeats.
+CREATE TABLE IF NOT EXISTS {S}.projection_nodes (
+    projection   text        NOT NULL,
+    node         text        NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, node)
+);
+
+-- Event ids already applied, for sources that may redeliver (RabbitMQ), kept for a window.
+CREATE TABLE IF NOT EXISTS {S}.projection_seen_events (
+    projection text        NOT NULL,
+    event_id   uuid        NOT NULL,
+    seen_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, event_id)
+);
+CREATE INDEX IF NOT EXISTS projection_seen_events_by_age ON {S}.projection_seen_events (seen_at);
 "#;
 
 /// `template` with `{S}` replaced by the quoted schema.

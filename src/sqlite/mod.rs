@@ -981,7 +981,8 @@ fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> {
                     "inline projection {name}: checkpoint moved to {actual} inside the append"
                 )))
             }
-            Err(CommitError::NotActive { .. }) => return Ok(()),
+            // Inline commits carry no lease.
+            Err(CommitError::NotActive { .. } | CommitError::LeaseLost) => return Ok(()),
         }
     }
 }

@@ -28,6 +28,9 @@ async fn run_engine<S: Source, St: Store>(
     for name in &a.projections {
         engine.projection(name)?;
     }
+    let engine = engine.lease_settings(projectionist::LeaseSettings {
+        takeover: std::time::Duration::from_secs_f64(a.takeover_seconds),
+    });
     if a.once {
         let reports = catch_up_with_bars(Arc::new(engine), &a.projections).await?;
         print!("{}", report_lines(&reports));
