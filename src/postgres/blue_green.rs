@@ -29,7 +29,7 @@ use tracing::info;
 use super::error::db_err;
 use super::listen::bump;
 use super::{quote, PgEngine, PgStore};
-use crate::core::error::Result;
+use crate::core::error::{Error, Result};
 use crate::core::runner::{Mode, ProgressFn};
 pub use crate::core::shadow::BlueGreenReport;
 use crate::core::shadow::{build_shadow, shadow_catch_up};
@@ -77,6 +77,12 @@ impl PgEngine {
     ) -> Result<BlueGreenReport> {
         let started = Instant::now();
         let projection = self.projection(name)?.clone();
+        if projection.is_partitioned() {
+            return Err(Error::Invalid(format!(
+                "projection {name} is partitioned; blue/green rebuilds do not support partitions yet: \
+                 use `projectionist rebuild {name}` (in place)"
+            )));
+        }
         let live = self.store().clone();
         let (shadow_name, old_name) = shadow_schemas(live.schema(), name);
         let resuming = self.blue_green_in_progress(name).await?;
