@@ -287,7 +287,9 @@ async fn leases_spread_rebalance_and_fence_commits() {
 /// `seen` finds them, recording one twice fails the whole commit, and a reset forgets them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seen_event_ids_are_recorded_in_the_commit() {
-    let Some(s) = schema("part_seen").await else { return };
+    let Some(s) = schema("part_seen").await else {
+        return;
+    };
     let store = store(&s, "part-seen").await;
     append_events(&store, 3, 1).await;
     let p = counting("counting", 1);
@@ -315,22 +317,37 @@ async fn seen_event_ids_are_recorded_in_the_commit() {
         .await
         .expect("first commit");
     assert!(store.seen("counting", &[id]).await.unwrap().contains(&id));
-    assert!(store.seen("other", &[id]).await.unwrap().is_empty(), "per projection");
+    assert!(
+        store.seen("other", &[id]).await.unwrap().is_empty(),
+        "per projection"
+    );
     // The same id again: the commit fails, and neither the checkpoint nor the model moves.
     let later = projectionist::Checkpoint {
         position: first.position + 100,
         ..first
     };
-    assert!(matches!(store.commit(commit(first, later)).await, Err(CommitError::Store(_))));
-    assert_eq!(store.record("counting", 0).await.unwrap().unwrap().checkpoint, first);
+    assert!(matches!(
+        store.commit(commit(first, later)).await,
+        Err(CommitError::Store(_))
+    ));
+    assert_eq!(
+        store.record("counting", 0).await.unwrap().unwrap().checkpoint,
+        first
+    );
     let admin = raw(None).await.unwrap();
     let n: i64 = admin
-        .query_one(&format!("SELECT n::bigint FROM {s}.seen WHERE event_id = $1"), &[&id])
+        .query_one(
+            &format!("SELECT n::bigint FROM {s}.seen WHERE event_id = $1"),
+            &[&id],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
     store.reset("counting", p.body().clone()).await.unwrap();
-    assert!(store.seen("counting", &[id]).await.unwrap().is_empty(), "a reset forgets seen ids");
+    assert!(
+        store.seen("counting", &[id]).await.unwrap().is_empty(),
+        "a reset forgets seen ids"
+    );
     drop_schema(&s).await;
 }

@@ -602,8 +602,8 @@ async fn a_stale_checkpoint_is_refused_by_the_compare_and_set() {
         dead_letters: vec![],
         stats: Default::default(),
         last_error: None,
-            fence: None,
-            record_ids: Vec::new(),
+        fence: None,
+        record_ids: Vec::new(),
     };
     store.commit(commit(0, 2)).await.unwrap();
     match store.commit(commit(0, 3)).await {

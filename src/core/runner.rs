@@ -167,6 +167,9 @@ pub(crate) struct Worker<S: Source, St: Store> {
     /// The batch being applied came from a source that may redeliver (see
     /// [`Batch::deduplicate`]).
     deduplicate: bool,
+    /// The checkpoint was last moved by this worker's own commit (not adopted from another
+    /// runner after a fenced commit): only then may a broker acknowledge up to it.
+    committed_by_us: bool,
     checkpoint: Checkpoint,
     rate: Rate,
     events: u64,
@@ -194,6 +197,7 @@ impl<S: Source, St: Store> Worker<S, St> {
             filter,
             fence: None,
             deduplicate: false,
+            committed_by_us: false,
             checkpoint: Checkpoint::START,
             rate: Rate::default(),
             events: 0,
@@ -275,6 +279,9 @@ impl<S: Source, St: Store> Worker<S, St> {
                     retry = self.settings.retry_min;
                     b
                 }
+                // A catch-up or rebuild that can never read (a source that cannot replay, a
+                // wrong configuration) fails instead of retrying for ever.
+                Err(e @ Error::Invalid(_)) if self.mode.target().is_some() => return Err(e),
                 Err(e) => {
                     warn!(projection = self.name(), error = %e, retry_in = ?retry, "reading events failed; retrying");
                     if sleep_or_shutdown(retry, &mut shutdown).await {
@@ -332,7 +339,7 @@ impl<S: Source, St: Store> Worker<S, St> {
             let (before, took, from) = (self.events, Instant::now(), self.checkpoint);
             let step = self.apply_batch(batch, &mut shutdown).await;
             drop(permit);
-            if self.checkpoint > from {
+            if self.checkpoint > from && self.committed_by_us {
                 // Durable now: a broker source may forget these messages.
                 if let Err(e) = self.source.acknowledge(&self.filter, self.checkpoint).await {
                     warn!(projection = self.name(), error = %e, "acknowledging applied events failed; the source will redeliver them, and they will be dropped as already applied");
@@ -439,19 +446,16 @@ impl<S: Source, St: Store> Worker<S, St> {
         }
         let ids: Vec<uuid::Uuid> = batch.events.iter().map(|e| e.event_id).collect();
         let seen = self.store.seen(self.name(), &ids).await?;
-        if !seen.is_empty() {
-            let before = batch.events.len();
-            // Within one batch, an id delivered twice is applied once.
-            let mut fresh = std::collections::HashSet::new();
-            batch
-                .events
-                .retain(|e| !seen.contains(&e.event_id) && fresh.insert(e.event_id));
-            debug!(
-                projection = self.name(),
-                dropped = before - batch.events.len(),
-                "dropped redelivered events"
-            );
-            super::metrics::redelivered(self.name(), self.partition, (before - batch.events.len()) as u64);
+        let before = batch.events.len();
+        // Within one batch, an id delivered twice is applied once.
+        let mut fresh = std::collections::HashSet::new();
+        batch
+            .events
+            .retain(|e| !seen.contains(&e.event_id) && fresh.insert(e.event_id));
+        let dropped = (before - batch.events.len()) as u64;
+        if dropped > 0 {
+            debug!(projection = self.name(), dropped, "dropped redelivered events");
+            super::metrics::redelivered(self.name(), self.partition, dropped);
         }
         Ok(batch)
     }
@@ -504,6 +508,7 @@ impl<S: Source, St: Store> Worker<S, St> {
     }
 
     fn advance(&mut self, to: Checkpoint, events: u64) {
+        self.committed_by_us = true;
         self.checkpoint = to;
         self.events += events;
         self.rate.record(events);
@@ -521,6 +526,7 @@ impl<S: Source, St: Store> Worker<S, St> {
                     "checkpoint moved under this runner: another runner owns this projection; re-reading from its checkpoint"
                 );
                 self.checkpoint = actual;
+                self.committed_by_us = false;
                 Ok(Step::Continue)
             }
             CommitError::NotActive { state } => {

@@ -826,14 +826,16 @@ impl Config {
         let source = match table.get("source") {
             None => None,
             Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-            Some(other) => return Err(err(
-                None,
-                Some("source".into()),
-                format!(
+            Some(other) => {
+                return Err(err(
+                    None,
+                    Some("source".into()),
+                    format!(
                     "expected a broker URL string such as \"nats://127.0.0.1:4222?stream=EVENTS\", found {}",
                     describe(other)
                 ),
-            )),
+                ))
+            }
         };
         let http = HttpConfig::parse(table.get("http")).map_err(|(k, m)| err(None, Some(k), m))?;
         let entries = match table.get("projection") {

@@ -148,7 +148,8 @@ impl PgEngine {
         let tables: Vec<String> = tx
             .query(
                 "SELECT tablename FROM pg_tables WHERE schemaname = $1 \
-                 AND tablename NOT IN ('projection_checkpoints', 'projection_dead_letters', 'events') \
+                 AND tablename NOT IN ('projection_checkpoints', 'projection_dead_letters', 'events', \
+                   'projection_leases', 'projection_nodes', 'projection_seen_events') \
                  ORDER BY tablename",
                 &[&shadow_name],
             )
