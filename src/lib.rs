@@ -27,6 +27,12 @@ pub mod sqlite;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+#[cfg(feature = "nats")]
+pub mod nats;
+
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+
 pub use crate::core::document::{Document, DocumentStorage, Documents};
 pub use crate::core::engine::{Engine, Status};
 pub use crate::core::error::{BatchFailure, Error, HandlerError, HandlerErrorKind, Result};

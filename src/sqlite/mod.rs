@@ -4,6 +4,12 @@
 //! applied exactly once: the read-model writes and the checkpoint's compare-and-set commit in
 //! one transaction. The database runs in WAL mode; runners read through their own connection
 //! while a writer appends.
+//!
+//! With a source that may redeliver (a broker such as RabbitMQ), the store also records the ids
+//! of the events each projection applied, in the commit's transaction
+//! (`projection_seen_events`), and the runner drops redelivered events whose id is recorded. Ids
+//! are kept for the [dedup retention](SqliteStore::dedup_retention) (24 hours by default), then
+//! pruned in the background.
 
 mod blue_green;
 mod document;
@@ -12,7 +18,9 @@ mod schema;
 pub use blue_green::BlueGreenReport;
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,7 +58,20 @@ struct Inner {
     reader: Option<Mutex<Connection>>,
     changes: watch::Sender<u64>,
     checkpoints: watch::Sender<u64>,
+    /// How long seen event ids are kept, in seconds.
+    dedup_retention: AtomicU64,
+    /// When seen ids were last pruned (Unix seconds; 0: not yet in this process).
+    last_prune: AtomicI64,
+    /// A prune is running.
+    pruning: AtomicBool,
 }
+
+/// How long a [`SqliteStore`] keeps the ids of applied events from sources that redeliver,
+/// unless [`SqliteStore::dedup_retention`] says otherwise: 24 hours.
+pub const DEFAULT_DEDUP_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Seen ids are pruned in chunks of this many rows, one short transaction each.
+const PRUNE_CHUNK: i64 = 10_000;
 
 impl Inner {
     fn writer(&self) -> MutexGuard<'_, Connection> {
@@ -153,6 +174,33 @@ fn spawn_checkpointer(path: std::path::PathBuf, inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Whether seen ids are due for pruning: never pruned in this process, or the last prune was
+/// an eighth of the retention window ago (at least 1 s, at most 10 minutes).
+fn prune_due(last: i64, now: i64, window_secs: u64) -> bool {
+    let every = (window_secs / 8).clamp(1, 600) as i64;
+    last == 0 || now - last >= every
+}
+
+/// Deletes seen ids recorded before `cutoff` (Unix seconds), in chunks of short transactions
+/// so that commits wait for one chunk at most.
+fn prune_seen_before(inner: &Inner, cutoff: i64) -> Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = inner
+            .writer()
+            .prepare_cached(
+                "DELETE FROM projection_seen_events WHERE (projection, event_id) IN \
+                 (SELECT projection, event_id FROM projection_seen_events WHERE seen_at < ?1 LIMIT ?2)",
+            )
+            .and_then(|mut st| st.execute(params![cutoff, PRUNE_CHUNK]))
+            .map_err(db_err("pruning seen event ids"))?;
+        total += n as u64;
+        if (n as i64) < PRUNE_CHUNK {
+            return Ok(total);
+        }
+    }
+}
+
 /// The format of timestamps in the database: RFC 3339, UTC, microseconds.
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -243,8 +291,60 @@ impl SqliteStore {
                 reader: reader.map(Mutex::new),
                 changes: watch::channel(0).0,
                 checkpoints: watch::channel(0).0,
+                dedup_retention: AtomicU64::new(DEFAULT_DEDUP_RETENTION.as_secs()),
+                last_prune: AtomicI64::new(0),
+                pruning: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Sets how long the ids of applied events are kept for deduplication (sources that may
+    /// redeliver, such as RabbitMQ; see [`Batch::deduplicate`]). A redelivery that arrives
+    /// later than this after the first delivery was applied is applied again, so choose it
+    /// longer than the longest time a message can stay unacknowledged or be redelivered
+    /// (consumer outages included). Default: [`DEFAULT_DEDUP_RETENTION`] (24 hours), at
+    /// least one second. Applies to every clone of this store. Older ids are pruned in the
+    /// background, about every eighth of the window (at most every 10 minutes).
+    pub fn dedup_retention(self, window: Duration) -> Self {
+        self.inner
+            .dedup_retention
+            .store(window.as_secs().max(1), Ordering::Relaxed);
+        self
+    }
+
+    /// The dedup retention in force (see [`dedup_retention`](Self::dedup_retention)).
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(self.inner.dedup_retention.load(Ordering::Relaxed))
+    }
+
+    /// Deletes the seen event ids older than the dedup retention now, and returns how many.
+    /// Commits do this on their own periodically; this is for operators and tests.
+    pub async fn prune_seen(&self) -> Result<u64> {
+        let cutoff = Utc::now().timestamp() - self.dedup_window().as_secs() as i64;
+        self.blocking(move |inner| prune_seen_before(inner, cutoff)).await
+    }
+
+    /// Starts a background prune of seen ids when one is due (see `prune_due`).
+    fn maybe_prune(&self) {
+        let now = Utc::now().timestamp();
+        let window = self.inner.dedup_retention.load(Ordering::Relaxed);
+        let last = self.inner.last_prune.load(Ordering::Relaxed);
+        if !prune_due(last, now, window) || self.inner.pruning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.inner.last_prune.store(now, Ordering::Relaxed);
+        let inner = self.inner.clone();
+        let cutoff = now - window as i64;
+        tokio::task::spawn_blocking(move || {
+            match prune_seen_before(&inner, cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(pruned = n, "pruned seen event ids older than the dedup retention"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning seen event ids failed; retrying at the next interval")
+                }
+            }
+            inner.pruning.store(false, Ordering::Release);
+        });
     }
 
     /// Where the database is (a path, or `:memory:`).
@@ -667,6 +767,34 @@ fn lifecycle<'a>(projection: &'a str, step: &'static str) -> impl Fn(HandlerErro
     }
 }
 
+/// Records event ids as seen by `projection`, inside the commit's transaction. An id that is
+/// already recorded fails the commit (and so writes nothing of it).
+fn record_seen(tx: &Connection, projection: &str, ids: &[Uuid], now: i64) -> Result<(), CommitError> {
+    let mut st = tx
+        .prepare_cached(
+            "INSERT INTO projection_seen_events (projection, event_id, seen_at) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(db_err("recording seen event ids"))?;
+    for id in ids {
+        match st.execute(params![projection, id, now]) {
+            Ok(_) => {}
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                return Err(CommitError::Store(Error::Database {
+                    op: "recording seen event ids",
+                    message: format!(
+                        "event {id} is already recorded as applied by projection {projection}: a redelivered \
+                         event reached a commit (another runner applied it first, or it came twice in one \
+                         batch); nothing of this commit was written, and a re-read drops it"
+                    ),
+                    retryable: true,
+                }))
+            }
+            Err(e) => return Err(CommitError::Store(db_err("recording seen event ids")(e))),
+        }
+    }
+    Ok(())
+}
+
 fn insert_dead_letter(
     tx: &Connection,
     projection: &str,
@@ -791,13 +919,38 @@ impl Store for SqliteStore {
 
     async fn commit(&self, commit: Commit<SqliteBody>) -> Result<(), CommitError> {
         let inner = self.inner.clone();
+        let records_ids = !commit.record_ids.is_empty();
         let res = tokio::task::spawn_blocking(move || commit_blocking(&inner, commit))
             .await
             .map_err(|e| CommitError::Store(Error::Invalid(format!("a commit task panicked: {e}"))))?;
         if res.is_ok() {
             Inner::bump(&self.inner.checkpoints);
+            if records_ids {
+                self.maybe_prune();
+            }
         }
         res
+    }
+
+    async fn seen(&self, projection: &str, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let projection = projection.to_owned();
+        let ids = ids.to_vec();
+        self.read(move |conn| {
+            let mut st = conn.prepare_cached(
+                "SELECT 1 FROM projection_seen_events WHERE projection = ?1 AND event_id = ?2",
+            )?;
+            let mut seen = HashSet::new();
+            for id in ids {
+                if st.exists(params![projection, id])? {
+                    seen.insert(id);
+                }
+            }
+            Ok(seen)
+        })
+        .await
     }
 
     async fn reset(&self, name: &str, body: Arc<SqliteBody>) -> Result<()> {
@@ -815,6 +968,7 @@ impl Store for SqliteStore {
             )
             .map_err(&err)?;
             tx.execute("DELETE FROM projection_dead_letters WHERE projection = ?1", [&name]).map_err(&err)?;
+            tx.execute("DELETE FROM projection_seen_events WHERE projection = ?1", [&name]).map_err(&err)?;
             tx.commit().map_err(db_err("committing a reset"))?;
             Ok(())
         })
@@ -1031,6 +1185,9 @@ fn commit_in(tx: &Connection, c: &Commit<SqliteBody>) -> Result<(), CommitError>
             Some(r) => CommitError::Fenced { actual: r.checkpoint },
         });
     }
+    if !c.record_ids.is_empty() {
+        record_seen(tx, &c.projection, &c.record_ids, Utc::now().timestamp())?;
+    }
     let mut applied = crate::core::projection::Applied::default();
     if !c.range.is_empty() {
         let events = c
@@ -1065,4 +1222,255 @@ fn commit_in(tx: &Connection, c: &Commit<SqliteBody>) -> Result<(), CommitError>
     })
     .map_err(db_err("updating the counters"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: i64, id: Uuid) -> Event {
+        Event {
+            position,
+            txid: 0,
+            stream_id: "s-1".into(),
+            stream_version: position,
+            event_type: "Counted".into(),
+            event_id: id,
+            data: Arc::from("{}"),
+            metadata: Arc::from("{}"),
+            recorded_at: Utc::now(),
+        }
+    }
+
+    /// A body that inserts each event's position into `applied`.
+    fn body() -> Arc<SqliteBody> {
+        let handlers = SqliteHandlers::new()
+            .setup(|db| {
+                db.execute_batch("CREATE TABLE IF NOT EXISTS applied (position INTEGER PRIMARY KEY)")?;
+                Ok(())
+            })
+            .reset(|db| {
+                db.execute("DELETE FROM applied", [])?;
+                Ok(())
+            })
+            .on_json("Counted", |db, ev, _| {
+                db.execute("INSERT INTO applied (position) VALUES (?1)", [ev.position])?;
+                Ok(())
+            });
+        let p: SqliteProjection = Projection::new("p", handlers);
+        p.body().clone()
+    }
+
+    fn commit(body: &Arc<SqliteBody>, events: Vec<Event>, expected: i64, dedup: bool) -> Commit<SqliteBody> {
+        let to = Checkpoint::at(events.last().map_or(expected, |e| e.position));
+        let record_ids = if dedup {
+            events.iter().map(|e| e.event_id).collect()
+        } else {
+            Vec::new()
+        };
+        let events: Arc<[Event]> = events.into();
+        Commit {
+            projection: Arc::from("p"),
+            partition: 0,
+            body: body.clone(),
+            range: 0..events.len(),
+            events,
+            expected: Checkpoint::at(expected),
+            to,
+            dead_letters: Vec::new(),
+            stats: Default::default(),
+            last_error: None,
+            fence: None,
+            record_ids,
+        }
+    }
+
+    async fn count(store: &SqliteStore, sql: &'static str) -> i64 {
+        store
+            .read(move |db| db.query_row(sql, [], |r| r.get(0)))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_commit_records_its_ids_and_a_recorded_id_fails_the_next_commit_whole() {
+        let store = SqliteStore::in_memory().unwrap();
+        let body = body();
+        store.prepare("p", 0, body.clone()).await.unwrap();
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        store
+            .commit(commit(&body, vec![event(1, a), event(2, b)], 0, true))
+            .await
+            .unwrap();
+        let seen = store.seen("p", &[a, b, c]).await.unwrap();
+        assert_eq!(seen, HashSet::from([a, b]));
+        assert!(
+            store.seen("other", &[a]).await.unwrap().is_empty(),
+            "ids are per projection"
+        );
+
+        // `b` again, with a fresh `c`: the whole commit fails and writes nothing.
+        let err = store
+            .commit(commit(&body, vec![event(3, c), event(4, b)], 2, true))
+            .await
+            .unwrap_err();
+        match err {
+            CommitError::Store(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&b.to_string()) && msg.contains("already recorded"),
+                    "{msg}"
+                );
+                assert!(e.is_retryable());
+            }
+            other => panic!("expected a store error, got {other:?}"),
+        }
+        assert_eq!(count(&store, "SELECT count(*) FROM applied").await, 2);
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM projection_seen_events").await,
+            2
+        );
+        assert_eq!(
+            store.record("p", 0).await.unwrap().unwrap().checkpoint,
+            Checkpoint::at(2)
+        );
+        assert!(store.seen("p", &[c]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn commits_without_ids_record_nothing() {
+        let store = SqliteStore::in_memory().unwrap();
+        let body = body();
+        store.prepare("p", 0, body.clone()).await.unwrap();
+        let id = Uuid::new_v4();
+        store
+            .commit(commit(&body, vec![event(1, id)], 0, false))
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM projection_seen_events").await,
+            0
+        );
+        assert!(store.seen("p", &[id]).await.unwrap().is_empty());
+        assert!(store.seen("p", &[]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_ids_older_than_the_retention_only() {
+        let store = SqliteStore::in_memory()
+            .unwrap()
+            .dedup_retention(Duration::from_secs(3600));
+        assert_eq!(store.dedup_window(), Duration::from_secs(3600));
+        let body = body();
+        store.prepare("p", 0, body.clone()).await.unwrap();
+        let (old, fresh) = (Uuid::new_v4(), Uuid::new_v4());
+        store
+            .commit(commit(&body, vec![event(1, old)], 0, true))
+            .await
+            .unwrap();
+        // Two hours ago.
+        store
+            .write(move |db| {
+                db.execute(
+                    "UPDATE projection_seen_events SET seen_at = seen_at - 7200 WHERE event_id = ?1",
+                    [old],
+                )
+            })
+            .await
+            .unwrap();
+        store
+            .commit(commit(&body, vec![event(2, fresh)], 1, true))
+            .await
+            .unwrap();
+        // Let any background prune started by the commits finish, then prune explicitly.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.prune_seen().await.unwrap();
+        assert_eq!(
+            store.seen("p", &[old, fresh]).await.unwrap(),
+            HashSet::from([fresh])
+        );
+        assert_eq!(store.prune_seen().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn commits_prune_in_the_background_when_due() {
+        let store = SqliteStore::in_memory().unwrap();
+        let body = body();
+        store.prepare("p", 0, body.clone()).await.unwrap();
+        let old = Uuid::new_v4();
+        store
+            .commit(commit(&body, vec![event(1, old)], 0, true))
+            .await
+            .unwrap();
+        store
+            .write(|db| {
+                db.execute(
+                    "UPDATE projection_seen_events SET seen_at = seen_at - 2 * 86400",
+                    [],
+                )
+            })
+            .await
+            .unwrap();
+        // The first prune of this process is due at once (the one the first commit started
+        // found nothing old yet); pretend it never ran.
+        while store.inner.pruning.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store.inner.last_prune.store(0, Ordering::Relaxed);
+        store
+            .commit(commit(&body, vec![event(2, Uuid::new_v4())], 1, true))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !store.seen("p", &[old]).await.unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background prune did not run"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM projection_seen_events").await,
+            1
+        );
+    }
+
+    #[test]
+    fn prunes_are_due_every_eighth_of_the_window_between_one_second_and_ten_minutes() {
+        let day = 86_400;
+        assert!(prune_due(0, 1_000, day));
+        assert!(!prune_due(1_000, 1_599, day));
+        assert!(prune_due(1_000, 1_600, day));
+        assert!(!prune_due(1_000, 1_000, 80));
+        assert!(prune_due(1_000, 1_010, 80));
+        assert!(prune_due(1_000, 1_001, 1));
+    }
+
+    #[tokio::test]
+    async fn reset_forgets_the_projections_seen_ids() {
+        let store = SqliteStore::in_memory().unwrap();
+        let body = body();
+        store.prepare("p", 0, body.clone()).await.unwrap();
+        let id = Uuid::new_v4();
+        store
+            .commit(commit(&body, vec![event(1, id)], 0, true))
+            .await
+            .unwrap();
+        store
+            .write(move |db| {
+                db.execute(
+                    "INSERT INTO projection_seen_events (projection, event_id, seen_at) VALUES ('q', ?1, 0)",
+                    [id],
+                )
+            })
+            .await
+            .unwrap();
+        store.reset("p", body.clone()).await.unwrap();
+        assert!(store.seen("p", &[id]).await.unwrap().is_empty());
+        assert_eq!(
+            store.seen("q", &[id]).await.unwrap(),
+            HashSet::from([id]),
+            "other projections keep theirs"
+        );
+    }
 }

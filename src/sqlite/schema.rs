@@ -1,5 +1,5 @@
 //! The SQLite schema: the events table (a public contract, see docs/events-table.md),
-//! checkpoints and dead letters.
+//! checkpoints, dead letters, and the event ids seen from sources that redeliver.
 
 /// Creates the engine's tables. Idempotent.
 pub const SCHEMA: &str = r#"
@@ -56,4 +56,18 @@ CREATE TABLE IF NOT EXISTS projection_dead_letters (
 
 CREATE INDEX IF NOT EXISTS projection_dead_letters_by_projection
     ON projection_dead_letters (projection, partition);
+
+-- Event ids applied from a source that may redeliver (a broker), per projection, recorded in
+-- the commit's transaction; a redelivered event is dropped while its id is here. `event_id` is
+-- the UUID's 16 bytes, `seen_at` Unix seconds. Rows older than the store's dedup retention
+-- are pruned in the background.
+CREATE TABLE IF NOT EXISTS projection_seen_events (
+    projection TEXT    NOT NULL,
+    event_id   BLOB    NOT NULL,
+    seen_at    INTEGER NOT NULL,
+    PRIMARY KEY (projection, event_id)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS projection_seen_events_by_age
+    ON projection_seen_events (seen_at);
 "#;

@@ -1,0 +1,204 @@
+//! The JSON envelope of an event message, and its decoding into an [`Event`].
+//!
+//! ```json
+//! {"stream_id": "ORDER-42", "stream_version": 3, "type": "OrderShipped",
+//!  "data": {"carrier": "UPS"}, "metadata": {"user_id": "u1"},
+//!  "event_id": "0190f5c4-1c7e-7b1a-9f6e-3c2d1b0a9f8e", "recorded_at": "2025-01-02T03:04:05Z"}
+//! ```
+//!
+//! `stream_id`, `stream_version` (1 for a stream's first event, then 2, 3, …), `type` and `data`
+//! are required; `metadata` (an object), `event_id` (a UUID) and `recorded_at` (RFC 3339) are
+//! optional. Other fields are ignored, so that publishers may carry more. The event's position
+//! is the message's stream sequence.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::core::event::Event;
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    stream_id: Cow<'a, str>,
+    stream_version: i64,
+    #[serde(rename = "type", borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
+    #[serde(default)]
+    event_id: Option<Uuid>,
+    #[serde(default)]
+    recorded_at: Option<DateTime<Utc>>,
+}
+
+/// The id of an event whose envelope has none: a UUID v5 (under the URL namespace) of
+/// `nats-jetstream:STREAM:SEQUENCE`, stable across redeliveries and rebuilds.
+pub fn derived_event_id(stream: &str, sequence: u64) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("nats-jetstream:{stream}:{sequence}").as_bytes(),
+    )
+}
+
+/// Decodes the message at `sequence` of `stream`. `published` (the time the server stored the
+/// message) stands in for a missing `recorded_at`. The error says what is wrong, for the log.
+pub fn decode(
+    payload: &[u8],
+    stream: &str,
+    sequence: u64,
+    published: DateTime<Utc>,
+) -> Result<Event, String> {
+    let position = i64::try_from(sequence).map_err(|_| format!("stream sequence {sequence} is too large"))?;
+    let envelope: Envelope<'_> = serde_json::from_slice(payload).map_err(|e| {
+        if e.is_data() {
+            format!("not an event envelope: {e}")
+        } else {
+            format!("not JSON: {e}")
+        }
+    })?;
+    if envelope.stream_id.is_empty() {
+        return Err("`stream_id` is empty".into());
+    }
+    if envelope.stream_version < 1 {
+        return Err(format!(
+            "`stream_version` is {}; versions start at 1 for a stream's first event",
+            envelope.stream_version
+        ));
+    }
+    if envelope.event_type.is_empty() {
+        return Err("`type` is empty".into());
+    }
+    let metadata: Arc<str> = match envelope.metadata {
+        None => Arc::from("{}"),
+        Some(m) if m.get().trim_start().starts_with('{') => Arc::from(m.get()),
+        Some(m) => {
+            let shown: String = m.get().chars().take(40).collect();
+            return Err(format!("`metadata` must be a JSON object, found {shown}"));
+        }
+    };
+    Ok(Event {
+        position,
+        txid: 0,
+        stream_id: envelope.stream_id.into_owned(),
+        stream_version: envelope.stream_version,
+        event_type: envelope.event_type.into_owned(),
+        event_id: envelope
+            .event_id
+            .unwrap_or_else(|| derived_event_id(stream, sequence)),
+        data: Arc::from(envelope.data.get()),
+        metadata,
+        recorded_at: envelope.recorded_at.unwrap_or(published),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2025-01-02T03:04:05Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_full_envelope_decodes_byte_for_byte() {
+        let id = Uuid::new_v4();
+        let text = format!(
+            r#"{{"stream_id":"ORDER-1","stream_version":2,"type":"ItemAdded","data":{{"b":1, "a":[2]}},"metadata":{{"u":"x"}},"event_id":"{id}","recorded_at":"2024-05-06T07:08:09.5Z","extra":true}}"#
+        );
+        let e = decode(text.as_bytes(), "EVENTS", 7, at()).unwrap();
+        assert_eq!(e.position, 7);
+        assert_eq!(e.txid, 0);
+        assert_eq!(e.stream_id, "ORDER-1");
+        assert_eq!(e.stream_version, 2);
+        assert_eq!(e.event_type, "ItemAdded");
+        assert_eq!(&*e.data, r#"{"b":1, "a":[2]}"#);
+        assert_eq!(&*e.metadata, r#"{"u":"x"}"#);
+        assert_eq!(e.event_id, id);
+        assert_eq!(e.recorded_at.to_rfc3339(), "2024-05-06T07:08:09.500+00:00");
+    }
+
+    #[test]
+    fn optional_fields_default_stably() {
+        let text = br#"{"stream_id":"S","stream_version":1,"type":"T","data":null,"metadata":null}"#;
+        let a = decode(text, "EVENTS", 9, at()).unwrap();
+        let b = decode(text, "EVENTS", 9, at()).unwrap();
+        assert_eq!(&*a.metadata, "{}");
+        assert_eq!(&*a.data, "null");
+        assert_eq!(a.recorded_at, at());
+        assert_eq!(a.event_id, b.event_id, "derived ids are stable");
+        assert_eq!(a.event_id.get_version_num(), 5);
+        assert_ne!(a.event_id, decode(text, "EVENTS", 10, at()).unwrap().event_id);
+        assert_ne!(a.event_id, decode(text, "OTHER", 9, at()).unwrap().event_id);
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        let text = br#"{"stream_id":"A\"B","stream_version":1,"type":"T\u00e9","data":{}}"#;
+        let e = decode(text, "S", 1, at()).unwrap();
+        assert_eq!(e.stream_id, "A\"B");
+        assert_eq!(e.event_type, "Té");
+    }
+
+    #[test]
+    fn malformed_envelopes_say_why() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "not JSON"),
+            (b"\xff\xfe", "not JSON"),
+            (b"{\"stream_id\":", "not JSON"),
+            (b"[1,2]", "not an event envelope"),
+            (br#"{"stream_version":1,"type":"T","data":{}}"#, "stream_id"),
+            (br#"{"stream_id":"S","type":"T","data":{}}"#, "stream_version"),
+            (
+                br#"{"stream_id":"S","stream_version":"1","type":"T","data":{}}"#,
+                "not an event envelope",
+            ),
+            (br#"{"stream_id":"S","stream_version":1,"data":{}}"#, "type"),
+            (br#"{"stream_id":"S","stream_version":1,"type":"T"}"#, "data"),
+            (
+                br#"{"stream_id":"","stream_version":1,"type":"T","data":{}}"#,
+                "`stream_id` is empty",
+            ),
+            (
+                br#"{"stream_id":"S","stream_version":0,"type":"T","data":{}}"#,
+                "versions start at 1",
+            ),
+            (
+                br#"{"stream_id":"S","stream_version":1,"type":"","data":{}}"#,
+                "`type` is empty",
+            ),
+            (
+                br#"{"stream_id":"S","stream_version":1,"type":"T","data":{},"metadata":[1]}"#,
+                "JSON object",
+            ),
+            (
+                br#"{"stream_id":"S","stream_version":1,"type":"T","data":{},"event_id":"nope"}"#,
+                "not an event envelope",
+            ),
+            (
+                br#"{"stream_id":"S","stream_version":1,"type":"T","data":{},"recorded_at":"yesterday"}"#,
+                "not an event envelope",
+            ),
+        ];
+        for (payload, needle) in cases {
+            let err = decode(payload, "S", 1, at()).expect_err(&String::from_utf8_lossy(payload));
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+        assert!(decode(
+            br#"{"stream_id":"S","stream_version":1,"type":"T","data":{}}"#,
+            "S",
+            u64::MAX,
+            at()
+        )
+        .unwrap_err()
+        .contains("too large"));
+    }
+}
