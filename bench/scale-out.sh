@@ -25,32 +25,39 @@ cleanup() {
 trap cleanup EXIT
 
 sep='?'; case "$PG" in *\?*) sep='&';; esac
-sql() { psql "$PG" -XAtq -c "$1"; }
+sql() { psql "$PG" -XAtq -c "SET client_min_messages = warning; $1"; }
 now() { date +%s.%N; }
 
-# The example projections, with order_summary split into partitions.
+# The example projections, with order_summary split into partitions (and, as a baseline,
+# not split).
 awk -v n="$PARTITIONS" '{ print } /^name = "order_summary"/ { print "partitions = " n }' \
     examples/projectionist.toml > "$WORK/projectionist.toml"
+cp examples/projectionist.toml "$WORK/unpartitioned.toml"
 "$BIN" generate --events "$EVENTS" > "$WORK/orders.jsonl"
 
 declare -A RATE
-for procs in 1 2 3; do
+for procs in 0 1 2 3; do
     schema="scaleout_$procs"
     url="$PG${sep}schema=$schema"
     sql "DROP SCHEMA IF EXISTS $schema CASCADE"
-    export PROJECTIONIST_DATABASE_URL="$url" PROJECTIONIST_CONFIG="$WORK/projectionist.toml"
+    config="$WORK/projectionist.toml"
+    [ "$procs" = 0 ] && config="$WORK/unpartitioned.toml"
+    export PROJECTIONIST_DATABASE_URL="$url" PROJECTIONIST_CONFIG="$config"
     "$BIN" import "$WORK/orders.jsonl" > /dev/null
     "$BIN" pause order_summary > /dev/null
     PIDS=()
-    for _ in $(seq "$procs"); do
+    for _ in $(seq "$(( procs > 0 ? procs : 1 ))"); do
         PROJECTIONIST_LOG=warn "$BIN" run --projection order_summary > /dev/null 2>>"$WORK/run.log" &
         PIDS+=("$!")
     done
     # Wait until the processes share the partitions.
-    until [ "$(sql "SELECT count(DISTINCT owner) FROM $schema.projection_leases
-                    WHERE projection = 'order_summary' AND expires_at > now()")" = "$procs" ] &&
-          [ "$(sql "SELECT count(*) FROM $schema.projection_leases
-                    WHERE projection = 'order_summary' AND expires_at > now()")" = "$PARTITIONS" ]; do
+    shared() {
+        [ "$(sql "SELECT count(DISTINCT owner) FROM $schema.projection_leases
+                  WHERE projection = 'order_summary' AND expires_at > now()")" = "$procs" ] &&
+        [ "$(sql "SELECT count(*) FROM $schema.projection_leases
+                  WHERE projection = 'order_summary' AND expires_at > now()")" = "$PARTITIONS" ]
+    }
+    until [ "$procs" = 0 ] || shared; do
         sleep 0.1
     done
     start=$(now)
@@ -62,7 +69,12 @@ for procs in 1 2 3; do
     done
     end=$(now)
     RATE[$procs]=$(echo "$EVENTS / ($end - $start)" | bc -l)
-    printf '%d process(es): %.0f events/s over %.2f s\n' "$procs" "${RATE[$procs]}" "$(echo "$end - $start" | bc -l)"
+    if [ "$procs" = 0 ]; then
+        label="not partitioned, 1 process"
+    else
+        label="$PARTITIONS partitions, $procs process(es)"
+    fi
+    printf '%s: %.0f events/s over %.2f s\n' "$label" "${RATE[$procs]}" "$(echo "$end - $start" | bc -l)"
     if [ "$procs" = 3 ]; then
         # Takeover: kill one process with SIGKILL and time until its partitions have a new owner.
         victim=${PIDS[0]}
@@ -82,5 +94,7 @@ for procs in 1 2 3; do
     wait 2>/dev/null || true
     sql "DROP SCHEMA IF EXISTS $schema CASCADE"
 done
-printf 'ratio to 1 process: 2 processes %.2fx, 3 processes %.2fx\n' \
+printf 'ratio to 1 process on %d partitions: 2 processes %.2fx, 3 processes %.2fx\n' "$PARTITIONS" \
     "$(echo "${RATE[2]} / ${RATE[1]}" | bc -l)" "$(echo "${RATE[3]} / ${RATE[1]}" | bc -l)"
+printf 'ratio to the unpartitioned projection in 1 process: 1 process %.2fx, 2 processes %.2fx, 3 processes %.2fx\n' \
+    "$(echo "${RATE[1]} / ${RATE[0]}" | bc -l)" "$(echo "${RATE[2]} / ${RATE[0]}" | bc -l)" "$(echo "${RATE[3]} / ${RATE[0]}" | bc -l)"

@@ -24,6 +24,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "PROJECTIONIST_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Where commands that read events (run, status, rebuild, wait) take them from, instead
+    /// of the database's events table: nats://HOST:4222?stream=NAME (NATS JetStream).
+    /// Overrides the config's `source`; read models and checkpoints stay in --database.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "PROJECTIONIST_SOURCE",
+        hide_env_values = true
+    )]
+    pub source: Option<String>,
+
     /// Log format on stderr (the level comes from PROJECTIONIST_LOG or RUST_LOG).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

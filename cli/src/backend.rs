@@ -1,18 +1,26 @@
 //! The one place that turns a `--database` URL into a backend.
 //!
 //! Command logic is written against `projectionist::Engine<S, St>` for any `Source` and
-//! `Store`; the [`with_engine!`] macro builds the engine of whichever backend the URL names and
-//! registers the configured declarative projections on it. Each backend (SQLite, PostgreSQL) is
-//! one variant of [`Location`] and [`Backend`] and one arm in each `match` below.
+//! `Store`; the [`with_engine!`] macro builds the engine over whichever source (`--source`, or
+//! the database's events table) and store (`--database`) are in force, and registers the
+//! configured declarative projections on it. Each store backend (SQLite, PostgreSQL) is one
+//! variant of [`Location`] and [`Backend`] and one arm in each `match` below; each event
+//! source is one variant of [`EventSource`], one arm in [`EventSource::open`] and one arm in
+//! [`with_engine!`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use projectionist::declarative::{Config, ProjectionDef};
+#[cfg(feature = "nats")]
+use projectionist::nats::NatsSource;
 #[cfg(feature = "postgres")]
 use projectionist::postgres::PgStore;
+#[cfg(feature = "rabbitmq")]
+use projectionist::rabbitmq::{RabbitError, RabbitSource};
 use projectionist::sqlite::{SqliteStore, StreamAppend};
-use projectionist::{Appended, ExpectedVersion, NewEvent};
+use projectionist::{Appended, Engine, ExpectedVersion, NewEvent, Source};
 
 use crate::exit::usage;
 use crate::jsonl::ImportEvent;
@@ -76,8 +84,12 @@ fn redact_userinfo(url: &str) -> String {
     };
     let userinfo = &authority[..at];
     let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let scheme = url[..scheme_end].to_ascii_lowercase();
     let masked = if userinfo.contains(':') {
         format!("{user}:***")
+    } else if matches!(scheme.as_str(), "nats" | "tls") {
+        // A bare NATS user-info is a token.
+        "***".to_owned()
     } else {
         user.to_owned()
     };
@@ -355,52 +367,216 @@ impl Backend {
     }
 }
 
-/// The SQLite engine with the declarative projections of `config`.
-pub fn sqlite_engine(
-    store: &SqliteStore,
-    config: Option<&projectionist::declarative::Config>,
-) -> projectionist::Result<projectionist::sqlite::SqliteEngine> {
-    let mut engine = store.engine();
+/// A database that keeps read models and is a source of its own events (one per backend).
+pub trait CliStore: projectionist::Store + Source + Clone {
+    /// The engine over the store's own events table, with the store's runner settings.
+    fn database_engine(&self) -> Engine<Self, Self>;
+    /// The declarative projection `def`, for this store.
+    fn declarative(def: &ProjectionDef) -> projectionist::Projection<Self::Body>;
+}
+
+impl CliStore for SqliteStore {
+    fn database_engine(&self) -> Engine<Self, Self> {
+        self.engine()
+    }
+
+    fn declarative(def: &ProjectionDef) -> projectionist::Projection<Self::Body> {
+        projectionist::declarative::sqlite::projection(def)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl CliStore for PgStore {
+    fn database_engine(&self) -> Engine<Self, Self> {
+        self.engine()
+    }
+
+    fn declarative(def: &ProjectionDef) -> projectionist::Projection<Self::Body> {
+        projectionist::declarative::postgres::projection(def)
+    }
+}
+
+/// The engine that reads events from `source` and keeps the read models (and checkpoints) of
+/// `config`'s projections in `store`, with the store's runner settings.
+pub fn engine<S: Source, St: CliStore>(
+    source: Arc<S>,
+    store: &St,
+    config: Option<&Config>,
+) -> projectionist::Result<Engine<S, St>> {
+    let settings = store.database_engine().runner_settings().clone();
+    let mut engine = Engine::new(source, Arc::new(store.clone())).settings(settings);
     if let Some(config) = config {
         for def in &config.projections {
-            engine.register(projectionist::declarative::sqlite::projection(def))?;
+            engine.register(St::declarative(def))?;
         }
     }
     Ok(engine)
 }
 
-/// The PostgreSQL engine with the declarative projections of `config`.
+/// The SQLite engine (over its own events table) with the declarative projections of `config`.
+pub fn sqlite_engine(
+    store: &SqliteStore,
+    config: Option<&Config>,
+) -> projectionist::Result<projectionist::sqlite::SqliteEngine> {
+    engine(Arc::new(store.clone()), store, config)
+}
+
+/// The PostgreSQL engine (over its own events table) with the declarative projections of
+/// `config`.
 #[cfg(feature = "postgres")]
 pub fn pg_engine(
     store: &PgStore,
-    config: Option<&projectionist::declarative::Config>,
+    config: Option<&Config>,
 ) -> projectionist::Result<projectionist::postgres::PgEngine> {
-    let mut engine = store.engine();
-    if let Some(config) = config {
-        for def in &config.projections {
-            engine.register(projectionist::declarative::postgres::projection(def))?;
-        }
-    }
-    Ok(engine)
+    engine(Arc::new(store.clone()), store, config)
 }
 
-/// Builds the engine of `$backend` with the declarative projections of `$config`
-/// (an `Option<&Config>`), binds it to `$engine`, and evaluates `$body`.
-macro_rules! with_engine {
-    ($backend:expr, $config:expr, |$engine:ident| $body:expr) => {
-        match $backend {
-            $crate::backend::Backend::Sqlite(store) => {
-                #[allow(unused_mut)]
-                let mut $engine = $crate::backend::sqlite_engine(store, $config)?;
-                $body
-            }
-            #[cfg(feature = "postgres")]
-            $crate::backend::Backend::Postgres(store) => {
-                #[allow(unused_mut)]
-                let mut $engine = $crate::backend::pg_engine(store, $config)?;
-                $body
-            }
+/// Where commands that read events take them from: `--source`, else the config's `source`,
+/// else the database's own events table. Each broker is one variant here, one arm in
+/// [`EventSource::open`] and one arm in [`with_engine!`].
+#[derive(Clone)]
+pub enum EventSource {
+    /// The `--database`'s events table.
+    Database,
+    /// A NATS JetStream stream (`nats://…?stream=NAME`).
+    #[cfg(feature = "nats")]
+    Nats(Arc<NatsSource>),
+    /// A RabbitMQ queue per projection (`amqp://…?exchange=NAME`).
+    #[cfg(feature = "rabbitmq")]
+    Rabbit(Arc<RabbitSource>),
+}
+
+impl EventSource {
+    /// The source URL in force (`--source`, else the config's `source`), and where it comes
+    /// from, for messages.
+    pub fn url<'a>(flag: Option<&'a str>, config: Option<&'a Config>) -> Option<(&'a str, String)> {
+        let given = |u: &&str| !u.trim().is_empty();
+        match flag.filter(given) {
+            Some(url) => Some((url.trim(), "--source".to_owned())),
+            None => config.and_then(|c| {
+                c.source
+                    .as_deref()
+                    .filter(given)
+                    .map(|url| (url.trim(), format!("{}: key `source`", c.file)))
+            }),
         }
+    }
+
+    /// Opens the source at `url` (`None`: the database) for the projections of `config`.
+    /// A bad URL or setting is a usage error (exit 2); errors never show a password.
+    pub async fn open(url: Option<(&str, String)>, config: Option<&Config>) -> Result<Self> {
+        let Some((url, origin)) = url else {
+            return Ok(EventSource::Database);
+        };
+        let shown = format!("{origin} {}", redact(url));
+        let scheme = url
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        match scheme.as_str() {
+            #[cfg(feature = "nats")]
+            "nats" => {
+                let mut builder = NatsSource::builder(url).map_err(|e| usage(format!("{shown}: {e}")))?;
+                for def in config.map_or(&[][..], |c| &c.projections[..]) {
+                    if def.partitions > 1 {
+                        return Err(usage(format!(
+                            "projection {} has partitions = {}, and a NATS source does not partition; set \
+                             partitions = 1 (JetStream scales out with one process per projection)",
+                            def.name, def.partitions
+                        )));
+                    }
+                    if let Some(subject) = &def.subject {
+                        builder = builder.subject(&def.name, subject);
+                    }
+                }
+                match builder.connect().await {
+                    Ok(source) => Ok(EventSource::Nats(Arc::new(source))),
+                    Err(projectionist::Error::Invalid(m)) => Err(usage(format!("{shown}: {m}"))),
+                    Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
+                }
+            }
+            #[cfg(feature = "rabbitmq")]
+            "amqp" | "amqps" => {
+                let mut builder = RabbitSource::builder(url);
+                for def in config.map_or(&[][..], |c| &c.projections[..]) {
+                    if def.partitions > 1 {
+                        return Err(usage(format!(
+                            "projection {} has partitions = {}, and a RabbitMQ queue has no partitions; set \
+                             partitions = 1 (one runner consumes each projection's queue, in order)",
+                            def.name, def.partitions
+                        )));
+                    }
+                    // Registering every projection declares its queue at once, so it keeps
+                    // what is published before the first run.
+                    builder = match &def.subject {
+                        Some(subject) => builder.subject(&def.name, subject),
+                        None => builder.projection(&def.name),
+                    };
+                }
+                match builder.connect().await {
+                    Ok(source) => Ok(EventSource::Rabbit(Arc::new(source))),
+                    Err(e @ RabbitError::Config { .. }) => Err(usage(format!("{shown}: {e}"))),
+                    Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
+                }
+            }
+            _ => Err(usage(format!(
+                "{shown}: unsupported source scheme `{scheme}`; supported: nats://HOST:4222?stream=NAME \
+                 (NATS JetStream), amqp://USER:PASSWORD@HOST:5672/VHOST?exchange=NAME (RabbitMQ), or no \
+                 source to read the database's events table"
+            ))),
+        }
+    }
+
+    /// What a broker source reads, without credentials, for logs (`None`: the database).
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            EventSource::Database => None,
+            #[cfg(feature = "nats")]
+            EventSource::Nats(source) => Some(format!("NATS JetStream {}", source.location())),
+            #[cfg(feature = "rabbitmq")]
+            EventSource::Rabbit(source) => Some(format!("RabbitMQ {}", source.url())),
+        }
+    }
+}
+
+/// Binds `$store` to the store of `$backend` and evaluates `$body` once per backend type.
+macro_rules! with_store {
+    ($backend:expr, |$store:ident| $body:expr) => {
+        match $backend {
+            $crate::backend::Backend::Sqlite($store) => $body,
+            #[cfg(feature = "postgres")]
+            $crate::backend::Backend::Postgres($store) => $body,
+        }
+    };
+}
+pub(crate) use with_store;
+
+/// Builds the engine that reads `$source` (an `&EventSource`) and keeps the read models of
+/// `$config` (an `Option<&Config>`) in `$backend`'s store, binds it to `$engine`, and
+/// evaluates `$body`. The body is compiled once per (source, store) pair, so command logic is
+/// written once against `Engine<S, St>`. A new source is one arm here.
+macro_rules! with_engine {
+    ($backend:expr, $source:expr, $config:expr, |$engine:ident| $body:expr) => {
+        $crate::backend::with_store!($backend, |store| match $source {
+            $crate::backend::EventSource::Database => {
+                #[allow(unused_mut)]
+                let mut $engine =
+                    $crate::backend::engine(std::sync::Arc::new(store.clone()), store, $config)?;
+                $body
+            }
+            #[cfg(feature = "nats")]
+            $crate::backend::EventSource::Nats(source) => {
+                #[allow(unused_mut)]
+                let mut $engine = $crate::backend::engine(source.clone(), store, $config)?;
+                $body
+            }
+            #[cfg(feature = "rabbitmq")]
+            $crate::backend::EventSource::Rabbit(source) => {
+                #[allow(unused_mut)]
+                let mut $engine = $crate::backend::engine(source.clone(), store, $config)?;
+                $body
+            }
+        })
     };
 }
 pub(crate) use with_engine;
@@ -432,6 +608,29 @@ mod tests {
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
         assert_eq!(redact("postgres://u:p@ss@h/x"), "postgres://u:***@h/x");
+        assert_eq!(
+            redact("nats://app:s3cret@h:4222?stream=EVENTS"),
+            "nats://app:***@h:4222?stream=EVENTS"
+        );
+        assert_eq!(redact("nats://t0ken@h?stream=S"), "nats://***@h?stream=S");
+    }
+
+    #[test]
+    fn the_source_flag_overrides_the_config() {
+        let config = Config::parse(
+            "source = \"nats://h?stream=A\"\n[[projection]]\nname = \"p\"\n[projection.handlers]\nT = \"SELECT 1\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            EventSource::url(Some("nats://k?stream=B"), Some(&config)),
+            Some(("nats://k?stream=B", "--source".to_owned()))
+        );
+        assert_eq!(
+            EventSource::url(Some("  "), Some(&config)),
+            Some(("nats://h?stream=A", "p.toml: key `source`".to_owned()))
+        );
+        assert_eq!(EventSource::url(None, None), None);
     }
 
     #[test]

@@ -5,21 +5,28 @@ use projectionist::{Engine, Source, Store};
 
 use super::Ctx;
 use crate::args::DeadLetterCommand;
-use crate::backend::{with_engine, Backend};
+use crate::backend::{with_engine, Backend, EventSource};
 use crate::output;
 
 pub async fn run(ctx: &Ctx, c: DeadLetterCommand) -> Result<()> {
     let config = ctx.config_required()?;
     ctx.require_database()?;
     let backend = Backend::open(&ctx.url).await?;
-    with_engine!(&backend, Some(&config), |engine| match c {
-        DeadLetterCommand::List { projection, json } => list(&engine, projection.as_deref(), json).await?,
-        DeadLetterCommand::Retry { id, all } => retry(&engine, id, all).await?,
-        DeadLetterCommand::Discard { id } => {
-            engine.discard_dead_letter(id).await?;
-            println!("discarded dead letter {id}");
+    // Dead letters hold their events: retrying one reads no source.
+    with_engine!(
+        &backend,
+        &EventSource::Database,
+        Some(&config),
+        |engine| match c {
+            DeadLetterCommand::List { projection, json } =>
+                list(&engine, projection.as_deref(), json).await?,
+            DeadLetterCommand::Retry { id, all } => retry(&engine, id, all).await?,
+            DeadLetterCommand::Discard { id } => {
+                engine.discard_dead_letter(id).await?;
+                println!("discarded dead letter {id}");
+            }
         }
-    });
+    );
     Ok(())
 }
 

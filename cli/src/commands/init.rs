@@ -3,14 +3,16 @@
 use anyhow::Result;
 
 use super::Ctx;
-use crate::backend::{with_engine, Backend};
+use crate::backend::{with_engine, Backend, EventSource};
 
 pub async fn run(ctx: &Ctx) -> Result<()> {
     let existed = ctx.url.exists();
     let config = ctx.config_optional()?;
     let backend = Backend::open(&ctx.url).await?;
     let count = config.as_ref().map_or(0, |c| c.projections.len());
-    with_engine!(&backend, config.as_ref(), |engine| engine.prepare().await?);
+    with_engine!(&backend, &EventSource::Database, config.as_ref(), |engine| engine
+        .prepare()
+        .await?);
     let what = if existed {
         "already set up; checked"
     } else {

@@ -21,7 +21,7 @@ use projectionist::declarative::Config;
 use projectionist::{Engine, Progress, ProgressFn, Source, Store, WorkerReport};
 
 use crate::args::{Cli, Command};
-use crate::backend::DatabaseUrl;
+use crate::backend::{DatabaseUrl, EventSource};
 use crate::exit::usage;
 use crate::output;
 
@@ -33,6 +33,8 @@ pub struct Ctx {
     pub url: DatabaseUrl,
     /// `--config`, if given.
     pub config_flag: Option<PathBuf>,
+    /// `--source`, if given.
+    pub source_flag: Option<String>,
 }
 
 impl Ctx {
@@ -67,6 +69,12 @@ impl Ctx {
         })
     }
 
+    /// Where events come from for the projections of `config`: `--source`, else the config's
+    /// `source`, else the database (see [`EventSource`]).
+    pub async fn event_source(&self, config: Option<&Config>) -> Result<EventSource> {
+        EventSource::open(EventSource::url(self.source_flag.as_deref(), config), config).await
+    }
+
     /// Fails unless the database exists (for commands that only make sense on one).
     pub fn require_database(&self) -> Result<()> {
         if self.url.exists() {
@@ -84,6 +92,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     let ctx = Ctx {
         url: DatabaseUrl::parse(&cli.database)?,
         config_flag: cli.config,
+        source_flag: cli.source,
     };
     match cli.command {
         Command::Quickstart(a) => quickstart::run(&ctx, a).await,

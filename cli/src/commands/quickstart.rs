@@ -13,7 +13,7 @@ use projectionist::workload::{order_001_story, Orders};
 use super::import::import_lines;
 use super::{catch_up_with_bars, status, Ctx};
 use crate::args::QuickstartArgs;
-use crate::backend::{with_engine, Backend, Rows};
+use crate::backend::{with_engine, Backend, EventSource, Rows};
 use crate::exit::usage;
 use crate::output;
 
@@ -91,7 +91,7 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     println!();
 
     println!("Running the projections to the head ...");
-    let status_table = with_engine!(&backend, Some(&config), |engine| {
+    let status_table = with_engine!(&backend, &EventSource::Database, Some(&config), |engine| {
         let engine = Arc::new(engine);
         let reports = catch_up_with_bars(engine.clone(), &[]).await?;
         for r in &reports {

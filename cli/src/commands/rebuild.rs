@@ -8,7 +8,8 @@ use projectionist::{Engine, Source, Store};
 
 use super::{progress_to, Ctx};
 use crate::args::RebuildArgs;
-use crate::backend::{with_engine, Backend};
+use crate::backend::{with_engine, Backend, EventSource};
+use crate::exit::usage;
 use crate::output;
 
 pub async fn run(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
@@ -16,9 +17,25 @@ pub async fn run(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
     ctx.require_database()?;
     let backend = Backend::open(&ctx.url).await?;
     if a.blue_green {
+        if EventSource::url(ctx.source_flag.as_deref(), Some(&config)).is_some() {
+            return Err(usage(
+                "--blue-green rebuilds from the database's events table and does not read a broker source \
+                 (--source or the config's `source`); run a plain rebuild instead",
+            ));
+        }
         return blue_green(&backend, &config, &a).await;
     }
-    with_engine!(&backend, Some(&config), |engine| rebuild(engine, &a).await?);
+    if let Some((url, origin)) = EventSource::url(ctx.source_flag.as_deref(), Some(&config)) {
+        if url.to_ascii_lowercase().starts_with("amqp") {
+            return Err(usage(format!(
+                "{origin} is a RabbitMQ queue, which cannot replay: a rebuild needs a replayable source \
+                 (NATS JetStream, or the database's events table); nothing was changed"
+            )));
+        }
+    }
+    let source = ctx.event_source(Some(&config)).await?;
+    with_engine!(&backend, &source, Some(&config), |engine| rebuild(engine, &a)
+        .await?);
     Ok(())
 }
 

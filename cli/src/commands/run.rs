@@ -15,8 +15,14 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<()> {
     let config = ctx.config_required()?;
     let http = crate::http::Settings::resolve(&a.http, &config.http, &ctx.url, a.once)?;
     let backend = Backend::open(&ctx.url).await?;
-    with_engine!(&backend, Some(&config), |engine| run_engine(engine, &a, http)
-        .await?);
+    let source = ctx.event_source(Some(&config)).await?;
+    if let Some(what) = source.describe() {
+        info!(source = %what, database = %ctx.url, "reading events from the source; read models and checkpoints stay in the database");
+    }
+    with_engine!(&backend, &source, Some(&config), |engine| run_engine(
+        engine, &a, http
+    )
+    .await?);
     Ok(())
 }
 

@@ -12,7 +12,9 @@ pub async fn run(ctx: &Ctx, a: StatusArgs) -> Result<()> {
     let config = ctx.config_required()?;
     ctx.require_database()?;
     let backend = Backend::open(&ctx.url).await?;
-    let text = with_engine!(&backend, Some(&config), |engine| render(&engine, a.json).await?);
+    let source = ctx.event_source(Some(&config)).await?;
+    let text = with_engine!(&backend, &source, Some(&config), |engine| render(&engine, a.json)
+        .await?);
     print!("{text}");
     Ok(())
 }
@@ -37,24 +39,36 @@ pub async fn render<S: Source, St: Store>(engine: &Engine<S, St>, json: bool) ->
                 format!("{:.0}", s.events_per_second),
                 s.errors.to_string(),
                 s.dead_letters.to_string(),
+                s.owner.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let mut out = output::table(
-        &[
-            "PROJECTION",
-            "PARTITION",
-            "STATE",
-            "CHECKPOINT",
-            "HEAD",
-            "LAG",
-            "LAG_S",
-            "EVENTS/S",
-            "ERRORS",
-            "DEAD_LETTERS",
-        ],
-        &rows,
-    );
+    let mut header = vec![
+        "PROJECTION",
+        "PARTITION",
+        "STATE",
+        "CHECKPOINT",
+        "HEAD",
+        "LAG",
+        "LAG_S",
+        "EVENTS/S",
+        "ERRORS",
+        "DEAD_LETTERS",
+        "OWNER",
+    ];
+    // The owner column only matters to partitioned projections.
+    let rows = if statuses.iter().any(|s| s.partitions > 1) {
+        rows
+    } else {
+        header.pop();
+        rows.into_iter()
+            .map(|mut r| {
+                r.pop();
+                r
+            })
+            .collect()
+    };
+    let mut out = output::table(&header, &rows);
     for s in &statuses {
         if let Some(reason) = &s.reason {
             if s.state != projectionist::RunState::Running {

@@ -31,7 +31,8 @@ pub async fn run(ctx: &Ctx, a: WaitArgs) -> Result<()> {
     let config = ctx.config_required()?;
     ctx.require_database()?;
     let backend = Backend::open(&ctx.url).await?;
-    with_engine!(&backend, Some(&config), |engine| wait(
+    let source = ctx.event_source(Some(&config)).await?;
+    with_engine!(&backend, &source, Some(&config), |engine| wait(
         &engine, &a.name, token, timeout
     )
     .await?);
