@@ -83,6 +83,17 @@ async fn a_partitioned_catch_up_equals_the_unpartitioned_one() {
     let mut e8 = PgStore::engine_with(&store, &split);
     e8.register(counting("counting", 8)).expect("register");
     e1.catch_up(&[], None).await.expect("catch up whole");
+    // Before the catch-up, each partition's lag is its own events, not the whole log's.
+    e8.prepare().await.expect("prepare");
+    let status = e8.status().await.expect("status");
+    assert_eq!(status.len(), 8, "{status:?}");
+    for st in &status {
+        let streams = (0..120)
+            .filter(|s| partition_of(&format!("s-{s}"), 8) == st.partition)
+            .count() as u64;
+        assert_eq!(st.lag_events, streams * 25, "partition {}", st.partition);
+        assert_eq!(st.partitions, 8);
+    }
     let reports = e8.catch_up(&[], None).await.expect("catch up split");
     assert_eq!(reports.len(), 8, "one worker per partition");
 

@@ -330,7 +330,15 @@ impl<S: Source, St: Store> Engine<S, St> {
                 Vec::new()
             };
             for r in mine {
-                let lag = self.source.lag(r.checkpoint).await?;
+                let lag = if count > 1 {
+                    let slice = super::source::PartitionSlice {
+                        index: r.partition,
+                        count,
+                    };
+                    self.source.partition_lag(r.checkpoint, slice).await?
+                } else {
+                    self.source.lag(r.checkpoint).await?
+                };
                 let mut s = status_of(p, Some(r), head, lag);
                 s.owner = leases
                     .iter()

@@ -100,6 +100,17 @@ pub trait Source: Send + Sync + 'static {
     /// How far `after` is behind the head.
     fn lag(&self, after: Checkpoint) -> impl Future<Output = Result<Lag>> + Send;
 
+    /// How far `after` is behind the head for the events of one partition. Sources that do
+    /// not partition answer for the whole log (an upper bound).
+    fn partition_lag(
+        &self,
+        after: Checkpoint,
+        partition: PartitionSlice,
+    ) -> impl Future<Output = Result<Lag>> + Send {
+        let _ = partition;
+        self.lag(after)
+    }
+
     /// Ticks whenever new events may be readable (an append in this process, a notification).
     /// Runners also poll, so a lost tick only delays them.
     fn changes(&self) -> watch::Receiver<u64>;

@@ -1815,6 +1815,14 @@ impl Source for PgStore {
     fn supports_partitions(&self) -> bool {
         true
     }
+
+    async fn partition_lag(
+        &self,
+        after: Checkpoint,
+        slice: crate::core::source::PartitionSlice,
+    ) -> Result<Lag> {
+        self.lag_of_partition(after, slice).await
+    }
 }
 
 impl Store for PgStore {

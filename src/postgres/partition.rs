@@ -32,7 +32,7 @@ use super::{event_from_row, quote, PgStore};
 use crate::core::error::{Error, Result};
 use crate::core::event::Checkpoint;
 use crate::core::lease::{Lease, LeaseInfo, Member, Membership};
-use crate::core::source::{Batch, Filter, PartitionSlice};
+use crate::core::source::{Batch, Filter, Lag, PartitionSlice};
 
 /// Seen-event records are pruned at most this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -182,6 +182,46 @@ impl PgStore {
             }
         }
         Ok(batch)
+    }
+
+    /// The lag of one partition: its events after `after` (counted up to a cap), and the age
+    /// of the oldest.
+    pub(super) async fn lag_of_partition(&self, after: Checkpoint, slice: PartitionSlice) -> Result<Lag> {
+        if slice.count == 0 || slice.index >= slice.count {
+            return Err(Error::Invalid(format!(
+                "partition {} of {} does not exist",
+                slice.index, slice.count
+            )));
+        }
+        self.ensure_partition_index(slice.count).await?;
+        let s = quote(&self.inner.schema);
+        let count = slice.count;
+        let client = self.client_for("measuring lag").await?;
+        let err = db_err("measuring lag");
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM {s}.events WHERE stream_hash % {count} = $3 \
+                     AND xid >= $1 AND (xid, position) > ($1, $2) ORDER BY xid, position LIMIT $4) c), \
+                    (SELECT recorded_at FROM {s}.events WHERE stream_hash % {count} = $3 \
+                     AND xid >= $1 AND (xid, position) > ($1, $2) ORDER BY xid, position LIMIT 1)"
+        );
+        let st = client.prepare_cached(&sql).await.map_err(&err)?;
+        let r = client
+            .query_one(
+                &st,
+                &[
+                    &after.txid,
+                    &after.position,
+                    &i64::from(slice.index),
+                    &super::LAG_COUNT_CAP,
+                ],
+            )
+            .await
+            .map_err(&err)?;
+        let events: i64 = r.try_get(0).map_err(&err)?;
+        Ok(Lag {
+            events: events.max(0) as u64,
+            oldest: r.try_get(1).map_err(&err)?,
+        })
     }
 
     /// Which of `ids` were recorded as seen for `projection`. Prunes old records now and then.
