@@ -3,6 +3,7 @@
 pub(crate) mod coordinator;
 pub mod document;
 pub mod engine;
+pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod lease;

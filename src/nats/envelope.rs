@@ -11,32 +11,10 @@
 //! optional. Other fields are ignored, so that publishers may carry more. The event's position
 //! is the message's stream sequence.
 
-use std::borrow::Cow;
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::core::event::Event;
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    stream_id: Cow<'a, str>,
-    stream_version: i64,
-    #[serde(rename = "type", borrow)]
-    event_type: Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    #[serde(default, borrow)]
-    metadata: Option<&'a RawValue>,
-    #[serde(default)]
-    event_id: Option<Uuid>,
-    #[serde(default)]
-    recorded_at: Option<DateTime<Utc>>,
-}
 
 /// The id of an event whose envelope has none: a UUID v5 (under the URL namespace) of
 /// `nats-jetstream:STREAM:SEQUENCE`, stable across redeliveries and rebuilds.
@@ -47,8 +25,9 @@ pub fn derived_event_id(stream: &str, sequence: u64) -> Uuid {
     )
 }
 
-/// Decodes the message at `sequence` of `stream`. `published` (the time the server stored the
-/// message) stands in for a missing `recorded_at`. The error says what is wrong, for the log.
+/// Decodes the message at `sequence` of `stream` (the envelope: [`crate::core::envelope`]).
+/// `published` (the time the server stored the message) stands in for a missing
+/// `recorded_at`. The error says what is wrong, for the log.
 pub fn decode(
     payload: &[u8],
     stream: &str,
@@ -56,45 +35,17 @@ pub fn decode(
     published: DateTime<Utc>,
 ) -> Result<Event, String> {
     let position = i64::try_from(sequence).map_err(|_| format!("stream sequence {sequence} is too large"))?;
-    let envelope: Envelope<'_> = serde_json::from_slice(payload).map_err(|e| {
-        if e.is_data() {
-            format!("not an event envelope: {e}")
-        } else {
-            format!("not JSON: {e}")
-        }
-    })?;
-    if envelope.stream_id.is_empty() {
-        return Err("`stream_id` is empty".into());
-    }
-    if envelope.stream_version < 1 {
-        return Err(format!(
-            "`stream_version` is {}; versions start at 1 for a stream's first event",
-            envelope.stream_version
-        ));
-    }
-    if envelope.event_type.is_empty() {
-        return Err("`type` is empty".into());
-    }
-    let metadata: Arc<str> = match envelope.metadata {
-        None => Arc::from("{}"),
-        Some(m) if m.get().trim_start().starts_with('{') => Arc::from(m.get()),
-        Some(m) => {
-            let shown: String = m.get().chars().take(40).collect();
-            return Err(format!("`metadata` must be a JSON object, found {shown}"));
-        }
-    };
+    let e = crate::core::envelope::decode(payload)?;
     Ok(Event {
         position,
         txid: 0,
-        stream_id: envelope.stream_id.into_owned(),
-        stream_version: envelope.stream_version,
-        event_type: envelope.event_type.into_owned(),
-        event_id: envelope
-            .event_id
-            .unwrap_or_else(|| derived_event_id(stream, sequence)),
-        data: Arc::from(envelope.data.get()),
-        metadata,
-        recorded_at: envelope.recorded_at.unwrap_or(published),
+        stream_id: e.stream_id,
+        stream_version: e.stream_version,
+        event_type: e.event_type,
+        event_id: e.event_id.unwrap_or_else(|| derived_event_id(stream, sequence)),
+        data: e.data,
+        metadata: e.metadata,
+        recorded_at: e.recorded_at.unwrap_or(published),
     })
 }
 

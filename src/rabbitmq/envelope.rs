@@ -1,11 +1,7 @@
 //! The message body (a JSON envelope, the same shape as the NATS source's) and event identity.
 
-use std::borrow::Cow;
-use std::sync::Arc;
-
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -70,24 +66,6 @@ impl Envelope {
     }
 }
 
-/// The body as read, borrowing from the message.
-#[derive(Deserialize)]
-struct Wire<'a> {
-    #[serde(borrow)]
-    stream_id: Cow<'a, str>,
-    stream_version: i64,
-    #[serde(rename = "type", borrow)]
-    event_type: Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    #[serde(default, borrow)]
-    metadata: Option<&'a RawValue>,
-    #[serde(default)]
-    event_id: Option<Uuid>,
-    #[serde(default)]
-    recorded_at: Option<DateTime<Utc>>,
-}
-
 /// An event's identity from a message id: the id itself when it is a UUID, else a UUID v5 of
 /// it in [`MESSAGE_ID_NAMESPACE`].
 pub fn event_id(message_id: &str) -> Uuid {
@@ -107,35 +85,7 @@ pub(crate) fn decode(
     message_id: Option<&str>,
     timestamp: Option<u64>,
 ) -> Result<Event, Malformed> {
-    let wire: Wire<'_> = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            Malformed(format!("not an event envelope: {e}"))
-        } else {
-            Malformed(format!("not JSON: {e}"))
-        }
-    })?;
-    if wire.stream_id.is_empty() {
-        return Err(Malformed("`stream_id` is empty".into()));
-    }
-    if wire.stream_version < 1 {
-        return Err(Malformed(format!(
-            "`stream_version` is {}; versions start at 1 for a stream's first event",
-            wire.stream_version
-        )));
-    }
-    if wire.event_type.is_empty() {
-        return Err(Malformed("`type` is empty".into()));
-    }
-    let metadata: Arc<str> = match wire.metadata {
-        None => Arc::from("{}"),
-        Some(m) if m.get().trim_start().starts_with('{') => Arc::from(m.get()),
-        Some(m) => {
-            let shown: String = m.get().chars().take(40).collect();
-            return Err(Malformed(format!(
-                "`metadata` must be a JSON object, found {shown}"
-            )));
-        }
-    };
+    let wire = crate::core::envelope::decode(body).map_err(Malformed)?;
     let id = match (message_id.filter(|m| !m.trim().is_empty()), wire.event_id) {
         (Some(m), _) => event_id(m),
         (None, Some(e)) => e,
@@ -154,12 +104,12 @@ pub(crate) fn decode(
     Ok(Event {
         position: 0,
         txid: 0,
-        stream_id: wire.stream_id.into_owned(),
+        stream_id: wire.stream_id,
         stream_version: wire.stream_version,
-        event_type: wire.event_type.into_owned(),
+        event_type: wire.event_type,
         event_id: id,
-        data: Arc::from(wire.data.get()),
-        metadata,
+        data: wire.data,
+        metadata: wire.metadata,
         recorded_at,
     })
 }
