@@ -86,11 +86,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
         let name = self.projection.name().to_owned();
         check_partitioning(self.source.as_ref(), self.store.as_ref(), &self.projection).await?;
         let count = self.projection.options().partitions;
-        for partition in 0..count {
-            self.store
-                .prepare(&name, partition, self.projection.body().clone())
-                .await?;
-        }
+        prepare_partitions(self.store.as_ref(), &self.projection).await?;
         let member = self.member();
         info!(projection = %name, node = %self.node, partitions = count, takeover = ?self.leases.takeover, "joining the partition group");
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
@@ -218,6 +214,19 @@ fn collect(
         Ok(Err(e)) => warn!(projection = name, error = %e, "a partition worker failed"),
         Err(e) => warn!(projection = name, error = %e, "a partition worker panicked"),
     }
+}
+
+/// Creates `p`'s read model and the checkpoint of each of its partitions (just partition 0
+/// when it is not partitioned), and returns partition 0's record.
+pub(crate) async fn prepare_partitions<St: Store>(
+    store: &St,
+    p: &Projection<St::Body>,
+) -> Result<ProjectionRecord> {
+    let first = store.prepare(p.name(), 0, p.body().clone()).await?;
+    for partition in 1..p.options().partitions.max(1) {
+        store.prepare(p.name(), partition, p.body().clone()).await?;
+    }
+    Ok(first)
 }
 
 /// Refuses to run a partitioned projection on a source that cannot filter partitions, or

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::info;
 
-use super::coordinator::{check_partitioning, Coordinator};
+use super::coordinator::{check_partitioning, prepare_partitions, Coordinator};
 use super::error::{Error, HandlerError, Result};
 use super::event::Checkpoint;
 use super::lease::{node_id, LeaseSettings};
@@ -152,9 +152,7 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// Creates every projection's read model and checkpoint (idempotent).
     pub async fn prepare(&self) -> Result<()> {
         for p in &self.projections {
-            for partition in 0..p.options().partitions.max(1) {
-                self.store.prepare(p.name(), partition, p.body().clone()).await?;
-            }
+            prepare_partitions(self.store.as_ref(), p).await?;
         }
         Ok(())
     }
@@ -255,10 +253,7 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// Fails fast on the first failing event unless the projection says otherwise.
     pub async fn rebuild(&self, name: &str, progress: Option<ProgressFn>) -> Result<WorkerReport> {
         let p = self.projection(name)?.clone();
-        let record = self.store.prepare(p.name(), 0, p.body().clone()).await?;
-        for partition in 1..p.options().partitions.max(1) {
-            self.store.prepare(p.name(), partition, p.body().clone()).await?;
-        }
+        let record = prepare_partitions(self.store.as_ref(), &p).await?;
         if record.state == RunState::Rebuilding {
             info!(projection = name, checkpoint = %record.checkpoint, "resuming an interrupted rebuild");
         } else {

@@ -28,7 +28,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::error::{db, db_err};
-use super::{event_from_row, quote, PgStore};
+use super::{event_from_row, partition_i32, quote, PgStore};
 use crate::core::error::{Error, Result};
 use crate::core::event::Checkpoint;
 use crate::core::lease::{Lease, LeaseInfo, Member, Membership};
@@ -42,8 +42,15 @@ fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn partition_i32(p: u32) -> Result<i32> {
-    i32::try_from(p).map_err(|_| Error::Invalid(format!("partition {p} is out of range")))
+/// Refuses a partition that does not exist.
+fn check_slice(slice: PartitionSlice) -> Result<()> {
+    if slice.count == 0 || slice.index >= slice.count {
+        return Err(Error::Invalid(format!(
+            "partition {} of {} does not exist",
+            slice.index, slice.count
+        )));
+    }
+    Ok(())
 }
 
 impl PgStore {
@@ -118,12 +125,7 @@ impl PgStore {
         filter: &Filter,
         slice: PartitionSlice,
     ) -> Result<Batch> {
-        if slice.count == 0 || slice.index >= slice.count {
-            return Err(Error::Invalid(format!(
-                "partition {} of {} does not exist",
-                slice.index, slice.count
-            )));
-        }
+        check_slice(slice)?;
         self.ensure_partition_index(slice.count).await?;
         let client = self.client_for("reading events").await?;
         let err = db_err("reading events");
@@ -187,12 +189,7 @@ impl PgStore {
     /// The lag of one partition: its events after `after` (counted up to a cap), and the age
     /// of the oldest.
     pub(super) async fn lag_of_partition(&self, after: Checkpoint, slice: PartitionSlice) -> Result<Lag> {
-        if slice.count == 0 || slice.index >= slice.count {
-            return Err(Error::Invalid(format!(
-                "partition {} of {} does not exist",
-                slice.index, slice.count
-            )));
-        }
+        check_slice(slice)?;
         self.ensure_partition_index(slice.count).await?;
         let s = quote(&self.inner.schema);
         let count = slice.count;
