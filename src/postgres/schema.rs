@@ -26,8 +26,19 @@ CREATE INDEX IF NOT EXISTS events_xid_position_idx ON {S}.events (xid, position)
 -- The stable hash that partitions streams (see docs/scaling.md): the first 4 bytes of
 -- MD5(stream_id) as an unsigned 32-bit integer. Generated, so raw INSERTs get it too.
 -- Partitioned projections read `stream_hash % N = p` on an index made for their N.
-ALTER TABLE {S}.events ADD COLUMN IF NOT EXISTS stream_hash bigint
-    GENERATED ALWAYS AS (('x' || left(md5(stream_id), 8))::bit(32)::bigint) STORED;
+-- Only when missing: ALTER TABLE takes an ACCESS EXCLUSIVE lock even with IF NOT EXISTS,
+-- which would block (and could deadlock with) writers at every start.
+DO $do$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = '{S}.events'::regclass AND attname = 'stream_hash' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE {S}.events ADD COLUMN stream_hash bigint
+            GENERATED ALWAYS AS (('x' || left(md5(stream_id), 8))::bit(32)::bigint) STORED;
+    END IF;
+END
+$do$;
 
 CREATE OR REPLACE FUNCTION {S}.projectionist_notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
@@ -93,8 +104,19 @@ CREATE INDEX IF NOT EXISTS projection_dead_letters_by_projection
     ON {S}.projection_dead_letters (projection, partition);
 
 -- The lease behind the last commit of a partition (partitioned projections).
-ALTER TABLE {S}.projection_checkpoints ADD COLUMN IF NOT EXISTS owner text;
-ALTER TABLE {S}.projection_checkpoints ADD COLUMN IF NOT EXISTS lease_token bigint;
+-- (Only when missing, for the same reason as events.stream_hash.)
+DO $do$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = '{S}.projection_checkpoints'::regclass AND attname = 'lease_token'
+          AND NOT attisdropped
+    ) THEN
+        ALTER TABLE {S}.projection_checkpoints ADD COLUMN IF NOT EXISTS owner text,
+            ADD COLUMN IF NOT EXISTS lease_token bigint;
+    END IF;
+END
+$do$;
 
 -- Who runs which partition: one row per partition, with a fencing token that goes up at
 -- every change of owner.
