@@ -288,7 +288,7 @@ mod tests {
         let (a, old) = shadow_schemas("public", "order_summary");
         assert_eq!(a, shadow_schemas("public", "order_summary").0);
         assert_ne!(a, shadow_schemas("public", "orders_by_customer").0);
-        assert!(super::super::valid_schema(&a), "{a}");
+        assert!(super::super::connect::valid_schema(&a), "{a}");
         assert!(old.len() <= 48 && old.starts_with(&a));
     }
 }

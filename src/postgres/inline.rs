@@ -31,7 +31,9 @@ use tokio_postgres::types::ToSql;
 
 use super::batch::{self, Origin, PgBatch};
 use super::error::{self, db, db_err};
-use super::{event_from_row, PgEngine, PgParam, PgProjection, PgStore, EVENT_COLUMNS};
+use super::rows::event_from_row;
+use super::sql::EVENT_COLUMNS;
+use super::{PgEngine, PgParam, PgProjection, PgStore};
 use crate::core::error::{Error, Result};
 use crate::core::event::{Appended, Checkpoint, Event, ExpectedVersion, NewEvent, StreamAppend};
 use crate::core::projection::Applied;

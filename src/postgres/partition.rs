@@ -28,7 +28,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::error::{db, db_err};
-use super::{event_from_row, partition_i32, quote, PgStore};
+use super::read::LAG_COUNT_CAP;
+use super::rows::event_from_row;
+use super::{partition_i32, quote, PgStore};
 use crate::core::error::{Error, Result};
 use crate::core::event::Checkpoint;
 use crate::core::lease::{Lease, LeaseInfo, Member, Membership};
@@ -209,7 +211,7 @@ impl PgStore {
                     &after.txid,
                     &after.position,
                     &i64::from(slice.index),
-                    &super::LAG_COUNT_CAP,
+                    &LAG_COUNT_CAP,
                 ],
             )
             .await

@@ -1,0 +1,344 @@
+//! Committing a batch: the checkpoint's compare-and-set, the statements the projection queued,
+//! dead letters and counters, in one transaction (per event, or batch-wide for documents).
+
+use deadpool_postgres::GenericClient;
+
+use super::batch::{self, Origin, PipelineError};
+use super::error::{self, db, db_err};
+use super::listen::bump;
+use super::{partition_i32, PgBatch, PgBody, PgParam, PgStore};
+use crate::core::error::{BatchFailure, Error, HandlerError, Result};
+use crate::core::projection::Applied;
+use crate::core::store::{Commit, CommitError};
+
+impl PgStore {
+    pub(super) async fn commit_pg(&self, c: Commit<PgBody>) -> Result<(), CommitError> {
+        if c.body.batch_wide() {
+            return self.commit_batch_wide(c).await;
+        }
+        let inner = &self.inner;
+        let sql = &inner.sql;
+        let partition = partition_i32(c.partition)?;
+        let batch = self.new_batch();
+        let fence = c.fence.as_ref().map(|f| {
+            let at = batch.store(
+                sql.fence.clone(),
+                params![c.projection.to_string(), partition, f.owner.to_string(), f.token],
+            );
+            // Before the compare-and-set, so the row carries its owner when it moves.
+            batch.store(
+                sql.mark_owner.clone(),
+                params![c.projection.to_string(), partition, f.owner.to_string(), f.token],
+            );
+            at
+        });
+        let cas = batch.store(
+            sql.cas_strict.clone(),
+            params![
+                c.projection.to_string(),
+                partition,
+                c.to.txid,
+                c.to.position,
+                c.expected.txid,
+                c.expected.position
+            ],
+        );
+        let events = c
+            .events
+            .get(c.range.clone())
+            .ok_or_else(|| CommitError::Store(Error::Invalid("commit range outside its events".into())))?;
+        // Bodies run per event, so that each queued statement is known by its event.
+        let mut applied = Applied::default();
+        let mut early_failure = None;
+        for (k, ev) in events.iter().enumerate() {
+            let index = c.range.start + k;
+            batch.set_origin(Origin::Event(index));
+            match c.body.apply(&batch, std::slice::from_ref(ev)) {
+                Ok(a) => applied.add(a),
+                Err(f) => {
+                    early_failure = Some(BatchFailure {
+                        index,
+                        error: f.error,
+                    });
+                    break;
+                }
+            }
+        }
+        if early_failure.is_some() {
+            // Only check the checkpoint: a fenced or paused runner hears that first.
+            batch.truncate(cas + 1);
+        } else {
+            self.queue_commit_tail(&batch, &c, partition, applied);
+        }
+        let queued = batch.take();
+
+        let mut client = self.client_for("beginning a batch").await?;
+        let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
+        let outcome = batch::run(&tx, &queued).await;
+        let cas_moved = match &outcome {
+            Ok(counts) => counts.get(cas).copied().unwrap_or(0) > 0,
+            Err(f) if f.index > cas => true,
+            Err(_) => false,
+        };
+        match outcome {
+            // The lease went to another node.
+            Err(PipelineError { ref error, index, .. })
+                if Some(index) == fence && error.code().is_some_and(|c| c.code() == "22012") =>
+            {
+                let _ = tx.rollback().await;
+                Err(CommitError::LeaseLost)
+            }
+            // The strict compare-and-set moved nothing: fenced or not active.
+            Err(PipelineError { ref error, index, .. })
+                if index == cas && error.code().is_some_and(|c| c.code() == "22012") =>
+            {
+                let _ = tx.rollback().await;
+                Err(self.diagnose(&client, &c.projection, partition).await)
+            }
+            Err(PipelineError { error, index, .. }) if index <= cas => {
+                drop(tx);
+                Err(CommitError::Store(db("moving the checkpoint", &error)))
+            }
+            _ if !cas_moved => {
+                let _ = tx.rollback().await;
+                Err(self.diagnose(&client, &c.projection, partition).await)
+            }
+            Ok(_) => match early_failure {
+                Some(f) => {
+                    let _ = tx.rollback().await;
+                    Err(CommitError::Handler(f))
+                }
+                None => {
+                    tx.commit().await.map_err(db_err("committing a batch"))?;
+                    bump(&inner.checkpoints);
+                    Ok(())
+                }
+            },
+            Err(f) => {
+                let _ = tx.rollback().await;
+                let message = f.message();
+                let PipelineError { error, origin, .. } = f;
+                match origin {
+                    Origin::Event(index) if !error::retryable(&error) => {
+                        Err(CommitError::Handler(BatchFailure {
+                            index,
+                            error: HandlerError::msg(message),
+                        }))
+                    }
+                    Origin::Event(_) => Err(CommitError::Store(db("applying a batch", &error))),
+                    _ => Err(CommitError::Store(db("committing a batch", &error))),
+                }
+            }
+        }
+    }
+
+    /// The rows of one prefetch, as JSON objects.
+    pub(super) async fn prefetch_rows(
+        &self,
+        client: &impl GenericClient,
+        p: &crate::core::projection::Prefetch,
+    ) -> Result<Vec<crate::core::document::Row>> {
+        let q = format!(
+            "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
+            crate::core::document::quote_ident(&p.table),
+            crate::core::document::quote_ident(&p.key_column)
+        );
+        let err = db_err("loading documents");
+        let rows = client.query(&q, &[&p.keys]).await.map_err(&err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let serde_json::Value::Object(m) = r.try_get::<_, serde_json::Value>(0).map_err(&err)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queues what every commit ends with: dead letters, counters and the notification.
+    fn queue_commit_tail(&self, batch: &PgBatch, c: &Commit<PgBody>, partition: i32, applied: Applied) {
+        let sql = &self.inner.sql;
+        for dl in &c.dead_letters {
+            let e = &dl.event;
+            batch.store(
+                sql.insert_dead_letter.clone(),
+                params![
+                    c.projection.to_string(),
+                    partition,
+                    e.position,
+                    e.txid,
+                    e.stream_id.clone(),
+                    e.stream_version,
+                    e.event_type.clone(),
+                    e.event_id,
+                    e.data.to_string(),
+                    e.metadata.to_string(),
+                    e.recorded_at,
+                    dl.error.clone(),
+                    i32::try_from(dl.attempts).unwrap_or(i32::MAX),
+                    dl.first_failed_at
+                ],
+            );
+        }
+        if !c.record_ids.is_empty() {
+            batch.store(
+                sql.record_seen.clone(),
+                params![c.projection.to_string(), c.record_ids.clone()],
+            );
+        }
+        batch.store(
+            sql.counters.clone(),
+            params![
+                c.projection.to_string(),
+                partition,
+                applied.handled as i64,
+                (applied.ignored + c.stats.ignored) as i64,
+                c.stats.errors as i64,
+                c.stats.events_per_second,
+                c.last_error.clone()
+            ],
+        );
+        batch.store(
+            "SELECT pg_notify($1, '')",
+            params![sql.checkpoints_channel.clone()],
+        );
+    }
+
+    /// A commit of a body that sees the whole batch at once (a document projection): in one
+    /// transaction, the checkpoint's compare-and-set first, then one query per `prefetch`
+    /// (`SELECT to_jsonb(t) FROM t WHERE key = ANY($1)`) whose rows the body reads through
+    /// its `PgBatch`, then the body runs once for the batch and the statements it queued (one
+    /// bulk upsert per table) are pipelined with the counters. A failure maps to the index of
+    /// the failing event in `Commit::events` (the whole batch's first event when the failure
+    /// is the bulk statement's), so the runner re-applies the prefix before it.
+    async fn commit_batch_wide(&self, c: Commit<PgBody>) -> Result<(), CommitError> {
+        let sql = &self.inner.sql;
+        let partition = partition_i32(c.partition)?;
+        let events = c
+            .events
+            .get(c.range.clone())
+            .ok_or_else(|| CommitError::Store(Error::Invalid("commit range outside its events".into())))?;
+        let mut client = self.client_for("beginning a batch").await?;
+        let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
+        let cas_err = db_err("moving the checkpoint");
+        let name = c.projection.to_string();
+        if let Some(f) = &c.fence {
+            let st = tx.prepare_cached(&sql.fence).await.map_err(&cas_err)?;
+            match tx
+                .query_one(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code().is_some_and(|c| c.code() == "22012") => {
+                    let _ = tx.rollback().await;
+                    return Err(CommitError::LeaseLost);
+                }
+                Err(e) => return Err(CommitError::Store(db("checking the partition's lease", &e))),
+            }
+            let st = tx.prepare_cached(&sql.mark_owner).await.map_err(&cas_err)?;
+            tx.execute(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
+                .await
+                .map_err(&cas_err)?;
+        }
+        let st = tx.prepare_cached(&sql.cas).await.map_err(&cas_err)?;
+        let moved = tx
+            .execute(
+                &st,
+                &[
+                    &name,
+                    &partition,
+                    &c.to.txid,
+                    &c.to.position,
+                    &c.expected.txid,
+                    &c.expected.position,
+                ],
+            )
+            .await
+            .map_err(&cas_err)?;
+        if moved == 0 {
+            let _ = tx.rollback().await;
+            return Err(self.diagnose(&client, &c.projection, partition).await);
+        }
+        let at_start = |error: HandlerError| {
+            CommitError::Handler(BatchFailure {
+                index: c.range.start,
+                error,
+            })
+        };
+        let batch = self.new_batch();
+        let mut applied = Applied::default();
+        if !events.is_empty() {
+            for p in c.body.prefetch(events) {
+                let q = format!(
+                    "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
+                    crate::core::document::quote_ident(&p.table),
+                    crate::core::document::quote_ident(&p.key_column)
+                );
+                let rows = match tx.query(&q, &[&p.keys]).await {
+                    Ok(rows) => rows,
+                    Err(e) if !error::retryable(&e) => {
+                        drop(tx);
+                        return Err(at_start(HandlerError::msg(format!(
+                            "loading rows of {}: {}",
+                            p.table,
+                            error::describe(&e)
+                        ))));
+                    }
+                    Err(e) => return Err(CommitError::Store(db("loading documents", &e))),
+                };
+                let mut loaded = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    match r.try_get::<_, serde_json::Value>(0) {
+                        Ok(serde_json::Value::Object(m)) => loaded.push(m),
+                        Ok(_) => {}
+                        Err(e) => return Err(CommitError::Store(db("loading documents", &e))),
+                    }
+                }
+                batch.set_prefetched(p.table, loaded);
+            }
+            batch.set_origin(Origin::Event(c.range.start));
+            match c.body.apply(&batch, events) {
+                Ok(a) => applied = a,
+                Err(f) => {
+                    drop(tx);
+                    return Err(CommitError::Handler(BatchFailure {
+                        index: c.range.start + f.index.min(events.len().saturating_sub(1)),
+                        error: f.error,
+                    }));
+                }
+            }
+        }
+        self.queue_commit_tail(&batch, &c, partition, applied);
+        let queued = batch.take();
+        match batch::run(&tx, &queued).await {
+            Ok(_) => {
+                tx.commit().await.map_err(db_err("committing a batch"))?;
+                bump(&self.inner.checkpoints);
+                Ok(())
+            }
+            Err(f) => {
+                drop(tx);
+                match f.origin {
+                    Origin::Event(index) if !error::retryable(&f.error) => {
+                        Err(CommitError::Handler(BatchFailure {
+                            index,
+                            error: HandlerError::msg(f.message()),
+                        }))
+                    }
+                    _ => Err(CommitError::Store(db("committing a batch", &f.error))),
+                }
+            }
+        }
+    }
+
+    /// Why a checkpoint's compare-and-set moved nothing.
+    async fn diagnose(&self, client: &deadpool_postgres::Object, name: &str, partition: i32) -> CommitError {
+        match self.load_record(client, name, partition).await {
+            Err(e) => CommitError::Store(e),
+            Ok(None) => CommitError::Store(Error::Invalid(format!(
+                "projection {name} partition {partition} has no checkpoint; prepare it first"
+            ))),
+            Ok(Some(r)) if !r.state.is_active() => CommitError::NotActive { state: r.state },
+            Ok(Some(r)) => CommitError::Fenced { actual: r.checkpoint },
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! A projection's lifecycle on the store: prepare (setup and checkpoint row), reset, run
+//! state, and reading checkpoint records.
+
+use std::sync::Arc;
+
+use deadpool_postgres::GenericClient;
+
+use super::batch::{self, Origin};
+use super::error::{self, db, db_err};
+use super::listen::bump;
+use super::rows::record_from_row;
+use super::{partition_i32, PgBatch, PgBody, PgParam, PgStore};
+use crate::core::error::{Error, HandlerError, Result};
+use crate::core::store::{ProjectionRecord, RunState};
+
+impl PgStore {
+    pub(super) async fn load_record(
+        &self,
+        client: &impl GenericClient,
+        name: &str,
+        partition: i32,
+    ) -> Result<Option<ProjectionRecord>> {
+        let err = db_err("reading the checkpoint");
+        let st = client
+            .prepare_cached(&self.inner.sql.record)
+            .await
+            .map_err(&err)?;
+        let row = client.query_opt(&st, &[&name, &partition]).await.map_err(&err)?;
+        row.as_ref().map(record_from_row).transpose().map_err(&err)
+    }
+
+    /// Every checkpoint record (`Store::records`).
+    pub(super) async fn load_records(&self) -> Result<Vec<ProjectionRecord>> {
+        let client = self.client_for("reading checkpoints").await?;
+        let err = db_err("reading checkpoints");
+        let st = client
+            .prepare_cached(&self.inner.sql.records)
+            .await
+            .map_err(&err)?;
+        let rows = client.query(&st, &[]).await.map_err(&err)?;
+        rows.iter().map(|r| record_from_row(r).map_err(&err)).collect()
+    }
+
+    /// Runs the body's `setup` and makes sure the checkpoint row exists (`Store::prepare`).
+    pub(super) async fn prepare_projection(
+        &self,
+        name: &str,
+        partition: u32,
+        body: Arc<PgBody>,
+    ) -> Result<ProjectionRecord> {
+        let p = partition_i32(partition)?;
+        let sql = &self.inner.sql;
+        let client = self
+            .lifecycle_tx(
+                name,
+                "setup",
+                |b| body.setup(b),
+                |b| {
+                    b.store(sql.ensure_checkpoint.clone(), params![name.to_owned(), p]);
+                },
+            )
+            .await?;
+        self.load_record(&client, name, p)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("checkpoint of {name} vanished during setup")))
+    }
+
+    /// Runs the body's `reset` and rewinds the checkpoint (`Store::reset`).
+    pub(super) async fn reset_projection(&self, name: &str, body: Arc<PgBody>) -> Result<()> {
+        let sql = &self.inner.sql;
+        let _client = self
+            .lifecycle_tx(
+                name,
+                "reset",
+                |b| body.reset(b),
+                |b| {
+                    b.store(sql.reset.clone(), params![name.to_owned()]);
+                    b.store(sql.delete_dead_letters.clone(), params![name.to_owned()]);
+                    b.store(sql.delete_seen.clone(), params![name.to_owned()]);
+                    b.store(
+                        "SELECT pg_notify($1, '')",
+                        params![sql.checkpoints_channel.clone()],
+                    );
+                },
+            )
+            .await?;
+        bump(&self.inner.checkpoints);
+        Ok(())
+    }
+
+    /// Sets the run state of one partition or all (`Store::set_state`).
+    pub(super) async fn set_run_state(
+        &self,
+        name: &str,
+        partition: Option<u32>,
+        state: RunState,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let sql = &self.inner.sql;
+        let p = partition.map(partition_i32).transpose()?;
+        let batch = PgBatch::new(&self.inner.schema);
+        batch.store(
+            sql.ensure_checkpoint.clone(),
+            params![name.to_owned(), p.unwrap_or(0)],
+        );
+        batch.store(
+            sql.set_state.clone(),
+            params![name.to_owned(), state.as_str(), reason, p],
+        );
+        batch.store(
+            "SELECT pg_notify($1, '')",
+            params![sql.checkpoints_channel.clone()],
+        );
+        let queued = batch.take();
+        let mut client = self.client_for("changing the projection state").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_err("changing the projection state"))?;
+        batch::run(&tx, &queued)
+            .await
+            .map_err(|f| db("changing the projection state", &f.error))?;
+        tx.commit().await.map_err(db_err("committing a state change"))?;
+        bump(&self.inner.checkpoints);
+        Ok(())
+    }
+
+    /// Runs a body's lifecycle step (`setup`, `reset`) plus the store's own statements in one
+    /// transaction, serialized per projection with an advisory lock.
+    async fn lifecycle_tx(
+        &self,
+        name: &str,
+        step: &'static str,
+        run_body: impl FnOnce(&PgBatch) -> Result<(), HandlerError>,
+        store_statements: impl FnOnce(&PgBatch),
+    ) -> Result<deadpool_postgres::Object> {
+        let batch = PgBatch::new(&self.inner.schema);
+        batch.store(
+            "SELECT pg_advisory_xact_lock(1886547822, hashtext($1))",
+            params![format!("{}/{name}", self.inner.schema)],
+        );
+        batch.set_origin(Origin::Body);
+        run_body(&batch).map_err(|e| Error::Lifecycle {
+            projection: name.to_owned(),
+            step,
+            message: e.to_string(),
+        })?;
+        store_statements(&batch);
+        let queued = batch.take();
+        let mut client = self.client_for("changing a projection").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_err("changing a projection"))?;
+        match batch::run(&tx, &queued).await {
+            Ok(_) => {}
+            Err(f) => {
+                drop(tx);
+                return Err(match f.origin {
+                    Origin::Body if !error::retryable(&f.error) => Error::Lifecycle {
+                        projection: name.to_owned(),
+                        step,
+                        message: f.message(),
+                    },
+                    _ => db("changing a projection", &f.error),
+                });
+            }
+        }
+        // Statements the body asked to check (declarative handlers): prepare each, inside a
+        // savepoint so that a rejected one does not abort the transaction. An ambiguous type
+        // (SQLSTATE 42725, 42P18) is not an error here: values are typed when bound.
+        for check in batch.take_checks() {
+            let err = db_err("checking a projection's statements");
+            tx.batch_execute("SAVEPOINT projectionist_check")
+                .await
+                .map_err(&err)?;
+            match tx.prepare(&check.sql).await {
+                Ok(st) => {
+                    tx.batch_execute("RELEASE SAVEPOINT projectionist_check")
+                        .await
+                        .map_err(&err)?;
+                    if st.params().len() != check.params {
+                        return Err(Error::Lifecycle {
+                            projection: name.to_owned(),
+                            step,
+                            message: format!(
+                                "{}: it uses a parameter that is not a named event parameter (such as $1)",
+                                check.label
+                            ),
+                        });
+                    }
+                }
+                Err(e) if error::retryable(&e) => return Err(db("checking a projection's statements", &e)),
+                Err(e) => {
+                    let ambiguous = e
+                        .code()
+                        .is_some_and(|c| c.code() == "42725" || c.code() == "42P18");
+                    if !ambiguous {
+                        return Err(Error::Lifecycle {
+                            projection: name.to_owned(),
+                            step,
+                            message: format!("{}: {}", check.label, error::describe(&e)),
+                        });
+                    }
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT projectionist_check")
+                        .await
+                        .map_err(&err)?;
+                }
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(db_err("committing a projection change"))?;
+        Ok(client)
+    }
+}
