@@ -381,7 +381,7 @@ impl CliStore for SqliteStore {
     }
 
     fn declarative(def: &ProjectionDef) -> projectionist::Projection<Self::Body> {
-        projectionist::declarative::sqlite::projection(def)
+        projectionist::declarative::projection(def)
     }
 }
 
@@ -392,7 +392,7 @@ impl CliStore for PgStore {
     }
 
     fn declarative(def: &ProjectionDef) -> projectionist::Projection<Self::Body> {
-        projectionist::declarative::postgres::projection(def)
+        projectionist::declarative::projection(def)
     }
 }
 

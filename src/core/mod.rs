@@ -15,4 +15,5 @@ pub mod runner;
 pub mod scheduler;
 pub mod shadow;
 pub mod source;
+pub mod sql;
 pub mod store;

@@ -6,15 +6,14 @@
 //! and turns each handler statement's named parameters (`:stream_id`, `:data.customer.name`, …)
 //! into positional placeholders plus an ordered list of [`ParamSource`]s. Values are always
 //! bound, never spliced into the SQL text. Each backend renders the placeholders its own way
-//! (`?N` for SQLite, `$N` for PostgreSQL) and binds the extracted [`ParamValue`]s.
+//! (`?N` for SQLite, `$N` for PostgreSQL) and binds the extracted [`ParamValue`]s; the one body
+//! ([`SqlBody`]) runs on any store through [`SqlTx`](crate::core::sql::SqlTx).
 //!
 //! The format is documented in `docs/config.md`.
 
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
+mod body;
 
-#[cfg(feature = "postgres")]
-pub mod postgres;
+pub use body::{projection, SqlBody};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -145,7 +145,24 @@ pub struct PgBatch {
     prefetched: Mutex<HashMap<String, Vec<crate::core::document::Row>>>,
     checks: Mutex<Vec<Check>>,
     document_write: DocumentWrite,
+    /// Where queries go while the store applies a body ([`super::apply`]): the async side that
+    /// holds the transaction, flushes the queue and runs the query.
+    reader: Mutex<Option<Reader>>,
 }
+
+/// A query from a body, for the async side that holds the batch's transaction.
+pub(crate) struct ReadRequest {
+    pub sql: String,
+    pub params: Vec<PgParam>,
+    /// The event being applied when the body queried.
+    pub origin: Origin,
+    pub reply: std::sync::mpsc::SyncSender<
+        Result<Vec<crate::core::document::Row>, crate::core::error::HandlerError>,
+    >,
+}
+
+/// The sending end of a body's queries.
+pub(crate) type Reader = tokio::sync::mpsc::UnboundedSender<ReadRequest>;
 
 impl std::fmt::Debug for PgBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,7 +182,42 @@ impl PgBatch {
             prefetched: Mutex::new(HashMap::new()),
             checks: Mutex::new(Vec::new()),
             document_write: DocumentWrite::default(),
+            reader: Mutex::new(None),
         }
+    }
+
+    /// Installs (or removes) the channel that serves the body's queries.
+    pub(crate) fn set_reader(&self, reader: Option<Reader>) {
+        *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = reader;
+    }
+
+    /// Runs a query in the batch's transaction, after the statements queued before it: sends it
+    /// to the async side and waits for the rows. Only on the thread the store runs the body on.
+    pub(crate) fn read_raw(
+        &self,
+        sql: String,
+        params: Vec<PgParam>,
+    ) -> Result<Vec<crate::core::document::Row>, crate::core::error::HandlerError> {
+        use crate::core::error::HandlerError;
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(reader) = reader else {
+            return Err(HandlerError::msg(
+                "this PostgreSQL context cannot read here: queries run only while the store applies a batch",
+            ));
+        };
+        let origin = *self.origin.lock().unwrap_or_else(|p| p.into_inner());
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        reader
+            .send(ReadRequest {
+                sql,
+                params,
+                origin,
+                reply,
+            })
+            .map_err(|_| HandlerError::msg("the batch's transaction ended before the query could run"))?;
+        answer
+            .recv()
+            .map_err(|_| HandlerError::msg("the batch's transaction ended before the query answered"))?
     }
 
     pub(crate) fn with_document_write(mut self, w: DocumentWrite) -> Self {
@@ -174,7 +226,7 @@ impl PgBatch {
     }
 
     /// Queues one statement with bound parameters and a label for its error messages.
-    pub(crate) fn execute_labeled(
+    pub(crate) fn queue_labeled(
         &self,
         sql: impl Into<Cow<'static, str>>,
         params: Vec<PgParam>,
@@ -184,17 +236,17 @@ impl PgBatch {
         self.push(Queued {
             sql: Sql::Prepared(sql.into(), params),
             origin,
-            label: Some(label),
+            label: (!label.is_empty()).then_some(label),
         });
     }
 
     /// Queues SQL text without parameters, with a label for its error messages.
-    pub(crate) fn batch_execute_labeled(&self, sql: impl Into<Cow<'static, str>>, label: String) {
+    pub(crate) fn queue_script_labeled(&self, sql: impl Into<Cow<'static, str>>, label: String) {
         let origin = *self.origin.lock().unwrap_or_else(|p| p.into_inner());
         self.push(Queued {
             sql: Sql::Simple(sql.into()),
             origin,
-            label: Some(label),
+            label: (!label.is_empty()).then_some(label),
         });
     }
 
@@ -513,9 +565,17 @@ impl crate::core::document::DocumentStorage for PgBatch {
     ) -> Result<Vec<crate::core::document::Row>, crate::core::error::HandlerError> {
         let prefetched = self.prefetched.lock().unwrap_or_else(|p| p.into_inner());
         let Some(rows) = prefetched.get(table) else {
-            return Err(crate::core::error::HandlerError::msg(format!(
-                "rows of {table} were not prefetched; a body that reads rows must name them in `prefetch`"
-            )));
+            drop(prefetched);
+            // Not prefetched: read them now, in the batch's transaction.
+            use crate::core::document::quote_ident;
+            let sql = format!(
+                "SELECT to_jsonb(t) AS row FROM {} t WHERE t.{} = ANY($1)",
+                quote_ident(table),
+                quote_ident(key_column)
+            );
+            let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+            let rows = self.read_raw(sql, vec![Box::new(keys) as PgParam])?;
+            return Ok(rows);
         };
         let wanted: std::collections::HashSet<&str> = keys.iter().copied().collect();
         Ok(rows

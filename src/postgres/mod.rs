@@ -39,6 +39,7 @@ macro_rules! params {
 }
 
 mod append;
+mod apply;
 mod batch;
 mod blue_green;
 mod commit;
@@ -53,6 +54,7 @@ mod read;
 mod rows;
 mod schema;
 mod sql;
+mod sql_tx;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +77,7 @@ pub use batch::{DocumentWrite, PgBatch, PgParam, PgParams};
 pub use blue_green::BlueGreenReport;
 pub use connect::{PgBuilder, DEFAULT_SEEN_RETENTION};
 pub use deadpool_postgres;
+pub use sql_tx::TextParam;
 pub use tokio_postgres;
 
 use error::pool as pool_err;

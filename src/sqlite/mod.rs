@@ -14,6 +14,7 @@
 mod blue_green;
 mod document;
 mod schema;
+mod sql_tx;
 
 pub use blue_green::BlueGreenReport;
 

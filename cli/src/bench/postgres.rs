@@ -64,7 +64,7 @@ impl PgBench {
                     .projections
                     .first()
                     .context("the bench config has a projection")?;
-                projectionist::declarative::postgres::projection(def)
+                projectionist::declarative::projection(def)
             }
             Style::Documents => super::sized(PgProjection::new(name, documents(table)), self.batch_size),
             Style::Handlers => super::sized(PgProjection::new(name, handlers(table)), self.batch_size),

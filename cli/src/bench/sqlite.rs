@@ -129,7 +129,7 @@ impl SqliteBench {
                     .projections
                     .first()
                     .context("the bench config has a projection")?;
-                projectionist::declarative::sqlite::projection(def)
+                projectionist::declarative::projection(def)
             }
             Style::Documents => super::sized(SqliteProjection::new(name, documents(table)), self.batch_size),
             Style::Handlers => super::sized(SqliteProjection::new(name, handlers(table)), self.batch_size),
