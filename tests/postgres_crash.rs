@@ -6,6 +6,9 @@
 #[path = "postgres_common/mod.rs"]
 mod common;
 
+#[path = "support/reading.rs"]
+mod reading;
+
 use std::time::{Duration, Instant};
 
 use projectionist::postgres::{PgHandlers, PgProjection, PgStore, StreamAppend};
@@ -104,8 +107,17 @@ async fn child(schema: &str) {
     let engine = store
         .engine()
         .with(PgProjection::new("orders", orders_body("crash_")).batch_size(20))
+        .unwrap()
+        .with(PgProjection::new("customers", reading::customers("customers")))
+        .unwrap()
+        // Reads before it writes: its order's row (maybe written earlier in the same batch)
+        // and the `customers` read model; fails on any duplicate or out-of-order event.
+        .with(PgProjection::new("ledger", reading::ledger("crash_l_", "customers")).batch_size(50))
         .unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine
+        .catch_up(&["orders".to_owned(), "ledger".to_owned()], None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,6 +141,15 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
     let n = store.import(items, None).await.unwrap();
     eprintln!("crash: imported {n} events in {:?}", t0.elapsed());
     assert!(n >= EVENTS);
+
+    // The other read model that the reading projection looks up, complete before the children.
+    store
+        .engine()
+        .with(PgProjection::new("customers", reading::customers("customers")))
+        .unwrap()
+        .catch_up(&[], None)
+        .await
+        .unwrap();
 
     let exe = std::env::current_exe().unwrap();
     let spawn = || {
@@ -173,11 +194,20 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
         projectionist::Source::head(&store).await.unwrap()
     );
     assert_eq!(record.applied, n, "applied counter");
+    let ledger = store.record("ledger", 0).await.unwrap().unwrap();
+    assert_eq!(ledger.checkpoint, record.checkpoint);
+    assert_eq!(
+        (ledger.applied, ledger.errors, ledger.dead_letters),
+        (n, 0, 0),
+        "reading projection"
+    );
 
     // A clean rebuild into other tables, then compare.
     let clean = store
         .engine()
         .with(PgProjection::new("orders_clean", orders_body("clean_")).batch_size(1000))
+        .unwrap()
+        .with(PgProjection::new("ledger_clean", reading::ledger("clean_l_", "customers")).batch_size(1000))
         .unwrap();
     clean.catch_up(&[], None).await.unwrap();
     let raw = common::raw(Some(&schema)).await.unwrap();
@@ -191,6 +221,23 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!(diff, 0, "the crashed read model differs from a clean rebuild");
+    for table in ["orders", "items"] {
+        let diff: i64 = raw
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM ((SELECT * FROM crash_l_{table} EXCEPT SELECT * FROM clean_l_{table}) \
+                     UNION ALL (SELECT * FROM clean_l_{table} EXCEPT SELECT * FROM crash_l_{table})) d"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            diff, 0,
+            "the reading projection's {table} differs from a clean rebuild"
+        );
+    }
     let wrong: i64 = raw
         .query_one(
             "SELECT count(*) FROM crash_summary s JOIN (SELECT stream_id, count(*) AS n FROM events GROUP BY stream_id) e \

@@ -11,6 +11,7 @@
 //! Statements are numbered in queue order across every flush, so that the caller can ask
 //! whether the statement it queued as number `k` ran ([`Flusher::finish`]).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use deadpool_postgres::Transaction;
@@ -18,8 +19,10 @@ use tokio_postgres::types::ToSql;
 
 use super::batch::{self, Origin, PgBatch, PipelineError, Queued, ReadRequest};
 use super::error;
-use crate::core::document::Row;
-use crate::core::error::{Error, HandlerError};
+use crate::core::document::{quote_ident, Row};
+use crate::core::error::{BatchFailure, Error, HandlerError};
+use crate::core::event::Event;
+use crate::core::projection::{Applied, Prefetch};
 
 /// The statements of one transaction, sent in order over several flushes.
 pub(crate) struct Flusher<'t, 'c> {
@@ -41,11 +44,6 @@ impl<'t, 'c> Flusher<'t, 'c> {
             counts: Vec::new(),
             failed: None,
         }
-    }
-
-    /// How many statements were taken from the batch so far.
-    pub(crate) fn sent(&self) -> usize {
-        self.sent
     }
 
     /// Sends the statements queued in `batch` so far.
@@ -169,10 +167,132 @@ async fn query(
     Ok(out)
 }
 
-/// The origin of the first failure, for callers that map it to an event.
-pub(crate) fn failed_event(f: &PipelineError) -> Option<usize> {
-    match f.origin {
-        Origin::Event(i) => Some(i),
-        _ => None,
+/// Applies `body` to `events[range]` one event at a time (so that each queued statement is
+/// known by its event), on a blocking thread, serving its queries in `flusher`'s transaction.
+/// Returns what it applied, and the first failing event if any (the events after it are not
+/// applied).
+pub(crate) async fn per_event(
+    flusher: &mut Flusher<'_, '_>,
+    batch: &Arc<PgBatch>,
+    body: Arc<super::PgBody>,
+    events: Arc<[Event]>,
+    range: Range<usize>,
+) -> Result<(Applied, Option<BatchFailure>), Error> {
+    flusher
+        .apply(batch, move |b| {
+            let mut applied = Applied::default();
+            for index in range {
+                let Some(ev) = events.get(index) else { break };
+                b.set_origin(Origin::Event(index));
+                match body.apply(b, std::slice::from_ref(ev)) {
+                    Ok(a) => applied.add(a),
+                    Err(f) => {
+                        return (
+                            applied,
+                            Some(BatchFailure {
+                                index,
+                                error: f.error,
+                            }),
+                        )
+                    }
+                }
+            }
+            (applied, None)
+        })
+        .await
+}
+
+/// Applies a batch-wide `body` (a fold by key) to `events[range]` in one call, after loading
+/// its `prefetch` rows in `flusher`'s transaction. A failure carries the index, in `events`, of
+/// the failing event.
+pub(crate) async fn batch_wide(
+    flusher: &mut Flusher<'_, '_>,
+    batch: &Arc<PgBatch>,
+    body: Arc<super::PgBody>,
+    events: Arc<[Event]>,
+    range: Range<usize>,
+) -> Result<Result<Applied, BatchFailure>, Error> {
+    let start = range.start;
+    let Some(slice) = events.get(range.clone()) else {
+        return Err(Error::Invalid("commit range outside its events".into()));
+    };
+    if slice.is_empty() {
+        return Ok(Ok(Applied::default()));
     }
+    for p in body.prefetch(slice) {
+        match flusher.load(&p).await {
+            Ok(rows) => batch.set_prefetched(p.table, rows),
+            Err(PrefetchError::Handler(error)) => return Ok(Err(BatchFailure { index: start, error })),
+            Err(PrefetchError::Store(e)) => return Err(e),
+        }
+    }
+    let len = slice.len();
+    flusher
+        .apply(batch, move |b| {
+            b.set_origin(Origin::Event(start));
+            let slice = events.get(range).unwrap_or_default();
+            body.apply(b, slice).map_err(|f| BatchFailure {
+                index: start + f.index.min(len.saturating_sub(1)),
+                error: f.error,
+            })
+        })
+        .await
+}
+
+/// Why a prefetch did not load.
+pub(crate) enum PrefetchError {
+    /// The table or column is wrong: the batch's first event fails under its policy.
+    Handler(HandlerError),
+    /// The database failed.
+    Store(Error),
+}
+
+impl Flusher<'_, '_> {
+    /// The rows of one prefetch, as JSON objects, read in this transaction.
+    pub(crate) async fn load(&mut self, p: &Prefetch) -> Result<Vec<Row>, PrefetchError> {
+        let q = format!(
+            "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
+            quote_ident(&p.table),
+            quote_ident(&p.key_column)
+        );
+        let rows = match self.tx.query(&q, &[&p.keys]).await {
+            Ok(rows) => rows,
+            Err(e) if !error::retryable(&e) => {
+                return Err(PrefetchError::Handler(HandlerError::msg(format!(
+                    "loading rows of {}: {}",
+                    p.table,
+                    error::describe(&e)
+                ))))
+            }
+            Err(e) => return Err(PrefetchError::Store(error::db("loading documents", &e))),
+        };
+        let mut loaded = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match r.try_get::<_, serde_json::Value>(0) {
+                Ok(serde_json::Value::Object(m)) => loaded.push(m),
+                Ok(_) => {}
+                Err(e) => return Err(PrefetchError::Store(error::db("loading documents", &e))),
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+/// Applies `body` to `events[range]`: per event, or in one call for a batch-wide body (after
+/// its prefetch), serving its queries in `flusher`'s transaction.
+pub(crate) async fn any_body(
+    flusher: &mut Flusher<'_, '_>,
+    batch: &Arc<PgBatch>,
+    body: Arc<super::PgBody>,
+    events: Arc<[Event]>,
+    range: Range<usize>,
+) -> Result<Result<Applied, BatchFailure>, Error> {
+    if body.batch_wide() {
+        return batch_wide(flusher, batch, body, events, range).await;
+    }
+    let (applied, failure) = per_event(flusher, batch, body, events, range).await?;
+    Ok(match failure {
+        Some(f) => Err(f),
+        None => Ok(applied),
+    })
 }

@@ -3,7 +3,10 @@
 
 use deadpool_postgres::GenericClient;
 
-use super::batch::{self, Origin, PipelineError};
+use std::sync::Arc;
+
+use super::apply::{self, Flusher};
+use super::batch::{Origin, PipelineError};
 use super::error::{self, db, db_err};
 use super::listen::bump;
 use super::{partition_i32, PgBatch, PgBody, PgParam, PgStore};
@@ -43,38 +46,33 @@ impl PgStore {
                 c.expected.position
             ],
         );
-        let events = c
-            .events
-            .get(c.range.clone())
-            .ok_or_else(|| CommitError::Store(Error::Invalid("commit range outside its events".into())))?;
-        // Bodies run per event, so that each queued statement is known by its event.
-        let mut applied = Applied::default();
-        let mut early_failure = None;
-        for (k, ev) in events.iter().enumerate() {
-            let index = c.range.start + k;
-            batch.set_origin(Origin::Event(index));
-            match c.body.apply(&batch, std::slice::from_ref(ev)) {
-                Ok(a) => applied.add(a),
-                Err(f) => {
-                    early_failure = Some(BatchFailure {
-                        index,
-                        error: f.error,
-                    });
-                    break;
-                }
-            }
+        if c.events.get(c.range.clone()).is_none() {
+            return Err(CommitError::Store(Error::Invalid(
+                "commit range outside its events".into(),
+            )));
         }
+        let batch = Arc::new(batch);
+        let mut client = self.client_for("beginning a batch").await?;
+        let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
+        let mut flusher = Flusher::new(&tx);
+        // Bodies run per event, so that each queued statement is known by its event; a query
+        // sends the statements queued before it.
+        let (applied, early_failure) = apply::per_event(
+            &mut flusher,
+            &batch,
+            c.body.clone(),
+            c.events.clone(),
+            c.range.clone(),
+        )
+        .await
+        .map_err(CommitError::Store)?;
         if early_failure.is_some() {
             // Only check the checkpoint: a fenced or paused runner hears that first.
-            batch.truncate(cas + 1);
+            flusher.keep_through(&batch, cas);
         } else {
             self.queue_commit_tail(&batch, &c, partition, applied);
         }
-        let queued = batch.take();
-
-        let mut client = self.client_for("beginning a batch").await?;
-        let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
-        let outcome = batch::run(&tx, &queued).await;
+        let outcome = flusher.finish(&batch).await;
         let cas_moved = match &outcome {
             Ok(counts) => counts.get(cas).copied().unwrap_or(0) > 0,
             Err(f) if f.index > cas => true,
@@ -130,28 +128,6 @@ impl PgStore {
                 }
             }
         }
-    }
-
-    /// The rows of one prefetch, as JSON objects.
-    pub(super) async fn prefetch_rows(
-        &self,
-        client: &impl GenericClient,
-        p: &crate::core::projection::Prefetch,
-    ) -> Result<Vec<crate::core::document::Row>> {
-        let q = format!(
-            "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
-            crate::core::document::quote_ident(&p.table),
-            crate::core::document::quote_ident(&p.key_column)
-        );
-        let err = db_err("loading documents");
-        let rows = client.query(&q, &[&p.keys]).await.map_err(&err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if let serde_json::Value::Object(m) = r.try_get::<_, serde_json::Value>(0).map_err(&err)? {
-                out.push(m);
-            }
-        }
-        Ok(out)
     }
 
     /// Queues what every commit ends with: dead letters, counters and the notification.
@@ -213,10 +189,6 @@ impl PgStore {
     async fn commit_batch_wide(&self, c: Commit<PgBody>) -> Result<(), CommitError> {
         let sql = &self.inner.sql;
         let partition = partition_i32(c.partition)?;
-        let events = c
-            .events
-            .get(c.range.clone())
-            .ok_or_else(|| CommitError::Store(Error::Invalid("commit range outside its events".into())))?;
         let mut client = self.client_for("beginning a batch").await?;
         let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
         let cas_err = db_err("moving the checkpoint");
@@ -258,58 +230,27 @@ impl PgStore {
             let _ = tx.rollback().await;
             return Err(self.diagnose(&client, &c.projection, partition).await);
         }
-        let at_start = |error: HandlerError| {
-            CommitError::Handler(BatchFailure {
-                index: c.range.start,
-                error,
-            })
+        let batch = Arc::new(self.new_batch());
+        let mut flusher = Flusher::new(&tx);
+        let applied = match apply::batch_wide(
+            &mut flusher,
+            &batch,
+            c.body.clone(),
+            c.events.clone(),
+            c.range.clone(),
+        )
+        .await
+        .map_err(CommitError::Store)?
+        {
+            Ok(a) => a,
+            Err(f) => {
+                drop(flusher);
+                drop(tx);
+                return Err(CommitError::Handler(f));
+            }
         };
-        let batch = self.new_batch();
-        let mut applied = Applied::default();
-        if !events.is_empty() {
-            for p in c.body.prefetch(events) {
-                let q = format!(
-                    "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
-                    crate::core::document::quote_ident(&p.table),
-                    crate::core::document::quote_ident(&p.key_column)
-                );
-                let rows = match tx.query(&q, &[&p.keys]).await {
-                    Ok(rows) => rows,
-                    Err(e) if !error::retryable(&e) => {
-                        drop(tx);
-                        return Err(at_start(HandlerError::msg(format!(
-                            "loading rows of {}: {}",
-                            p.table,
-                            error::describe(&e)
-                        ))));
-                    }
-                    Err(e) => return Err(CommitError::Store(db("loading documents", &e))),
-                };
-                let mut loaded = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    match r.try_get::<_, serde_json::Value>(0) {
-                        Ok(serde_json::Value::Object(m)) => loaded.push(m),
-                        Ok(_) => {}
-                        Err(e) => return Err(CommitError::Store(db("loading documents", &e))),
-                    }
-                }
-                batch.set_prefetched(p.table, loaded);
-            }
-            batch.set_origin(Origin::Event(c.range.start));
-            match c.body.apply(&batch, events) {
-                Ok(a) => applied = a,
-                Err(f) => {
-                    drop(tx);
-                    return Err(CommitError::Handler(BatchFailure {
-                        index: c.range.start + f.index.min(events.len().saturating_sub(1)),
-                        error: f.error,
-                    }));
-                }
-            }
-        }
         self.queue_commit_tail(&batch, &c, partition, applied);
-        let queued = batch.take();
-        match batch::run(&tx, &queued).await {
+        match flusher.finish(&batch).await {
             Ok(_) => {
                 tx.commit().await.map_err(db_err("committing a batch"))?;
                 bump(&self.inner.checkpoints);

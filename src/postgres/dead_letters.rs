@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use super::batch::{self, Origin, PipelineError};
+use super::apply::{self, Flusher};
+use super::batch::{Origin, PipelineError};
 use super::error::{self, db, db_err};
 use super::listen::bump;
 use super::rows::dead_letter_from_row;
 use super::{PgBody, PgParam, PgStore};
 use crate::core::error::{Error, HandlerError, Result};
+use crate::core::event::Event;
 use crate::core::store::DeadLetter;
 
 impl PgStore {
@@ -57,22 +59,19 @@ impl PgStore {
                 Some(r) => dead_letter_from_row(&r).map_err(&err)?,
                 None => return Err(Error::UnknownDeadLetter(id)),
             };
-            let batch = self.new_batch();
-            batch.set_origin(Origin::Event(0));
-            let events = std::slice::from_ref(&dl.event);
-            for p in body.prefetch(events) {
-                let rows = self.prefetch_rows(&tx, &p).await?;
-                batch.set_prefetched(p.table, rows);
-            }
-            match body.apply(&batch, events) {
+            let batch = Arc::new(self.new_batch());
+            let mut flusher = Flusher::new(&tx);
+            let partition = i32::try_from(dl.partition).unwrap_or(i32::MAX);
+            let projection = dl.projection.clone();
+            let events: Arc<[Event]> = Arc::from(vec![dl.event]);
+            match apply::any_body(&mut flusher, &batch, body, events, 0..1).await? {
                 Err(f) => Some(f.error),
                 Ok(applied) => {
-                    let partition = i32::try_from(dl.partition).unwrap_or(i32::MAX);
                     batch.store(sql.delete_dead_letter.clone(), params![id]);
                     batch.store(
                         sql.retry_counters.clone(),
                         params![
-                            dl.projection.clone(),
+                            projection,
                             partition,
                             applied.handled as i64,
                             applied.ignored as i64
@@ -82,8 +81,7 @@ impl PgStore {
                         "SELECT pg_notify($1, '')",
                         params![sql.checkpoints_channel.clone()],
                     );
-                    let queued = batch.take();
-                    match batch::run(&tx, &queued).await {
+                    match flusher.finish(&batch).await {
                         Ok(_) => {
                             tx.commit().await.map_err(db_err("committing a retry"))?;
                             None

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
 
-use super::batch::{self, Origin, PgBatch};
+use super::apply::{self, Flusher};
+use super::batch::Origin;
 use super::error::{self, db, db_err};
 use super::rows::event_from_row;
 use super::sql::EVENT_COLUMNS;
@@ -146,19 +147,25 @@ impl PgStore {
         let mut row = tx.query_opt(&lock, &[&name]).await.map_err(&err)?;
         if row.is_none() {
             // Not prepared yet: set it up here, in the append's transaction.
-            let b = self.new_batch();
-            b.set_origin(Origin::Body);
-            p.body().setup(&b).map_err(|e| Error::Lifecycle {
-                projection: name.to_owned(),
-                step: "setup",
-                message: e.to_string(),
-            })?;
+            let b = Arc::new(self.new_batch());
+            let mut flusher = Flusher::new(tx);
+            let body = p.body().clone();
+            flusher
+                .apply(&b, move |b| {
+                    b.set_origin(Origin::Body);
+                    body.setup(b)
+                })
+                .await?
+                .map_err(|e| Error::Lifecycle {
+                    projection: name.to_owned(),
+                    step: "setup",
+                    message: e.to_string(),
+                })?;
             b.store(
                 sql.ensure_checkpoint.clone(),
                 vec![Box::new(name.to_owned()) as PgParam, Box::new(0_i32) as PgParam],
             );
-            let queued = b.take();
-            batch::run(tx, &queued).await.map_err(|f| Error::Lifecycle {
+            flusher.finish(&b).await.map_err(|f| Error::Lifecycle {
                 projection: name.to_owned(),
                 step: "setup",
                 message: f.message(),
@@ -242,30 +249,19 @@ impl PgStore {
             position: events.get(index).map_or(0, |e| e.position),
             message,
         };
-        let b: PgBatch = self.new_batch();
-        let mut applied = Applied::default();
-        if p.body().batch_wide() {
-            for pf in p.body().prefetch(events) {
-                let rows = self.prefetch_rows(tx, &pf).await?;
-                b.set_prefetched(pf.table, rows);
-            }
-            b.set_origin(Origin::Event(0));
-            applied = p
-                .body()
-                .apply(&b, events)
-                .map_err(|f| failed(f.index, f.error.to_string()))?;
-        } else {
-            for (i, ev) in events.iter().enumerate() {
-                b.set_origin(Origin::Event(i));
-                let a = p
-                    .body()
-                    .apply(&b, std::slice::from_ref(ev))
-                    .map_err(|f| failed(i, f.error.to_string()))?;
-                applied.add(a);
-            }
-        }
-        let queued = b.take();
-        batch::run(tx, &queued).await.map_err(|f| match f.origin {
+        let b = Arc::new(self.new_batch());
+        let mut flusher = Flusher::new(tx);
+        let events: Arc<[Event]> = Arc::from(events);
+        let applied = apply::any_body(
+            &mut flusher,
+            &b,
+            p.body().clone(),
+            events.clone(),
+            0..events.len(),
+        )
+        .await?
+        .map_err(|f| failed(f.index, f.error.to_string()))?;
+        flusher.finish(&b).await.map_err(|f| match f.origin {
             Origin::Event(i) if !error::retryable(&f.error) => failed(i, f.message()),
             _ => db("applying an inline projection", &f.error),
         })?;

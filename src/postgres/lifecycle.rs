@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
 
+use super::apply::Flusher;
 use super::batch::{self, Origin};
 use super::error::{self, db, db_err};
 use super::listen::bump;
@@ -54,7 +55,7 @@ impl PgStore {
             .lifecycle_tx(
                 name,
                 "setup",
-                |b| body.setup(b),
+                move |b| body.setup(b),
                 |b| {
                     b.store(sql.ensure_checkpoint.clone(), params![name.to_owned(), p]);
                 },
@@ -72,7 +73,7 @@ impl PgStore {
             .lifecycle_tx(
                 name,
                 "reset",
-                |b| body.reset(b),
+                move |b| body.reset(b),
                 |b| {
                     b.store(sql.reset.clone(), params![name.to_owned()]);
                     b.store(sql.delete_dead_letters.clone(), params![name.to_owned()]);
@@ -131,40 +132,42 @@ impl PgStore {
         &self,
         name: &str,
         step: &'static str,
-        run_body: impl FnOnce(&PgBatch) -> Result<(), HandlerError>,
+        run_body: impl FnOnce(&PgBatch) -> Result<(), HandlerError> + Send + 'static,
         store_statements: impl FnOnce(&PgBatch),
     ) -> Result<deadpool_postgres::Object> {
-        let batch = PgBatch::new(&self.inner.schema);
+        let batch = Arc::new(PgBatch::new(&self.inner.schema));
         batch.store(
             "SELECT pg_advisory_xact_lock(1886547822, hashtext($1))",
             params![format!("{}/{name}", self.inner.schema)],
         );
-        batch.set_origin(Origin::Body);
-        run_body(&batch).map_err(|e| Error::Lifecycle {
-            projection: name.to_owned(),
-            step,
-            message: e.to_string(),
-        })?;
-        store_statements(&batch);
-        let queued = batch.take();
         let mut client = self.client_for("changing a projection").await?;
         let tx = client
             .transaction()
             .await
             .map_err(db_err("changing a projection"))?;
-        match batch::run(&tx, &queued).await {
-            Ok(_) => {}
-            Err(f) => {
-                drop(tx);
-                return Err(match f.origin {
-                    Origin::Body if !error::retryable(&f.error) => Error::Lifecycle {
-                        projection: name.to_owned(),
-                        step,
-                        message: f.message(),
-                    },
-                    _ => db("changing a projection", &f.error),
-                });
-            }
+        let mut flusher = Flusher::new(&tx);
+        flusher
+            .apply(&batch, move |b| {
+                b.set_origin(Origin::Body);
+                run_body(b)
+            })
+            .await?
+            .map_err(|e| Error::Lifecycle {
+                projection: name.to_owned(),
+                step,
+                message: e.to_string(),
+            })?;
+        store_statements(&batch);
+        if let Err(f) = flusher.finish(&batch).await {
+            drop(tx);
+            return Err(match f.origin {
+                Origin::Body if !error::retryable(&f.error) => Error::Lifecycle {
+                    projection: name.to_owned(),
+                    step,
+                    message: f.message(),
+                },
+                _ => db("changing a projection", &f.error),
+            });
         }
         // Statements the body asked to check (declarative handlers): prepare each, inside a
         // savepoint so that a rejected one does not abort the transaction. An ambiguous type
