@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use super::{created_tables, split_statements, HttpConfig, Statement};
+use super::{created_tables, split_statements, Statement};
 use crate::core::policy::{Backoff, ErrorPolicy};
 use crate::core::projection::ProjectionOptions;
 
@@ -81,11 +81,35 @@ pub struct Config {
     /// The file it came from, as given (for messages).
     pub file: String,
     pub projections: Vec<ProjectionDef>,
-    /// The daemon's `[http]` table (all keys optional).
-    pub http: HttpConfig,
+    /// The daemon's `[http]` table, as written: the library does not read it (the command-line
+    /// tool does).
+    pub http: RawTable,
     /// Where events come from, when not from the database's events table: a broker URL
     /// (`nats://…`, `amqp://…`). The `--source` option overrides it.
     pub source: Option<String>,
+}
+
+/// A table of the projections file that the library keeps as written without reading it: the
+/// daemon's `[http]` table, which `projectionist run` reads. Its `Debug` shows the keys, never
+/// the values (the table may hold the API token).
+#[derive(Clone, Default)]
+pub struct RawTable(Option<toml::Value>);
+
+impl RawTable {
+    /// The value as written; `None` when the file does not have it.
+    pub fn get(&self) -> Option<&toml::Value> {
+        self.0.as_ref()
+    }
+}
+
+impl fmt::Debug for RawTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("RawTable(None)"),
+            Some(toml::Value::Table(t)) => f.debug_set().entries(t.keys()).finish(),
+            Some(_) => f.write_str("RawTable(not a table)"),
+        }
+    }
 }
 
 /// Defaults of the optional keys.
@@ -160,7 +184,7 @@ impl Config {
                 ))
             }
         };
-        let http = HttpConfig::parse(table.get("http")).map_err(|(k, m)| err(None, Some(k), m))?;
+        let http = RawTable(table.get("http").cloned());
         let entries = match table.get("projection") {
             None => {
                 return Err(err(
@@ -215,7 +239,9 @@ impl Config {
     }
 }
 
-pub(super) fn describe(v: &toml::Value) -> String {
+/// How a config error names a value it did not expect: its type and a short form of it, such
+/// as `an integer (5)`.
+pub fn describe(v: &toml::Value) -> String {
     match v {
         toml::Value::String(s) => {
             let short: String = s.chars().take(40).collect();

@@ -17,16 +17,14 @@ pub mod sqlite;
 pub mod postgres;
 
 mod config;
-mod http;
 mod lex;
 mod params;
 mod statement;
 
 pub use config::{
-    Config, ConfigError, ProjectionDef, DEFAULT_BATCH_SIZE, DEFAULT_ERROR_POLICY, DEFAULT_MAX_RETRIES,
-    MAX_BATCH_SIZE,
+    describe as describe_value, Config, ConfigError, ProjectionDef, RawTable, DEFAULT_BATCH_SIZE,
+    DEFAULT_ERROR_POLICY, DEFAULT_MAX_RETRIES, MAX_BATCH_SIZE,
 };
-pub use http::{parse_listen, HttpConfig};
 pub use lex::{created_tables, split_statements, SqlError};
 pub use params::{Decoded, ParamSource, ParamValue, PARAMETER_NAMES};
 pub use statement::Statement;

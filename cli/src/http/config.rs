@@ -1,8 +1,10 @@
-//! The daemon's `[http]` table.
+//! The `[http]` table of the projections file: where `projectionist run` serves, where its API
+//! token comes from, and the lag limits of readiness. The library keeps the table as written
+//! (`Config::http`); this reads it.
 
 use std::fmt;
 
-use super::config::describe;
+use projectionist::declarative::{describe_value as describe, Config, ConfigError};
 
 /// The `[http]` table: where `projectionist run` serves health, metrics, the JSON API and the
 /// dashboard, where its API token comes from, and the lag limits of readiness.
@@ -52,7 +54,18 @@ pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
 }
 
 impl HttpConfig {
-    pub(super) fn parse(v: Option<&toml::Value>) -> Result<Self, (String, String)> {
+    /// The `[http]` table of `config` (the defaults when it has none), with errors that name
+    /// the file and the key.
+    pub fn of(config: &Config) -> Result<Self, ConfigError> {
+        Self::parse(config.http.get()).map_err(|(key, message)| ConfigError {
+            file: config.file.clone(),
+            projection: None,
+            key: Some(key),
+            message,
+        })
+    }
+
+    fn parse(v: Option<&toml::Value>) -> Result<Self, (String, String)> {
         let fail = |k: &str, m: String| (format!("http.{k}"), m);
         let t = match v {
             None => return Ok(HttpConfig::default()),
@@ -146,12 +159,15 @@ impl HttpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::declarative::{Config, ConfigError};
 
     const P: &str = "[[projection]]\nname = \"p\"\nhandlers = { E = \"SELECT 1\" }\n";
 
     fn parse(extra: &str) -> Result<HttpConfig, ConfigError> {
-        Config::parse(&format!("{P}{extra}"), "f.toml").map(|c| c.http)
+        parse_file(&format!("{P}{extra}"))
+    }
+
+    fn parse_file(text: &str) -> Result<HttpConfig, ConfigError> {
+        Config::parse(text, "f.toml").and_then(|c| HttpConfig::of(&c))
     }
 
     #[test]
@@ -182,9 +198,7 @@ mod tests {
             .contains("key `http.max_lag_events`: expected a positive integer"));
         assert!(e("[http]\nmax_lag_seconds = \"x\"\n").contains("key `http.max_lag_seconds`"));
         assert!(e("[http]\napi_token_env = \"A B\"\n").contains("key `http.api_token_env`"));
-        let top = Config::parse(&format!("http = 3\n{P}"), "f.toml")
-            .err()
-            .map(|e| e.to_string());
+        let top = parse_file(&format!("http = 3\n{P}")).err().map(|e| e.to_string());
         assert!(top.unwrap_or_default().contains("key `http`: expected a table"));
         assert!(e("[daemon]\nx = 1\n").contains("key `daemon`: unknown key"));
     }
