@@ -158,7 +158,7 @@ fn parse_takeover(s: &str) -> Result<f64, String> {
 pub struct HttpArgs {
     /// Serve health, metrics, the JSON API and the dashboard on ADDR (HOST:PORT, or a port on
     /// 127.0.0.1). Overrides `[http] listen`.
-    #[arg(long, value_name = "ADDR", value_parser = projectionist::declarative::parse_listen)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::http::parse_listen)]
     pub listen: Option<std::net::SocketAddr>,
     /// The environment variable that holds the API bearer token for the POST actions
     /// (default: PROJECTIONIST_API_TOKEN). Without a token the actions are disabled.

@@ -1,4 +1,6 @@
 use super::*;
+use crate::core::event::Event;
+use crate::core::policy::ErrorPolicy;
 use proptest::prelude::*;
 
 fn names(st: &Statement) -> Vec<String> {

@@ -56,7 +56,11 @@ impl Ctx {
                 path.display()
             )));
         }
-        Ok(Some(Config::load(path)?))
+        let config = Config::load(path)?;
+        // The library keeps the `[http]` table as written: every command checks it, as
+        // every command checks the rest of the file.
+        crate::http::HttpConfig::of(&config)?;
+        Ok(Some(config))
     }
 
     /// The projections; a usage error when there is no projections file.

@@ -13,7 +13,8 @@ use crate::backend::{with_engine, Backend};
 
 pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<()> {
     let config = ctx.config_required()?;
-    let http = crate::http::Settings::resolve(&a.http, &config.http, &ctx.url, a.once)?;
+    let http_config = crate::http::HttpConfig::of(&config)?;
+    let http = crate::http::Settings::resolve(&a.http, &http_config, &ctx.url, a.once)?;
     let backend = Backend::open(&ctx.url).await?;
     let source = ctx.event_source(Some(&config)).await?;
     if let Some(what) = source.describe() {

@@ -2,6 +2,7 @@
 //! JSON API with token-guarded actions, and the dashboard. See docs/operations.md.
 
 mod api;
+mod config;
 mod daemon;
 mod dashboard;
 mod health;
@@ -17,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use projectionist::declarative::HttpConfig;
 use projectionist::{Engine, Source, Store, WorkerReport};
 use serde_json::json;
 use tokio::sync::watch;
@@ -27,6 +27,7 @@ use crate::args::HttpArgs;
 use crate::backend::DatabaseUrl;
 use crate::exit::usage;
 
+pub use config::{parse_listen, HttpConfig};
 pub use daemon::Ops;
 
 /// The environment variable read for the API token when nothing else names one.

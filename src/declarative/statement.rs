@@ -1,0 +1,111 @@
+//! Handler statements: named parameters turned into positional placeholders, rendered per
+//! backend.
+
+use super::lex::{has_content, lex, Kind};
+use super::{ParamSource, SqlError};
+
+/// One handler statement, with its named parameters turned into positional slots.
+///
+/// `pieces` interleave with the parameter occurrences: piece 0, slot 0, piece 1, slot 1, …,
+/// last piece. `slots[k]` is an index into `params`, which lists each distinct parameter once,
+/// in order of first appearance; placeholders are numbered from 1 in that order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Statement {
+    text: String,
+    pieces: Vec<String>,
+    slots: Vec<usize>,
+    params: Vec<ParamSource>,
+}
+
+impl Statement {
+    /// Parses one statement. Colons in `::` casts, string literals, quoted identifiers and
+    /// comments are not parameters. A trailing semicolon is allowed; a second statement is not.
+    pub fn parse(sql: &str) -> Result<Self, SqlError> {
+        let segs = lex(sql)?;
+        if !has_content(sql, &segs) {
+            return Err(SqlError::Empty);
+        }
+        if let Some(semi) = segs.iter().position(|s| s.kind == Kind::Semi) {
+            if has_content(sql, &segs[semi + 1..]) {
+                let offset = segs[semi + 1..]
+                    .iter()
+                    .find(|s| has_content(sql, std::slice::from_ref(s)))
+                    .map_or(segs[semi].end, |s| s.start);
+                return Err(SqlError::MultipleStatements { offset });
+            }
+        }
+        let mut pieces = Vec::new();
+        let mut slots = Vec::new();
+        let mut params: Vec<ParamSource> = Vec::new();
+        let mut current = String::new();
+        for s in &segs {
+            let text = &sql[s.start..s.end];
+            if s.kind != Kind::Param {
+                current.push_str(text);
+                continue;
+            }
+            let name = &text[1..];
+            let p = ParamSource::parse(name).ok_or_else(|| SqlError::UnknownParameter {
+                name: name.to_owned(),
+            })?;
+            let slot = match params.iter().position(|q| *q == p) {
+                Some(k) => k,
+                None => {
+                    params.push(p);
+                    params.len() - 1
+                }
+            };
+            pieces.push(std::mem::take(&mut current));
+            slots.push(slot);
+        }
+        pieces.push(current);
+        Ok(Statement {
+            text: sql.to_owned(),
+            pieces,
+            slots,
+            params,
+        })
+    }
+
+    /// The statement as written in the config.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The distinct parameters, in placeholder order (the first is placeholder 1).
+    pub fn params(&self) -> &[ParamSource] {
+        &self.params
+    }
+
+    /// Renders the SQL with `placeholder(n)` (1-based) in place of each parameter.
+    pub fn render(&self, placeholder: impl Fn(usize) -> String) -> String {
+        let mut out = String::with_capacity(self.text.len() + 8 * self.slots.len());
+        for (k, piece) in self.pieces.iter().enumerate() {
+            out.push_str(piece);
+            if let Some(slot) = self.slots.get(k) {
+                out.push_str(&placeholder(slot + 1));
+            }
+        }
+        out
+    }
+
+    /// SQLite placeholders: `?1`, `?2`, …
+    pub fn render_sqlite(&self) -> String {
+        self.render(|n| format!("?{n}"))
+    }
+
+    /// PostgreSQL placeholders: `$1`, `$2`, …
+    pub fn render_postgres(&self) -> String {
+        self.render(|n| format!("${n}"))
+    }
+
+    /// Whether any parameter needs the decoded payload.
+    pub fn needs_data(&self) -> bool {
+        self.params.iter().any(ParamSource::needs_data)
+    }
+
+    /// Whether any parameter needs the decoded metadata.
+    pub fn needs_metadata(&self) -> bool {
+        self.params.iter().any(ParamSource::needs_metadata)
+    }
+}
