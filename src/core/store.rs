@@ -140,6 +140,26 @@ pub struct Commit<B: ?Sized> {
     pub record_ids: Vec<Uuid>,
 }
 
+impl<B: ?Sized> Commit<B> {
+    /// The same commit, applied through another body (an adapter of this one's).
+    pub fn with_body<B2: ?Sized>(self, body: Arc<B2>) -> Commit<B2> {
+        Commit {
+            projection: self.projection,
+            partition: self.partition,
+            body,
+            events: self.events,
+            range: self.range,
+            expected: self.expected,
+            to: self.to,
+            dead_letters: self.dead_letters,
+            stats: self.stats,
+            last_error: self.last_error,
+            fence: self.fence,
+            record_ids: self.record_ids,
+        }
+    }
+}
+
 /// Why a commit did not happen. Nothing of it was written.
 #[derive(Debug)]
 pub enum CommitError {
