@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use projectionist::postgres::tokio_postgres::{self, NoTls};
 use projectionist::postgres::PgStore;
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, NewEvent, StreamAppend};
 use serde_json::json;
 

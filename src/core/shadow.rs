@@ -110,7 +110,7 @@ impl<S: Source, St: ShadowStore> Engine<S, St> {
         // less than a batch (the live runner takes over from the swapped checkpoint).
         let source = self.source();
         let settings = self.runner_settings();
-        let (mut events, _) = build_shadow(source, &shadow, &projection, settings, progress.clone()).await?;
+        let mut events = build_shadow(source, &shadow, &projection, settings, progress.clone()).await?;
 
         // The swap holds its locks first, so no event can commit after the shadow's final
         // catch-up: the new version goes in at exactly the head.
@@ -148,7 +148,7 @@ impl<S: Source, St: ShadowStore> Engine<S, St> {
 }
 
 /// Runs `projection` from `source` into `shadow` once, in `mode`.
-pub(crate) async fn shadow_catch_up<S: Source, St: Store>(
+async fn shadow_catch_up<S: Source, St: Store>(
     source: &Arc<S>,
     shadow: &Arc<St>,
     projection: &Projection<St::Body>,
@@ -170,14 +170,14 @@ pub(crate) async fn shadow_catch_up<S: Source, St: Store>(
 
 /// Rebuilds `projection` into `shadow` up to the head (failing fast), then chases the head while
 /// appends keep coming, until less than a batch is left (the swap's final catch-up, under its
-/// lock, takes the rest). Returns the events applied and the checkpoint reached.
-pub(crate) async fn build_shadow<S: Source, St: Store>(
+/// lock, takes the rest). Returns the events applied.
+async fn build_shadow<S: Source, St: Store>(
     source: &Arc<S>,
     shadow: &Arc<St>,
     projection: &Projection<St::Body>,
     settings: &RunnerSettings,
     progress: Option<ProgressFn>,
-) -> Result<(u64, Checkpoint)> {
+) -> Result<u64> {
     let mut events = 0;
     let mut round = 0;
     loop {
@@ -193,7 +193,7 @@ pub(crate) async fn build_shadow<S: Source, St: Store>(
         round += 1;
         let lag = source.lag(report.checkpoint).await?.events;
         if lag < projection.options().batch_size as u64 || round >= CHASE_ROUNDS {
-            return Ok((events, report.checkpoint));
+            return Ok(events);
         }
     }
 }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
 use super::lease::{Fence, Lease, LeaseInfo, Member, Membership};
+use super::runner::RunnerSettings;
 
 /// A projection's (or partition's) run state, persisted with its checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -239,6 +240,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ticks whenever a checkpoint moves in this process (for `wait_for`).
     fn checkpoint_changes(&self) -> watch::Receiver<u64>;
+
+    /// The runner settings that suit this store (engines built for it start with them).
+    fn runner_settings(&self) -> RunnerSettings {
+        RunnerSettings::default()
+    }
 
     /// Which of `ids` were recorded as seen for `projection` by an earlier commit
     /// ([`Commit::record_ids`]). Stores keep them for a bounded time.

@@ -3,88 +3,40 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
-use super::append::{append_in, Versions};
 use super::commit::commit_in;
 use super::lifecycle::{lifecycle, load_record};
 use super::read::read_batch;
-use super::rows::format_time;
-use super::{db_err, Inner, SqliteProjection, SqliteStore};
-use crate::core::engine::Engine;
+use super::{db_err, SqliteProjection, SqliteStore};
 use crate::core::error::{Error, Result};
-use crate::core::event::{Appended, Event, ExpectedVersion, NewEvent, StreamAppend};
+use crate::core::event::{Appended, Event, StreamAppend};
+use crate::core::inline::InlineAppend;
 use crate::core::source::Filter;
 use crate::core::store::{Commit, CommitError, RunState};
 
-impl SqliteStore {
-    /// Appends, then applies the `inline` projections to everything up to the new head, all
-    /// in one transaction. A failing inline handler rolls the whole append back.
-    pub(super) async fn append_inline(
+impl InlineAppend<SqliteStore> for SqliteStore {
+    /// The events and the inline read models must be in the same database (one
+    /// [`SqliteStore`], or two handles on one file).
+    async fn append_inline(
         &self,
+        log: &SqliteStore,
         appends: Vec<StreamAppend>,
         inline: Vec<SqliteProjection>,
     ) -> Result<Vec<Appended>> {
-        let any_inline = !inline.is_empty();
-        let out = self
-            .blocking(move |inner| {
-                let mut conn = inner.writer();
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(db_err("beginning an append"))?;
-                let mut versions = Versions::new(&tx)?;
-                let now = format_time(Utc::now());
-                let mut out = Vec::with_capacity(appends.len());
-                for a in &appends {
-                    out.push(append_in(&tx, &mut versions, a, &now)?);
-                }
-                for p in &inline {
-                    apply_inline(&tx, p)?;
-                }
-                tx.commit().map_err(db_err("committing an append"))?;
-                Ok(out)
-            })
-            .await?;
-        Inner::bump(&self.inner.changes);
-        if any_inline {
-            Inner::bump(&self.inner.checkpoints);
+        let same = Arc::ptr_eq(&log.inner, &self.inner)
+            || (log.location() == self.location() && self.location() != ":memory:");
+        if !inline.is_empty() && !same {
+            return Err(Error::Invalid(
+                "inline projections need the events and the read models in the same SQLite database".into(),
+            ));
         }
-        Ok(out)
-    }
-}
-
-impl Engine<SqliteStore, SqliteStore> {
-    /// Appends events to one stream and applies every inline projection in the same
-    /// transaction: when this returns, inline read models already show the events. A failing
-    /// inline handler fails the append with [`Error::InlineProjection`], and nothing of it is
-    /// written. Projections that are not inline are applied by runners, as usual.
-    pub async fn append(
-        &self,
-        stream_id: impl Into<String>,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended> {
-        Appended::only(
-            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
-                .await?,
-        )
-    }
-
-    /// Appends to several streams, with the inline projections, in one transaction.
-    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
-        let inline: Vec<SqliteProjection> = self
-            .projections()
-            .iter()
-            .filter(|p| p.options().inline)
-            .cloned()
-            .collect();
-        self.store().append_inline(appends, inline).await
+        log.append_with_inline(appends, inline).await
     }
 }
 
 /// Brings one inline projection to the head inside the append's transaction.
-fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> {
+pub(super) fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> {
     let name = p.name();
     let mut record = load_record(tx, name, 0).map_err(db_err("reading the checkpoint"))?;
     if record.is_none() {

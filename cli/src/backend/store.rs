@@ -9,6 +9,7 @@ use projectionist::declarative::{Config, ProjectionDef};
 use projectionist::postgres::PgStore;
 use projectionist::sqlite::{SqliteStore, StreamAppend};
 use projectionist::{Appended, Engine, ExpectedVersion, NewEvent, Source};
+use projectionist::{EventLog, SqlStore};
 
 use super::{DatabaseUrl, Location};
 use crate::exit::usage;
@@ -23,10 +24,7 @@ pub enum Backend {
 }
 
 /// A read-model query's result: column names and rows of display text.
-pub struct Rows {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<String>>,
-}
+pub type Rows = projectionist::TextRows;
 
 impl Backend {
     /// Opens (creating if needed) the database and the engine's tables.
@@ -116,65 +114,7 @@ impl Backend {
 
     /// Runs a read-only query on the read models and returns its rows as text.
     pub async fn query(&self, sql: &'static str) -> Result<Rows> {
-        match self {
-            Backend::Sqlite(store) => {
-                let rows = store
-                    .read(move |conn| {
-                        let mut st = conn.prepare(sql)?;
-                        let columns: Vec<String> = st.column_names().into_iter().map(str::to_owned).collect();
-                        let n = columns.len();
-                        let rows = st
-                            .query_map([], |row| {
-                                (0..n)
-                                    .map(|i| {
-                                        use projectionist::sqlite::rusqlite::types::ValueRef;
-                                        Ok(match row.get_ref(i)? {
-                                            ValueRef::Null => String::new(),
-                                            ValueRef::Integer(v) => v.to_string(),
-                                            ValueRef::Real(v) => v.to_string(),
-                                            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                                            ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
-                                        })
-                                    })
-                                    .collect::<projectionist::sqlite::rusqlite::Result<Vec<String>>>()
-                            })?
-                            .collect::<projectionist::sqlite::rusqlite::Result<Vec<_>>>()?;
-                        Ok(Rows { columns, rows })
-                    })
-                    .await?;
-                Ok(rows)
-            }
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(store) => {
-                use projectionist::postgres::tokio_postgres::SimpleQueryMessage;
-                // The simple protocol returns every value as text.
-                let client = store.client().await?;
-                let messages = client.simple_query(sql).await?;
-                let mut out = Rows {
-                    columns: Vec::new(),
-                    rows: Vec::new(),
-                };
-                for m in messages {
-                    match m {
-                        SimpleQueryMessage::RowDescription(cols) => {
-                            out.columns = cols.iter().map(|c| c.name().to_owned()).collect();
-                        }
-                        SimpleQueryMessage::Row(r) => {
-                            if out.columns.is_empty() {
-                                out.columns = r.columns().iter().map(|c| c.name().to_owned()).collect();
-                            }
-                            out.rows.push(
-                                (0..r.len())
-                                    .map(|i| r.get(i).unwrap_or_default().to_owned())
-                                    .collect(),
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(out)
-            }
-        }
+        Ok(super::with_store!(self, |store| store.query_text(sql).await?))
     }
 }
 

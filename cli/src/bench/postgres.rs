@@ -8,6 +8,7 @@ use indicatif::ProgressBar;
 use projectionist::declarative::Config;
 use projectionist::postgres::{PgHandlers, PgProjection, PgStore};
 use projectionist::workload::{Orders, WorkloadEvent};
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, ProgressFn, StreamAppend};
 
 use super::orders::{create_table, declarative_config, documents, Created, Item, Nothing, Shipped};

@@ -9,6 +9,7 @@ use indicatif::ProgressBar;
 use projectionist::declarative::Config;
 use projectionist::sqlite::{rusqlite, SqliteHandlers, SqliteProjection, SqliteStore, StreamAppend};
 use projectionist::workload::{Orders, WorkloadEvent};
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, HandlerError, ProgressFn};
 
 use super::orders::{create_table, declarative_config, documents, Created, Item, Nothing, Shipped};

@@ -17,6 +17,9 @@ mod body;
 mod source;
 mod store;
 
+#[cfg(all(test, feature = "sqlite"))]
+mod tests;
+
 use std::future::Future;
 use std::pin::Pin;
 

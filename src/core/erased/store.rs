@@ -17,6 +17,7 @@ use crate::core::inline::InlineAppend;
 use crate::core::lease::{Lease, LeaseInfo, Member, Membership};
 use crate::core::log::EventLog;
 use crate::core::projection::Projection;
+use crate::core::runner::RunnerSettings;
 use crate::core::shadow::{ShadowStore, Swapped};
 use crate::core::sql::{SqlStore, SqlTx, TextRows};
 use crate::core::store::{Commit, CommitError, DeadLetter, ProjectionRecord, RunState, Store};
@@ -53,6 +54,7 @@ trait DynStore: Send + Sync + 'static {
         body: Arc<AnyBody>,
     ) -> BoxFuture<'_, Result<Result<(), HandlerError>>>;
     fn checkpoint_changes(&self) -> watch::Receiver<u64>;
+    fn runner_settings(&self) -> RunnerSettings;
     fn seen<'a>(&'a self, projection: &'a str, ids: &'a [Uuid]) -> BoxFuture<'a, Result<HashSet<Uuid>>>;
     fn heartbeat<'a>(&'a self, member: &'a Member) -> BoxFuture<'a, Result<Membership>>;
     fn acquire<'a>(&'a self, member: &'a Member, max: u32) -> BoxFuture<'a, Result<Vec<Lease>>>;
@@ -146,6 +148,10 @@ where
 
     fn checkpoint_changes(&self) -> watch::Receiver<u64> {
         Store::checkpoint_changes(self)
+    }
+
+    fn runner_settings(&self) -> RunnerSettings {
+        Store::runner_settings(self)
     }
 
     fn seen<'a>(&'a self, projection: &'a str, ids: &'a [Uuid]) -> BoxFuture<'a, Result<HashSet<Uuid>>> {
@@ -311,6 +317,10 @@ impl Store for AnyStore {
 
     fn checkpoint_changes(&self) -> watch::Receiver<u64> {
         self.inner.checkpoint_changes()
+    }
+
+    fn runner_settings(&self) -> RunnerSettings {
+        self.inner.runner_settings()
     }
 
     async fn seen(&self, projection: &str, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
