@@ -19,7 +19,8 @@ use projectionist::nats::NatsSource;
 use projectionist::postgres::PgStore;
 #[cfg(feature = "rabbitmq")]
 use projectionist::rabbitmq::{RabbitError, RabbitSource};
-use projectionist::sqlite::{SqliteStore, StreamAppend};
+#[cfg(feature = "sqlite")]
+use projectionist::sqlite::SqliteStore;
 use projectionist::{Appended, Engine, ExpectedVersion, NewEvent, Source};
 
 use crate::exit::usage;
@@ -42,6 +43,7 @@ pub struct SecretUrl(String);
 
 impl SecretUrl {
     /// The URL with its password, to connect with. Never print it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -206,6 +208,7 @@ fn sqlite_files(p: &Path) -> Vec<PathBuf> {
 /// An open backend.
 #[derive(Clone)]
 pub enum Backend {
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
     #[cfg(feature = "postgres")]
     Postgres(PgStore),
@@ -221,6 +224,7 @@ impl Backend {
     /// Opens (creating if needed) the database and the engine's tables.
     pub async fn open(url: &DatabaseUrl) -> Result<Self> {
         match &url.location {
+            #[cfg(feature = "sqlite")]
             Location::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     if !dir.is_dir() {
@@ -235,7 +239,12 @@ impl Backend {
                     .with_context(|| format!("cannot open the database {url}"))?;
                 Ok(Backend::Sqlite(store))
             }
+            #[cfg(feature = "sqlite")]
             Location::SqliteMemory => Ok(Backend::Sqlite(SqliteStore::in_memory()?)),
+            #[cfg(not(feature = "sqlite"))]
+            Location::Sqlite(_) | Location::SqliteMemory => Err(usage(format!(
+                "--database {url}: this build of projectionist has no SQLite support"
+            ))),
             #[cfg(feature = "postgres")]
             Location::Postgres(secret) => {
                 // The schema may come from the URL (`?schema=NAME`); errors show the URL
@@ -265,9 +274,10 @@ impl Backend {
         I: Iterator<Item = projectionist::Result<ImportEvent>> + Send + 'static,
     {
         match self {
+            #[cfg(feature = "sqlite")]
             Backend::Sqlite(store) => {
                 let appends = events.map(|item| {
-                    item.map(|e| StreamAppend {
+                    item.map(|e| projectionist::StreamAppend {
                         stream_id: e.stream_id,
                         expected: e.expected,
                         events: vec![e.event],
@@ -278,7 +288,7 @@ impl Backend {
             #[cfg(feature = "postgres")]
             Backend::Postgres(store) => {
                 let appends = events.map(|item| {
-                    item.map(|e| StreamAppend {
+                    item.map(|e| projectionist::StreamAppend {
                         stream_id: e.stream_id,
                         expected: e.expected,
                         events: vec![e.event],
@@ -286,6 +296,8 @@ impl Backend {
                 });
                 store.import(appends, progress).await
             }
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => unreachable!("{NO_STORE}"),
         }
     }
 
@@ -297,15 +309,19 @@ impl Backend {
         event: NewEvent,
     ) -> projectionist::Result<Appended> {
         match self {
+            #[cfg(feature = "sqlite")]
             Backend::Sqlite(store) => store.append(stream_id, expected, vec![event]).await,
             #[cfg(feature = "postgres")]
             Backend::Postgres(store) => store.append(stream_id, expected, vec![event]).await,
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => unreachable!("{NO_STORE}"),
         }
     }
 
     /// Runs a read-only query on the read models and returns its rows as text.
     pub async fn query(&self, sql: &'static str) -> Result<Rows> {
         match self {
+            #[cfg(feature = "sqlite")]
             Backend::Sqlite(store) => {
                 let rows = store
                     .read(move |conn| {
@@ -363,9 +379,16 @@ impl Backend {
                 }
                 Ok(out)
             }
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => unreachable!("{NO_STORE}"),
         }
     }
 }
+
+/// Why a build without a store never holds a [`Backend`]: [`Backend::open`] refuses every
+/// `--database` first.
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+pub const NO_STORE: &str = "this build of projectionist has no store (SQLite or PostgreSQL)";
 
 /// A database that keeps read models and is a source of its own events (one per backend).
 pub trait CliStore: projectionist::Store + Source + Clone {
@@ -375,6 +398,7 @@ pub trait CliStore: projectionist::Store + Source + Clone {
     fn declarative(def: &ProjectionDef) -> projectionist::Projection<Self::Body>;
 }
 
+#[cfg(feature = "sqlite")]
 impl CliStore for SqliteStore {
     fn database_engine(&self) -> Engine<Self, Self> {
         self.engine()
@@ -414,6 +438,7 @@ pub fn engine<S: Source, St: CliStore>(
 }
 
 /// The SQLite engine (over its own events table) with the declarative projections of `config`.
+#[cfg(feature = "sqlite")]
 pub fn sqlite_engine(
     store: &SqliteStore,
     config: Option<&Config>,
@@ -464,6 +489,7 @@ impl EventSource {
 
     /// Opens the source at `url` (`None`: the database) for the projections of `config`.
     /// A bad URL or setting is a usage error (exit 2); errors never show a password.
+    #[cfg_attr(not(any(feature = "nats", feature = "rabbitmq")), allow(unused_variables))]
     pub async fn open(url: Option<(&str, String)>, config: Option<&Config>) -> Result<Self> {
         let Some((url, origin)) = url else {
             return Ok(EventSource::Database);
@@ -543,9 +569,12 @@ impl EventSource {
 macro_rules! with_store {
     ($backend:expr, |$store:ident| $body:expr) => {
         match $backend {
+            #[cfg(feature = "sqlite")]
             $crate::backend::Backend::Sqlite($store) => $body,
             #[cfg(feature = "postgres")]
             $crate::backend::Backend::Postgres($store) => $body,
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => unreachable!("{}", $crate::backend::NO_STORE),
         }
     };
 }
