@@ -3,8 +3,11 @@
 //! dashboard, sees the projections, clicks retry, sees the dead letter gone and the projection
 //! caught up, and saves a screenshot to target/artifacts/dashboard.png.
 //!
-//! It needs Debian's chromium, node, and `npm ci` in tests/browser. Where any of them is
-//! missing the test kit's CI-or-skip rule applies: a failure under `CI=true`, else a loud SKIP.
+//! It needs Debian's chromium, node, and `npm ci` in tests/browser, which `scripts/test`
+//! prepares; a plain `cargo nextest run` leaves it out (the default filter in
+//! .config/nextest.toml) and reports it as skipped. Run where any of them is missing, the test
+//! kit's CI-or-skip rule applies: a failure under `CI=true` and in the test script, else a loud
+//! SKIP.
 
 mod ops_support;
 
