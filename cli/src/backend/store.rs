@@ -73,28 +73,17 @@ impl Backend {
     where
         I: Iterator<Item = projectionist::Result<ImportEvent>> + Send + 'static,
     {
+        let appends = events.map(|item| {
+            item.map(|e| StreamAppend {
+                stream_id: e.stream_id,
+                expected: e.expected,
+                events: vec![e.event],
+            })
+        });
         match self {
-            Backend::Sqlite(store) => {
-                let appends = events.map(|item| {
-                    item.map(|e| StreamAppend {
-                        stream_id: e.stream_id,
-                        expected: e.expected,
-                        events: vec![e.event],
-                    })
-                });
-                store.import(appends, progress).await
-            }
+            Backend::Sqlite(store) => store.import(appends, progress).await,
             #[cfg(feature = "postgres")]
-            Backend::Postgres(store) => {
-                let appends = events.map(|item| {
-                    item.map(|e| StreamAppend {
-                        stream_id: e.stream_id,
-                        expected: e.expected,
-                        events: vec![e.event],
-                    })
-                });
-                store.import(appends, progress).await
-            }
+            Backend::Postgres(store) => store.import(appends, progress).await,
         }
     }
 
