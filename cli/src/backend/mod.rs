@@ -76,3 +76,21 @@ pub const SOURCES: &[Kind<dyn SourceBackend>] = &[
         backend: built_in!("rabbitmq", rabbitmq::Rabbit => dyn SourceBackend),
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::{SOURCES, STORES};
+
+    #[test]
+    fn each_scheme_names_one_backend_in_lower_case() {
+        let mut seen = HashSet::new();
+        let stores = STORES.iter().flat_map(|k| k.schemes.iter());
+        let sources = SOURCES.iter().flat_map(|k| k.schemes.iter());
+        for scheme in stores.chain(sources) {
+            assert_eq!(*scheme, scheme.to_ascii_lowercase());
+            assert!(seen.insert(*scheme), "{scheme} names two backends");
+        }
+    }
+}

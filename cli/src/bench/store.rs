@@ -1,6 +1,7 @@
 //! The bench's phases, written once over the library's store traits. Each backend says only
 //! what differs: its dialect's reference statement and rounding, its typed per-event handlers,
-//! and how it runs SQL text.
+//! and how it runs SQL text. The declarative style runs on the CLI's type-erased engine, the
+//! typed styles on the store's own body type.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,15 +12,15 @@ use indicatif::ProgressBar;
 use projectionist::declarative::Config;
 use projectionist::workload::{Orders, WorkloadEvent};
 use projectionist::{
-    Apply, DocumentStorage, Engine, EventLog, ExpectedVersion, Handlers, InlineAppend, ProgressFn,
-    Projection, Source, SqlStore, StreamAppend,
+    AnyEngine, AnySource, AnyStore, Apply, DocumentStorage, Engine, EventLog, ExpectedVersion, Handlers,
+    InlineAppend, ProgressFn, Projection, ShadowStore, Source, SqlStore, Store, StreamAppend,
 };
 
 use super::orders::{declarative_config, documents};
 use super::{Mismatch, Style, REFERENCE_TABLE};
 
 /// A store the bench runs on: its events, its read models and their SQL.
-pub trait BenchStore: SqlStore + EventLog + Source + InlineAppend<Self> + Clone
+pub trait BenchStore: SqlStore + EventLog + Source + InlineAppend<Self> + ShadowStore + Clone
 where
     Self::Tx: DocumentStorage + Sized,
 {
@@ -100,22 +101,34 @@ where
         }
     }
 
-    fn projection(&self, style: Style) -> Result<Projection<dyn Apply<St::Tx>>> {
+    /// The declarative `order_summary`, as the CLI runs it: on its one engine type, over the
+    /// type-erased store (so the phase also measures what the type erasure costs).
+    fn declarative(&self) -> Result<AnyEngine> {
+        let (name, table) = (Style::Sql.projection(), Style::Sql.table());
+        let batch_size = self.batch_size.unwrap_or(projectionist::DEFAULT_BATCH_SIZE);
+        let config = Config::parse(&declarative_config(name, table, batch_size), "bench")?;
+        let def = config
+            .projections
+            .first()
+            .context("the bench config has a projection")?;
+        let store = AnyStore::new(self.store.clone());
+        let settings = store.runner_settings();
+        let source = Arc::new(AnySource::new(self.store.clone()));
+        let projection =
+            projectionist::declarative::projection(def).error_policy(projectionist::ErrorPolicy::Stop);
+        Ok(AnyEngine::new(source, Arc::new(store))
+            .settings(settings)
+            .with(projection)?)
+    }
+
+    /// A typed style's projection, on the store's own body type.
+    fn typed(&self, style: Style) -> Projection<dyn Apply<St::Tx>> {
         let (name, table) = (style.projection(), style.table());
         let p = match style {
-            Style::Sql => {
-                let batch_size = self.batch_size.unwrap_or(projectionist::DEFAULT_BATCH_SIZE);
-                let config = Config::parse(&declarative_config(name, table, batch_size), "bench")?;
-                let def = config
-                    .projections
-                    .first()
-                    .context("the bench config has a projection")?;
-                projectionist::declarative::projection(def)
-            }
-            Style::Documents => self.sized(Projection::new(name, documents(table))),
-            Style::Handlers => self.sized(Projection::new(name, St::handlers(table))),
+            Style::Documents => Projection::new(name, documents(table)),
+            _ => Projection::new(name, St::handlers(table)),
         };
-        Ok(p.error_policy(projectionist::ErrorPolicy::Stop))
+        self.sized(p).error_policy(projectionist::ErrorPolicy::Stop)
     }
 
     /// Bulk-loads `events` (all or nothing), streaming them: memory stays flat.
@@ -141,10 +154,15 @@ where
 
     /// Rebuilds `style`'s read model from the start; returns the events it applied.
     pub async fn rebuild(&self, style: Style, progress: &ProgressBar) -> Result<u64> {
-        let engine = self.engine(self.projection(style)?)?;
         let bar = progress.clone();
-        let progress: ProgressFn = Arc::new(move |p| bar.set_position(p.events));
-        let report = engine.rebuild(style.projection(), Some(progress)).await?;
+        let progress: Option<ProgressFn> = Some(Arc::new(move |p| bar.set_position(p.events)));
+        let report = match style {
+            Style::Sql => self.declarative()?.rebuild(style.projection(), progress).await?,
+            _ => {
+                let engine = self.engine(self.typed(style))?;
+                engine.rebuild(style.projection(), progress).await?
+            }
+        };
         Ok(report.events)
     }
 
