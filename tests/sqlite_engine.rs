@@ -515,7 +515,7 @@ async fn fan_out_and_several_handlers_per_type() {
             .with(SqliteProjection::new("a", table("x")))
             .unwrap()
             .with(SqliteProjection::new("a", table("y"))),
-        Err(Error::Invalid(_))
+        Err(Error::InvalidInput(_))
     ));
 }
 

@@ -242,7 +242,7 @@ pub(crate) async fn check_partitioning<S: Source, St: Store>(
         return Ok(());
     }
     if !source.supports_partitions() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Unsupported(format!(
             "projection {} has partitions = {count}, which needs a source that filters partitions \
              in the database (PostgreSQL); remove `partitions` or use PostgreSQL",
             p.name()
@@ -259,7 +259,7 @@ pub(crate) async fn check_partitioning<S: Source, St: Store>(
     let inside = records.iter().filter(|r| r.partition < count).count() as u32;
     let partial = inside < count && records.iter().any(progressed);
     if beyond || partial {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "projection {} has checkpoints for another partition count than {count}; its read model \
              was built with different partitions. Rebuild it: projectionist rebuild {}",
             p.name(),

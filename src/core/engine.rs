@@ -93,8 +93,8 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// Adds a projection. Names are unique.
     pub fn register(&mut self, projection: Projection<St::Body>) -> Result<&mut Self> {
         if self.projections.iter().any(|p| p.name() == projection.name()) {
-            return Err(Error::Invalid(format!(
-                "projection {:?} is registered twice",
+            return Err(Error::InvalidInput(format!(
+                "projection {:?} is registered twice; give each projection its own name",
                 projection.name()
             )));
         }
@@ -214,7 +214,7 @@ impl<S: Source, St: Store> Engine<S, St> {
         let mut reports = join_all(set).await;
         while let Some(joined) = groups.join_next().await {
             let group = joined
-                .map_err(|e| Error::Invalid(format!("a partition coordinator panicked: {e}")))
+                .map_err(|e| Error::task("a partition coordinator", e))
                 .and_then(|r| r);
             match (&mut reports, group) {
                 (Ok(all), Ok(more)) => all.extend(more),
@@ -286,7 +286,7 @@ impl<S: Source, St: Store> Engine<S, St> {
             m.partition = 0;
             m.state = RunState::Running;
         }
-        merged.ok_or_else(|| Error::Invalid(format!("rebuild of {name} ran no worker")))
+        merged.ok_or_else(|| Error::Internal(format!("rebuild of {name} ran no worker")))
     }
 
     /// Pauses a projection: its runners stop after their current batch, in any process.
@@ -464,7 +464,7 @@ async fn join_all(mut set: JoinSet<Result<WorkerReport>>) -> Result<Vec<WorkerRe
                 first_error.get_or_insert(e);
             }
             Err(e) => {
-                first_error.get_or_insert(Error::Invalid(format!("a projection worker panicked: {e}")));
+                first_error.get_or_insert(Error::task("a projection worker", e));
             }
         }
     }

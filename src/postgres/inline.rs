@@ -76,7 +76,7 @@ impl PgEngine {
             && (self.source().location() != self.store().location()
                 || self.source().schema() != self.store().schema())
         {
-            return Err(Error::Invalid(
+            return Err(Error::Config(
                 "inline projections need the events and the read models in the same PostgreSQL database and schema"
                     .into(),
             ));
@@ -174,7 +174,7 @@ impl PgStore {
         }
         let Some(row) = row else { return Ok(()) };
         let state: String = row.try_get(2).map_err(&err)?;
-        if RunState::parse(&state) != Some(RunState::Running) {
+        if RunState::stored(name, 0, &state)? != RunState::Running {
             // Paused, stopped or rebuilding: its runner catches up later.
             return Ok(());
         }
