@@ -251,7 +251,7 @@ impl PgStore {
                 (it, chunk)
             })
             .await
-            .map_err(|e| Error::Invalid(format!("reading the import panicked: {e}")))?;
+            .map_err(|e| Error::task("reading the import", e))?;
             if chunk.is_empty() {
                 break;
             }
@@ -308,17 +308,21 @@ impl AppendError {
     fn into_error(self) -> Error {
         match self {
             AppendError::Fail(e) => e,
-            AppendError::Race => Error::Invalid("a concurrent append raced the import".into()),
+            // The import holds the events table's lock: no append can race it.
+            AppendError::Race => Error::Internal(
+                "a concurrent append took a stream version while the import held the events table's lock"
+                    .into(),
+            ),
         }
     }
 }
 
 fn validate(a: &StreamAppend) -> Result<()> {
     if a.stream_id.is_empty() {
-        return Err(Error::Invalid("stream_id must not be empty".into()));
+        return Err(Error::InvalidInput("stream_id must not be empty".into()));
     }
     if a.events.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "nothing to append to stream {}",
             a.stream_id
         )));

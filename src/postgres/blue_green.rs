@@ -78,7 +78,7 @@ impl PgEngine {
         let started = Instant::now();
         let projection = self.projection(name)?.clone();
         if projection.is_partitioned() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Unsupported(format!(
                 "projection {name} is partitioned; blue/green rebuilds do not support partitions yet: \
                  use `projectionist rebuild {name}` (in place)"
             )));
