@@ -16,6 +16,7 @@ use chrono::Utc;
 use rusqlite::{params, Connection, TransactionBehavior};
 use tracing::info;
 
+use super::connect::configure;
 use super::{db_err, format_time, SqliteEngine, SqliteStore};
 use crate::core::error::{Error, Result};
 use crate::core::runner::{Mode, ProgressFn};
@@ -170,7 +171,7 @@ fn swap(
         .to_str()
         .ok_or_else(|| Error::Invalid(format!("shadow path {} is not UTF-8", shadow.display())))?;
     let mut conn = Connection::open(main).map_err(&err)?;
-    super::configure(&conn)?;
+    configure(&conn)?;
     conn.execute("ATTACH DATABASE ?1 AS shadow", [shadow_str])
         .map_err(&err)?;
     let out: Result<(Duration, Vec<String>)> = (|| {

@@ -1,0 +1,208 @@
+//! Appending events: optimistic concurrency per stream, and the bulk import.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use uuid::Uuid;
+
+use super::rows::format_time;
+use super::{db_err, Inner, SqliteStore};
+use crate::core::error::{Error, Result};
+use crate::core::event::{Appended, Checkpoint, ExpectedVersion, ImportProgress, NewEvent, StreamAppend};
+
+impl SqliteStore {
+    /// Appends events to one stream. `expected` is checked against the stream's current
+    /// version; a mismatch is [`Error::Conflict`] naming the stream, the expected and the
+    /// actual version.
+    pub async fn append(
+        &self,
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        Appended::only(
+            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
+                .await?,
+        )
+    }
+
+    /// Appends to several streams in one transaction: all or nothing.
+    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        let out = self
+            .blocking(move |inner| {
+                let mut conn = inner.writer();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_err("beginning an append"))?;
+                let mut versions = Versions::new(&tx)?;
+                let now = format_time(Utc::now());
+                let mut out = Vec::with_capacity(appends.len());
+                for a in &appends {
+                    out.push(append_in(&tx, &mut versions, a, &now)?);
+                }
+                tx.commit().map_err(db_err("committing an append"))?;
+                Ok(out)
+            })
+            .await?;
+        Inner::bump(&self.inner.changes);
+        Ok(out)
+    }
+
+    /// Imports a stream of appends in one transaction: when any item is an error, or any
+    /// append conflicts, nothing of the import is written and that error is returned.
+    /// The iterator runs on a blocking thread, so it may read a file.
+    pub async fn import<I>(&self, items: I, progress: Option<ImportProgress>) -> Result<u64>
+    where
+        I: Iterator<Item = Result<StreamAppend>> + Send + 'static,
+    {
+        let n = self
+            .blocking(move |inner| {
+                let mut conn = inner.writer();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_err("beginning an import"))?;
+                let mut versions = Versions::new(&tx)?;
+                let now = format_time(Utc::now());
+                let mut n = 0u64;
+                for item in items {
+                    let a = item?;
+                    append_in(&tx, &mut versions, &a, &now)?;
+                    let len = a.events.len() as u64;
+                    n += len;
+                    if let Some(p) = &progress {
+                        if n % 4096 < len {
+                            p(n);
+                        }
+                    }
+                }
+                tx.commit().map_err(db_err("committing an import"))?;
+                if let Some(p) = &progress {
+                    p(n);
+                }
+                Ok(n)
+            })
+            .await?;
+        Inner::bump(&self.inner.changes);
+        Ok(n)
+    }
+}
+
+/// Stream versions known inside one write transaction.
+pub(super) struct Versions {
+    known: HashMap<String, i64>,
+    /// The events table was empty when the transaction began: every stream starts at 0.
+    started_empty: bool,
+}
+
+impl Versions {
+    pub(super) fn new(tx: &Connection) -> Result<Self> {
+        let started_empty = tx
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
+            .map_err(db_err("reading the events table"))?;
+        Ok(Versions {
+            known: HashMap::new(),
+            started_empty,
+        })
+    }
+
+    /// Validates an append and returns its stream's current version.
+    fn check(&mut self, tx: &Connection, a: &StreamAppend) -> Result<i64> {
+        if a.events.is_empty() {
+            return Err(Error::Invalid(format!(
+                "nothing to append to stream {}",
+                a.stream_id
+            )));
+        }
+        if a.stream_id.is_empty() {
+            return Err(Error::Invalid("stream_id must not be empty".into()));
+        }
+        let current = match self.known.get(&a.stream_id) {
+            Some(v) => *v,
+            None if self.started_empty => 0,
+            None => tx
+                .prepare_cached("SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1")
+                .and_then(|mut st| st.query_row([&a.stream_id], |r| r.get::<_, i64>(0)))
+                .map_err(db_err("reading the stream version"))?,
+        };
+        if !a.expected.admits(current) {
+            return Err(Error::Conflict {
+                stream: a.stream_id.clone(),
+                expected: a.expected,
+                actual: current,
+            });
+        }
+        Ok(current)
+    }
+
+    fn set(&mut self, stream_id: &str, version: i64) {
+        match self.known.get_mut(stream_id) {
+            Some(v) => *v = version,
+            None => {
+                self.known.insert(stream_id.to_owned(), version);
+            }
+        }
+    }
+}
+
+/// Appends one stream's events inside `tx`. `versions` caches stream versions across the
+/// appends of one transaction.
+pub(super) fn append_in(
+    tx: &Connection,
+    versions: &mut Versions,
+    a: &StreamAppend,
+    now: &str,
+) -> Result<Appended> {
+    let current = versions.check(tx, a)?;
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO events (stream_id, stream_version, event_type, event_id, data, metadata, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db_err("preparing the append"))?;
+    let mut version = current;
+    let mut first = 0;
+    let mut last = 0;
+    let mut id_buf = Uuid::encode_buffer();
+    for ev in &a.events {
+        version += 1;
+        let (data, metadata) = (ev.data_json(), ev.metadata_json());
+        let event_id: &str = ev.event_id.hyphenated().encode_lower(&mut id_buf);
+        match insert.execute(params![
+            a.stream_id,
+            version,
+            ev.event_type,
+            event_id,
+            data,
+            metadata,
+            now
+        ]) {
+            Ok(_) => {}
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                let msg = e.to_string();
+                if msg.contains("event_id") {
+                    return Err(Error::DuplicateEvent {
+                        event_id: ev.event_id,
+                    });
+                }
+                return Err(Error::Conflict {
+                    stream: a.stream_id.clone(),
+                    expected: a.expected,
+                    actual: version,
+                });
+            }
+            Err(e) => return Err(db_err("appending an event")(e)),
+        }
+        last = tx.last_insert_rowid();
+        if first == 0 {
+            first = last;
+        }
+    }
+    versions.set(&a.stream_id, version);
+    Ok(Appended {
+        first_position: first,
+        last_position: last,
+        stream_version: version,
+        token: Checkpoint::at(last),
+    })
+}

@@ -1,0 +1,148 @@
+//! Inline projections: applied inside the append's transaction, so that when an append
+//! returns, their read models already show its events.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::append::{append_in, Versions};
+use super::commit::commit_in;
+use super::lifecycle::{lifecycle, load_record};
+use super::read::read_batch;
+use super::rows::format_time;
+use super::{db_err, Inner, SqliteProjection, SqliteStore};
+use crate::core::engine::Engine;
+use crate::core::error::{Error, Result};
+use crate::core::event::{Appended, Event, ExpectedVersion, NewEvent, StreamAppend};
+use crate::core::source::Filter;
+use crate::core::store::{Commit, CommitError, RunState};
+
+impl SqliteStore {
+    /// Appends, then applies the `inline` projections to everything up to the new head, all
+    /// in one transaction. A failing inline handler rolls the whole append back.
+    pub(super) async fn append_inline(
+        &self,
+        appends: Vec<StreamAppend>,
+        inline: Vec<SqliteProjection>,
+    ) -> Result<Vec<Appended>> {
+        let any_inline = !inline.is_empty();
+        let out = self
+            .blocking(move |inner| {
+                let mut conn = inner.writer();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db_err("beginning an append"))?;
+                let mut versions = Versions::new(&tx)?;
+                let now = format_time(Utc::now());
+                let mut out = Vec::with_capacity(appends.len());
+                for a in &appends {
+                    out.push(append_in(&tx, &mut versions, a, &now)?);
+                }
+                for p in &inline {
+                    apply_inline(&tx, p)?;
+                }
+                tx.commit().map_err(db_err("committing an append"))?;
+                Ok(out)
+            })
+            .await?;
+        Inner::bump(&self.inner.changes);
+        if any_inline {
+            Inner::bump(&self.inner.checkpoints);
+        }
+        Ok(out)
+    }
+}
+
+impl Engine<SqliteStore, SqliteStore> {
+    /// Appends events to one stream and applies every inline projection in the same
+    /// transaction: when this returns, inline read models already show the events. A failing
+    /// inline handler fails the append with [`Error::InlineProjection`], and nothing of it is
+    /// written. Projections that are not inline are applied by runners, as usual.
+    pub async fn append(
+        &self,
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        Appended::only(
+            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
+                .await?,
+        )
+    }
+
+    /// Appends to several streams, with the inline projections, in one transaction.
+    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        let inline: Vec<SqliteProjection> = self
+            .projections()
+            .iter()
+            .filter(|p| p.options().inline)
+            .cloned()
+            .collect();
+        self.store().append_inline(appends, inline).await
+    }
+}
+
+/// Brings one inline projection to the head inside the append's transaction.
+fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> {
+    let name = p.name();
+    let mut record = load_record(tx, name, 0).map_err(db_err("reading the checkpoint"))?;
+    if record.is_none() {
+        p.body().setup(tx).map_err(lifecycle(name, "setup"))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO projection_checkpoints (projection, partition) VALUES (?1, 0)",
+            [name],
+        )
+        .map_err(db_err("creating the checkpoint"))?;
+        record = load_record(tx, name, 0).map_err(db_err("reading the checkpoint"))?;
+    }
+    let Some(record) = record else { return Ok(()) };
+    if record.state != RunState::Running {
+        // Paused, stopped or rebuilding: its runner catches up later.
+        return Ok(());
+    }
+    let filter = Filter::types(p.event_types());
+    let mut checkpoint = record.checkpoint;
+    loop {
+        let batch = read_batch(tx, checkpoint, p.options().batch_size, &filter)?;
+        if batch.events.is_empty() && batch.scanned_to <= checkpoint {
+            return Ok(());
+        }
+        let events: Arc<[Event]> = batch.events.into();
+        let commit = Commit {
+            projection: Arc::from(name),
+            partition: 0,
+            body: p.body().clone(),
+            range: 0..events.len(),
+            events: events.clone(),
+            expected: checkpoint,
+            to: batch.scanned_to,
+            dead_letters: Vec::new(),
+            stats: crate::core::store::CommitStats {
+                ignored: batch.ignored,
+                ..Default::default()
+            },
+            last_error: None,
+            fence: None,
+            record_ids: Vec::new(),
+        };
+        match commit_in(tx, &commit) {
+            Ok(()) => checkpoint = batch.scanned_to,
+            Err(CommitError::Handler(f)) => {
+                return Err(Error::InlineProjection {
+                    projection: name.to_owned(),
+                    position: events.get(f.index).map_or(0, |e| e.position),
+                    message: f.error.to_string(),
+                })
+            }
+            Err(CommitError::Store(e)) => return Err(e),
+            Err(CommitError::Fenced { actual }) => {
+                return Err(Error::Invalid(format!(
+                    "inline projection {name}: checkpoint moved to {actual} inside the append"
+                )))
+            }
+            // Inline commits carry no lease.
+            Err(CommitError::NotActive { .. } | CommitError::LeaseLost) => return Ok(()),
+        }
+    }
+}
