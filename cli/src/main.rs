@@ -1,7 +1,7 @@
 //! `projectionist`: the daemon and command-line tool.
 //!
 //! The binary stays thin: argument parsing, output, progress bars, signals and exit codes.
-//! The work happens in the `projectionist` library; `backend.rs` is the one place that turns
+//! The work happens in the `projectionist` library; `backend/` is the one place that turns
 //! a `--database` URL into a backend.
 
 mod args;

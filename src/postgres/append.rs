@@ -36,38 +36,26 @@ impl PgStore {
     /// Appends to several streams in one transaction: all or nothing. Appends that expect
     /// [`ExpectedVersion::Any`] are retried when a concurrent append takes their version.
     pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
-        for a in &appends {
-            validate(a)?;
-        }
-        if appends.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.try_append(&appends, &[]).await {
-                Err(AppendError::Race) if attempt < 20 => {
-                    tokio::time::sleep(Duration::from_millis(attempt as u64)).await;
-                }
-                Err(AppendError::Race) => {
-                    return Err(Error::Database {
-                        op: "appending events",
-                        message: "concurrent appends kept taking the same stream versions; try again".into(),
-                        retryable: true,
-                    })
-                }
-                Err(AppendError::Fail(e)) => return Err(e),
-                Ok(out) => {
-                    bump(&self.inner.changes);
-                    return Ok(out);
-                }
-            }
-        }
+        self.append_retrying(appends, &[]).await
     }
 
     /// Appends with the inline projections `inline` applied in the same transaction (see
     /// the `inline` module for why the checkpoint stays gap-free).
     pub(crate) async fn append_with_inline(
+        &self,
+        appends: Vec<StreamAppend>,
+        inline: &[PgProjection],
+    ) -> Result<Vec<Appended>> {
+        let out = self.append_retrying(appends, inline).await?;
+        if !out.is_empty() {
+            bump(&self.inner.checkpoints);
+        }
+        Ok(out)
+    }
+
+    /// Validates the appends, then runs them (with `inline`) until no concurrent append
+    /// races them, 20 attempts at most; wakes the runners after.
+    async fn append_retrying(
         &self,
         appends: Vec<StreamAppend>,
         inline: &[PgProjection],
@@ -95,7 +83,6 @@ impl PgStore {
                 Err(AppendError::Fail(e)) => return Err(e),
                 Ok(out) => {
                     bump(&self.inner.changes);
-                    bump(&self.inner.checkpoints);
                     return Ok(out);
                 }
             }

@@ -6,8 +6,9 @@ use chrono::Utc;
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use uuid::Uuid;
 
+use super::inline::apply_inline;
 use super::rows::format_time;
-use super::{db_err, Inner, SqliteStore};
+use super::{db_err, Inner, SqliteProjection, SqliteStore};
 use crate::core::error::{Error, Result};
 use crate::core::event::{Appended, Checkpoint, ExpectedVersion, ImportProgress, NewEvent, StreamAppend};
 
@@ -29,6 +30,17 @@ impl SqliteStore {
 
     /// Appends to several streams in one transaction: all or nothing.
     pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        self.append_inline(appends, Vec::new()).await
+    }
+
+    /// Appends, then applies the `inline` projections to everything up to the new head, all
+    /// in one transaction. A failing inline handler rolls the whole append back.
+    pub(super) async fn append_inline(
+        &self,
+        appends: Vec<StreamAppend>,
+        inline: Vec<SqliteProjection>,
+    ) -> Result<Vec<Appended>> {
+        let any_inline = !inline.is_empty();
         let out = self
             .blocking(move |inner| {
                 let mut conn = inner.writer();
@@ -41,11 +53,17 @@ impl SqliteStore {
                 for a in &appends {
                     out.push(append_in(&tx, &mut versions, a, &now)?);
                 }
+                for p in &inline {
+                    apply_inline(&tx, p)?;
+                }
                 tx.commit().map_err(db_err("committing an append"))?;
                 Ok(out)
             })
             .await?;
         Inner::bump(&self.inner.changes);
+        if any_inline {
+            Inner::bump(&self.inner.checkpoints);
+        }
         Ok(out)
     }
 
@@ -89,14 +107,14 @@ impl SqliteStore {
 }
 
 /// Stream versions known inside one write transaction.
-pub(super) struct Versions {
+struct Versions {
     known: HashMap<String, i64>,
     /// The events table was empty when the transaction began: every stream starts at 0.
     started_empty: bool,
 }
 
 impl Versions {
-    pub(super) fn new(tx: &Connection) -> Result<Self> {
+    fn new(tx: &Connection) -> Result<Self> {
         let started_empty = tx
             .query_row("SELECT NOT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
             .map_err(db_err("reading the events table"))?;
@@ -147,12 +165,7 @@ impl Versions {
 
 /// Appends one stream's events inside `tx`. `versions` caches stream versions across the
 /// appends of one transaction.
-pub(super) fn append_in(
-    tx: &Connection,
-    versions: &mut Versions,
-    a: &StreamAppend,
-    now: &str,
-) -> Result<Appended> {
+fn append_in(tx: &Connection, versions: &mut Versions, a: &StreamAppend, now: &str) -> Result<Appended> {
     let current = versions.check(tx, a)?;
     let mut insert = tx
         .prepare_cached(

@@ -3,56 +3,17 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
-use super::append::{append_in, Versions};
 use super::commit::commit_in;
 use super::lifecycle::{lifecycle, load_record};
 use super::read::read_batch;
-use super::rows::format_time;
-use super::{db_err, Inner, SqliteProjection, SqliteStore};
+use super::{db_err, SqliteProjection, SqliteStore};
 use crate::core::engine::Engine;
 use crate::core::error::{Error, Result};
 use crate::core::event::{Appended, Event, ExpectedVersion, NewEvent, StreamAppend};
 use crate::core::source::Filter;
 use crate::core::store::{Commit, CommitError, RunState};
-
-impl SqliteStore {
-    /// Appends, then applies the `inline` projections to everything up to the new head, all
-    /// in one transaction. A failing inline handler rolls the whole append back.
-    pub(super) async fn append_inline(
-        &self,
-        appends: Vec<StreamAppend>,
-        inline: Vec<SqliteProjection>,
-    ) -> Result<Vec<Appended>> {
-        let any_inline = !inline.is_empty();
-        let out = self
-            .blocking(move |inner| {
-                let mut conn = inner.writer();
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(db_err("beginning an append"))?;
-                let mut versions = Versions::new(&tx)?;
-                let now = format_time(Utc::now());
-                let mut out = Vec::with_capacity(appends.len());
-                for a in &appends {
-                    out.push(append_in(&tx, &mut versions, a, &now)?);
-                }
-                for p in &inline {
-                    apply_inline(&tx, p)?;
-                }
-                tx.commit().map_err(db_err("committing an append"))?;
-                Ok(out)
-            })
-            .await?;
-        Inner::bump(&self.inner.changes);
-        if any_inline {
-            Inner::bump(&self.inner.checkpoints);
-        }
-        Ok(out)
-    }
-}
 
 impl Engine<SqliteStore, SqliteStore> {
     /// Appends events to one stream and applies every inline projection in the same
@@ -84,7 +45,7 @@ impl Engine<SqliteStore, SqliteStore> {
 }
 
 /// Brings one inline projection to the head inside the append's transaction.
-fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> {
+pub(super) fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> {
     let name = p.name();
     let mut record = load_record(tx, name, 0).map_err(db_err("reading the checkpoint"))?;
     if record.is_none() {
