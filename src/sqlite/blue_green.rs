@@ -27,7 +27,7 @@ use crate::core::store::{RunState, Store};
 
 fn shadow_path(main: &str, projection: &str) -> Result<PathBuf> {
     if main == ":memory:" {
-        return Err(Error::Invalid(
+        return Err(Error::Unsupported(
             "blue/green rebuilds need a database file, not an in-memory database".into(),
         ));
     }
@@ -98,7 +98,7 @@ impl SqliteEngine {
             // The swapper failed before it held the lock; its error says why.
             return Err(swapper
                 .await
-                .map_err(|e| Error::Invalid(format!("the swap task panicked: {e}")))?
+                .map_err(|e| Error::task("the swap task", e))?
                 .err()
                 .unwrap_or(Error::Shutdown));
         }
@@ -122,9 +122,7 @@ impl SqliteEngine {
                 return Err(e);
             }
         }
-        let (swap_lock, tables) = swapper
-            .await
-            .map_err(|e| Error::Invalid(format!("the swap task panicked: {e}")))??;
+        let (swap_lock, tables) = swapper.await.map_err(|e| Error::task("the swap task", e))??;
         drop(shadow);
         remove_database_files(&path);
         crate::sqlite::Inner::bump(&main.inner.checkpoints);
@@ -167,9 +165,12 @@ fn swap(
     go: std::sync::mpsc::Receiver<bool>,
 ) -> Result<(Duration, Vec<String>)> {
     let err = db_err("swapping in the rebuilt read model");
-    let shadow_str = shadow
-        .to_str()
-        .ok_or_else(|| Error::Invalid(format!("shadow path {} is not UTF-8", shadow.display())))?;
+    let shadow_str = shadow.to_str().ok_or_else(|| {
+        Error::Unsupported(format!(
+            "shadow path {} is not UTF-8, which SQLite cannot attach; move the database to a UTF-8 path",
+            shadow.display()
+        ))
+    })?;
     let mut conn = Connection::open(main).map_err(&err)?;
     configure(&conn)?;
     conn.execute("ATTACH DATABASE ?1 AS shadow", [shadow_str])

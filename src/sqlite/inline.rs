@@ -97,9 +97,10 @@ pub(super) fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> 
                 })
             }
             Err(CommitError::Store(e)) => return Err(e),
+            // The append holds the write lock from reading the checkpoint to this commit.
             Err(CommitError::Fenced { actual }) => {
-                return Err(Error::Invalid(format!(
-                    "inline projection {name}: checkpoint moved to {actual} inside the append"
+                return Err(Error::Internal(format!(
+                    "inline projection {name}: its checkpoint moved to {actual} inside the append, which holds the write lock"
                 )))
             }
             // Inline commits carry no lease.

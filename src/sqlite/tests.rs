@@ -252,3 +252,34 @@ async fn reset_forgets_the_projections_seen_ids() {
         "other projections keep theirs"
     );
 }
+
+#[tokio::test]
+async fn an_unknown_stored_state_is_an_error_naming_it_not_a_guess() {
+    let store = SqliteStore::in_memory().unwrap();
+    store.prepare("p", 0, body()).await.unwrap();
+    store
+        .write(|db| db.execute("UPDATE projection_checkpoints SET state = 'halted'", []))
+        .await
+        .unwrap();
+    for outcome in [
+        store.record("p", 0).await.map(|_| ()),
+        store.records().await.map(|_| ()),
+    ] {
+        let err = outcome.unwrap_err();
+        assert!(
+            matches!(&err, Error::Database { retryable: false, .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("projection p partition 0") && text.contains("\"halted\""),
+            "{text}"
+        );
+    }
+    // Setting a known state is the way out.
+    store.set_state("p", None, RunState::Paused, None).await.unwrap();
+    assert_eq!(
+        store.record("p", 0).await.unwrap().unwrap().state,
+        RunState::Paused
+    );
+}
