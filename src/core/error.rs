@@ -209,8 +209,9 @@ pub enum Error {
         retryable: bool,
     },
 
-    /// A message broker (NATS JetStream, RabbitMQ) failed.
-    #[error("{broker}: {message}")]
+    /// A message broker (NATS JetStream, RabbitMQ) failed. The message names the broker and
+    /// the operation.
+    #[error("{message}")]
     Broker {
         /// Which broker: `"NATS JetStream"` or `"RabbitMQ"`.
         broker: &'static str,

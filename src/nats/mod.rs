@@ -65,7 +65,7 @@ pub(crate) fn broker(op: impl std::fmt::Display, err: impl std::fmt::Display) ->
     };
     Error::Broker {
         broker: "NATS JetStream",
-        message: format!("{op}: {message}{hint}"),
+        message: format!("NATS JetStream: {op}: {message}{hint}"),
         retryable: true,
     }
 }
