@@ -122,11 +122,11 @@ async fn append_read_stream_and_conflicts() {
             ExpectedVersion::NoStream,
             vec![ev("A", 1)],
         )),
-        Err(Error::Invalid("line 2: not JSON".into())),
+        Err(Error::InvalidInput("line 2: not JSON".into())),
     ];
     let r = store.import(items.into_iter(), None).await;
     assert!(
-        matches!(r, Err(Error::Invalid(ref m)) if m.contains("line 2")),
+        matches!(r, Err(Error::InvalidInput(ref m)) if m.contains("line 2")),
         "{r:?}"
     );
     assert_eq!(store.event_count().await.unwrap(), before);

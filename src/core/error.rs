@@ -193,12 +193,6 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
-    /// Transitional: being split into [`InvalidInput`](Error::InvalidInput),
-    /// [`Config`](Error::Config), [`Unsupported`](Error::Unsupported) and
-    /// [`Internal`](Error::Internal). Do not use in new code.
-    #[error("{0}")]
-    Invalid(String),
-
     /// The database failed; the message says during which operation, and what the server said.
     #[error("database error during {op}: {message}")]
     Database {

@@ -75,7 +75,10 @@ impl EventSource {
                 }
                 match builder.connect().await {
                     Ok(source) => Ok(EventSource::Nats(Arc::new(source))),
-                    Err(projectionist::Error::Invalid(m)) => Err(usage(format!("{shown}: {m}"))),
+                    // A missing stream, a subject outside it, bad credentials: the user's to fix.
+                    Err(e @ (projectionist::Error::Config(_) | projectionist::Error::Unsupported(_))) => {
+                        Err(usage(format!("{shown}: {e}")))
+                    }
                     Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
                 }
             }
