@@ -99,7 +99,8 @@ mod tests {
             code(Error::Database {
                 op: "connecting",
                 message: "refused".into(),
-                retryable: true
+                retryable: true,
+                cause: None
             }),
             FAILURE
         );

@@ -193,7 +193,8 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
-    /// The database failed; the message says during which operation, and what the server said.
+    /// The database failed; the message says during which operation, and what the server said
+    /// (with PostgreSQL's detail, hint and SQLSTATE).
     #[error("database error during {op}: {message}")]
     Database {
         op: &'static str,
@@ -201,6 +202,10 @@ pub enum Error {
         /// Whether retrying later may succeed (a lost connection, a busy database, a
         /// serialization failure).
         retryable: bool,
+        /// The driver's error (`tokio_postgres::Error`, `rusqlite::Error`), when there is
+        /// one. Read its codes with [`Error::sqlstate`] and [`Error::sqlite_code`]. It is not
+        /// [`source`](std::error::Error::source): the message already says what it says.
+        cause: Option<BoxError>,
     },
 
     /// A message broker (NATS JetStream, RabbitMQ) failed. The message names the broker and
@@ -231,14 +236,50 @@ pub enum Error {
 }
 
 impl Error {
-    /// A database error during `op`, carrying `err`'s text (retryable, as most database
-    /// failures of a store are transient; build [`Error::Database`] directly otherwise).
-    pub fn database(op: &'static str, err: impl fmt::Display) -> Self {
+    /// A database error during `op`, keeping `err` as its cause and its text as the message
+    /// (retryable, as most database failures of a store are transient; build
+    /// [`Error::Database`] directly otherwise).
+    pub fn database(op: &'static str, err: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Database {
             op,
             message: err.to_string(),
             retryable: true,
+            cause: Some(Box::new(err)),
         }
+    }
+
+    /// The database driver's error behind an [`Error::Database`], if it kept one.
+    pub fn database_cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            Error::Database { cause, .. } => cause.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE of a PostgreSQL [`Error::Database`] (`"40001"`: serialization failure,
+    /// `"23505"`: unique violation, `"42P01"`: undefined table, ...), when the server sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        #[cfg(feature = "postgres")]
+        if let Some(e) = self
+            .database_cause()
+            .and_then(|c| c.downcast_ref::<tokio_postgres::Error>())
+        {
+            return e.code().map(|c| c.code());
+        }
+        None
+    }
+
+    /// The extended result code of an SQLite [`Error::Database`] (`5`: busy, `2067`: unique
+    /// constraint failed, ...), when SQLite returned one.
+    pub fn sqlite_code(&self) -> Option<i32> {
+        #[cfg(feature = "sqlite")]
+        if let Some(rusqlite::Error::SqliteFailure(e, _)) = self
+            .database_cause()
+            .and_then(|c| c.downcast_ref::<rusqlite::Error>())
+        {
+            return Some(e.extended_code);
+        }
+        None
     }
 
     /// The failure of a task that `what` ran: a panic is [`Error::Internal`] with the panic's
@@ -301,6 +342,7 @@ mod tests {
             op: "reading events",
             message: "x".into(),
             retryable,
+            cause: None,
         };
         let broker = |retryable| Error::Broker {
             broker: "RabbitMQ",

@@ -762,6 +762,7 @@ mod tests {
             op: "reading events",
             message: "connection lost".into(),
             retryable: true,
+            cause: None,
         }
     }
 

@@ -69,6 +69,7 @@ impl RunState {
                  {projection}` or `projectionist resume {projection}`"
             ),
             retryable: false,
+            cause: None,
         })
     }
 

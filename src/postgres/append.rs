@@ -78,6 +78,7 @@ impl PgStore {
                         op: "appending events",
                         message: "concurrent appends kept taking the same stream versions; try again".into(),
                         retryable: true,
+                        cause: None,
                     })
                 }
                 Err(AppendError::Fail(e)) => return Err(e),
@@ -167,10 +168,10 @@ impl PgStore {
         read: &HashMap<String, i64>,
     ) -> AppendError {
         let Some(dbe) = e.as_db_error() else {
-            return AppendError::Fail(db("appending events", &e));
+            return AppendError::Fail(db("appending events", e));
         };
         if dbe.code() != &tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
-            return AppendError::Fail(db("appending events", &e));
+            return AppendError::Fail(db("appending events", e));
         }
         if dbe.constraint() == Some("events_event_id_key") {
             let event_id = dbe
@@ -265,7 +266,7 @@ impl PgStore {
                             .and_then(|id| Uuid::parse_str(id).ok())
                             .unwrap_or_default(),
                     },
-                    _ => db("importing events", &e),
+                    _ => db("importing events", e),
                 }
             })?;
             n += rows.len() as u64;

@@ -267,14 +267,14 @@ impl Flusher<'_, '_> {
                     error::describe(&e)
                 ))))
             }
-            Err(e) => return Err(PrefetchError::Store(error::db("loading documents", &e))),
+            Err(e) => return Err(PrefetchError::Store(error::db("loading documents", e))),
         };
         let mut loaded = Vec::with_capacity(rows.len());
         for r in &rows {
             match r.try_get::<_, serde_json::Value>(0) {
                 Ok(serde_json::Value::Object(m)) => loaded.push(m),
                 Ok(_) => {}
-                Err(e) => return Err(PrefetchError::Store(error::db("loading documents", &e))),
+                Err(e) => return Err(PrefetchError::Store(error::db("loading documents", e))),
             }
         }
         Ok(loaded)

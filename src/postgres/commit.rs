@@ -98,7 +98,7 @@ impl PgStore {
             }
             Err(PipelineError { error, index, .. }) if index <= cas => {
                 drop(tx);
-                Err(CommitError::Store(db("moving the checkpoint", &error)))
+                Err(CommitError::Store(db("moving the checkpoint", error)))
             }
             _ if !cas_moved => {
                 let _ = tx.rollback().await;
@@ -117,7 +117,7 @@ impl PgStore {
             },
             Err(f) if Some(f.index) == seen && is_unique_violation(&f.error) => {
                 let _ = tx.rollback().await;
-                Err(CommitError::Store(already_seen(&c.projection, &f.error)))
+                Err(CommitError::Store(already_seen(&c.projection, f.error)))
             }
             Err(f) => {
                 let _ = tx.rollback().await;
@@ -130,8 +130,8 @@ impl PgStore {
                             error: HandlerError::msg(message),
                         }))
                     }
-                    Origin::Event(_) => Err(CommitError::Store(db("applying a batch", &error))),
-                    _ => Err(CommitError::Store(db("committing a batch", &error))),
+                    Origin::Event(_) => Err(CommitError::Store(db("applying a batch", error))),
+                    _ => Err(CommitError::Store(db("committing a batch", error))),
                 }
             }
         }
@@ -219,7 +219,7 @@ impl PgStore {
                     let _ = tx.rollback().await;
                     return Err(CommitError::LeaseLost);
                 }
-                Err(e) => return Err(CommitError::Store(db("checking the partition's lease", &e))),
+                Err(e) => return Err(CommitError::Store(db("checking the partition's lease", e))),
             }
             let st = tx.prepare_cached(&sql.mark_owner).await.map_err(&cas_err)?;
             tx.execute(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
@@ -273,7 +273,7 @@ impl PgStore {
             }
             Err(f) if Some(f.index) == seen && is_unique_violation(&f.error) => {
                 drop(tx);
-                Err(CommitError::Store(already_seen(&c.projection, &f.error)))
+                Err(CommitError::Store(already_seen(&c.projection, f.error)))
             }
             Err(f) => {
                 drop(tx);
@@ -284,7 +284,7 @@ impl PgStore {
                             error: HandlerError::msg(f.message()),
                         }))
                     }
-                    _ => Err(CommitError::Store(db("committing a batch", &f.error))),
+                    _ => Err(CommitError::Store(db("committing a batch", f.error))),
                 }
             }
         }
@@ -310,16 +310,17 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 /// A commit recorded an event id that an earlier commit of the projection had recorded: a
 /// redelivered event reached a commit. Retryable: nothing of the commit was written, and the
 /// runner's re-read drops the event.
-fn already_seen(projection: &str, e: &tokio_postgres::Error) -> Error {
+fn already_seen(projection: &str, e: tokio_postgres::Error) -> Error {
     Error::Database {
         op: "recording seen event ids",
         message: format!(
             "{}: an event id is already recorded as applied by projection {projection}: a redelivered \
              event reached a commit (another runner applied it first, or it came twice in one batch); \
              nothing of this commit was written, and a re-read drops it",
-            error::describe(e)
+            error::describe(&e)
         ),
         retryable: true,
+        cause: Some(Box::new(e)),
     }
 }
 
@@ -394,6 +395,7 @@ mod tests {
                     text.contains("already recorded") && text.contains("23505"),
                     "{text}"
                 );
+                assert_eq!((e.sqlstate(), e.sqlite_code()), (Some("23505"), None));
             }
             other => panic!("expected a retryable store error, got {other:?}"),
         }

@@ -119,6 +119,7 @@ impl PgStore {
                         OLDER_TX_WAIT
                     ),
                     retryable: true,
+                    cause: None,
                 });
             }
             tokio::time::sleep(pause).await;
@@ -263,7 +264,7 @@ impl PgStore {
         .map_err(|f| failed(f.index, f.error.to_string()))?;
         flusher.finish(&b).await.map_err(|f| match f.origin {
             Origin::Event(i) if !error::retryable(&f.error) => failed(i, f.message()),
-            _ => db("applying an inline projection", &f.error),
+            _ => db("applying an inline projection", f.error),
         })?;
         Ok(applied)
     }

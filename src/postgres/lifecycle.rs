@@ -124,7 +124,7 @@ impl PgStore {
             .map_err(db_err("changing the projection state"))?;
         batch::run(&tx, &queued)
             .await
-            .map_err(|f| db("changing the projection state", &f.error))?;
+            .map_err(|f| db("changing the projection state", f.error))?;
         tx.commit().await.map_err(db_err("committing a state change"))?;
         bump(&self.inner.checkpoints);
         Ok(())
@@ -170,7 +170,7 @@ impl PgStore {
                     step,
                     message: f.message(),
                 },
-                _ => db("changing a projection", &f.error),
+                _ => db("changing a projection", f.error),
             });
         }
         // Statements the body asked to check (declarative handlers): prepare each, inside a
@@ -197,7 +197,7 @@ impl PgStore {
                         });
                     }
                 }
-                Err(e) if error::retryable(&e) => return Err(db("checking a projection's statements", &e)),
+                Err(e) if error::retryable(&e) => return Err(db("checking a projection's statements", e)),
                 Err(e) => {
                     let ambiguous = e
                         .code()

@@ -385,7 +385,7 @@ impl PgStore {
                 &[&m.projection.as_ref(), &m.node.as_ref(), &partitions, &tokens],
             )
             .await
-            .map_err(|e| db("releasing leases", &e))?;
+            .map_err(|e| db("releasing leases", e))?;
         Ok(())
     }
 

@@ -83,6 +83,7 @@ impl SqliteStore {
                 op: what,
                 message: format!("cannot open SQLite database {location}: {e}"),
                 retryable: false,
+                cause: Some(Box::new(e)),
             })
         };
         let writer = open("opening the database")?;

@@ -137,6 +137,7 @@ fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
             op,
             message: e.to_string(),
             retryable,
+            cause: Some(Box::new(e)),
         }
     }
 }

@@ -283,3 +283,31 @@ async fn an_unknown_stored_state_is_an_error_naming_it_not_a_guess() {
         RunState::Paused
     );
 }
+
+#[tokio::test]
+async fn a_database_error_keeps_sqlites_extended_code() {
+    let store = SqliteStore::in_memory().unwrap();
+    store
+        .write(|db| db.execute_batch("CREATE TABLE u (x TEXT UNIQUE); INSERT INTO u VALUES ('a')"))
+        .await
+        .unwrap();
+    let err = store
+        .write(|db| db.execute("INSERT INTO u VALUES ('a')", []))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Database {
+                op: "writing",
+                retryable: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.sqlite_code(), Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE));
+    assert_eq!(err.sqlstate(), None);
+    assert!(err.database_cause().is_some_and(|c| c.is::<rusqlite::Error>()));
+    assert!(err.to_string().contains("UNIQUE constraint failed: u.x"), "{err}");
+}
