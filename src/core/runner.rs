@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
@@ -242,7 +242,7 @@ impl<S: Source, St: Store> Worker<S, St> {
                     }
                     retry = (retry * 2).min(self.settings.retry_max);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.fatal(e)),
             }
         };
         retry = self.settings.retry_min;
@@ -300,7 +300,7 @@ impl<S: Source, St: Store> Worker<S, St> {
                 Err(Error::Shutdown) => break,
                 // A source that can never read (it cannot replay, the configuration is
                 // wrong): retrying would not help.
-                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) if e.is_fatal() => return Err(self.fatal(e)),
                 Err(e) => {
                     warn!(projection = self.name(), error = %e, retry_in = ?retry, "reading events failed; retrying");
                     if sleep_or_shutdown(retry, &mut shutdown).await {
@@ -390,7 +390,7 @@ impl<S: Source, St: Store> Worker<S, St> {
                 Err(Error::Shutdown) => break,
                 // A rebuild that met a failing event, a store that cannot do what the
                 // projection needs, a broken invariant: retrying would not help.
-                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) if e.is_fatal() => return Err(self.fatal(e)),
                 Err(e) => {
                     warn!(projection = self.name(), error = %e, retry_in = ?retry, "commit failed; retrying");
                     if sleep_or_shutdown(retry, &mut shutdown).await {
@@ -419,6 +419,15 @@ impl<S: Source, St: Store> Worker<S, St> {
             events: self.events,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Ends the worker with a fatal error. A live worker says so at once: its error reaches
+    /// the caller of `Engine::run` only when every other worker has stopped too.
+    fn fatal(&self, e: Error) -> Error {
+        if matches!(self.mode, Mode::Live) {
+            error!(projection = self.name(), partition = self.partition, error = %e, "the projection's worker stops: retrying cannot fix this error; fix the cause, then start it again");
+        }
+        e
     }
 
     async fn finish_rebuild(&self) {
