@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::error::{Error, Result};
 use super::event::Checkpoint;
@@ -91,6 +91,8 @@ impl<S: Source, St: Store> Coordinator<S, St> {
         info!(projection = %name, node = %self.node, partitions = count, takeover = ?self.leases.takeover, "joining the partition group");
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
         let mut reports: BTreeMap<u32, WorkerReport> = BTreeMap::new();
+        // An error that retrying cannot fix (a store without leases): the group ends with it.
+        let mut fatal: Option<Error> = None;
         loop {
             // Workers that ended on their own: their lease was lost, or they failed.
             let ended: Vec<u32> = running
@@ -164,9 +166,17 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                                     }
                                 }
                             }
+                            Err(e) if e.is_fatal() => {
+                                fatal = Some(e);
+                                break;
+                            }
                             Err(e) => warn!(projection = %name, error = %e, "cannot acquire leases"),
                         }
                     }
+                }
+                Err(e) if e.is_fatal() => {
+                    fatal = Some(e);
+                    break;
                 }
                 Err(e) => {
                     warn!(projection = %name, error = %e, "heartbeat failed; leases expire if it keeps failing, and the fence refuses commits after a takeover");
@@ -190,6 +200,10 @@ impl<S: Source, St: Store> Coordinator<S, St> {
         }
         super::metrics::partitions_owned(&name, 0);
         info!(projection = %name, node = %self.node, "left the partition group");
+        if let Some(e) = fatal {
+            error!(projection = %name, error = %e, "the partition group stops: retrying cannot fix this error");
+            return Err(e);
+        }
         Ok(reports.into_values().collect())
     }
 }

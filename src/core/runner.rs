@@ -712,6 +712,7 @@ mod tests {
     struct Flaky {
         store: SqliteStore,
         failures: Mutex<VecDeque<Error>>,
+        partitions: bool,
     }
 
     impl Source for Flaky {
@@ -734,9 +735,17 @@ mod tests {
         fn changes(&self) -> watch::Receiver<u64> {
             Source::changes(&self.store)
         }
+
+        fn supports_partitions(&self) -> bool {
+            self.partitions
+        }
     }
 
     async fn engine(failures: Vec<Error>) -> (Engine<Flaky, SqliteStore>, SqliteStore) {
+        engine_with(failures, 1).await
+    }
+
+    async fn engine_with(failures: Vec<Error>, partitions: u32) -> (Engine<Flaky, SqliteStore>, SqliteStore) {
         let store = SqliteStore::in_memory().unwrap();
         let events = (0..5).map(|n| NewEvent::new("Step", json!({ "n": n }))).collect();
         store.append("s", ExpectedVersion::Any, events).await.unwrap();
@@ -752,6 +761,7 @@ mod tests {
         let source = Flaky {
             store: store.clone(),
             failures: Mutex::new(failures.into()),
+            partitions: partitions > 1,
         };
         let engine = Engine::new(Arc::new(source), Arc::new(store.clone()))
             .settings(RunnerSettings {
@@ -761,7 +771,7 @@ mod tests {
                 retry_max: Duration::from_millis(5),
                 concurrency: 1,
             })
-            .with(SqliteProjection::new("steps", handlers))
+            .with(SqliteProjection::new("steps", handlers).partitions(partitions))
             .unwrap();
         (engine, store)
     }
@@ -829,5 +839,18 @@ mod tests {
         stop.send(true).unwrap();
         let reports = run.await.unwrap().unwrap();
         assert_eq!(reports[0].checkpoint, Checkpoint::at(5));
+    }
+
+    #[tokio::test]
+    async fn a_partition_group_on_a_store_without_leases_ends_with_that_error() {
+        let (engine, _store) = engine_with(Vec::new(), 2).await;
+        let (_keep, shutdown) = watch::channel(false);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), engine.run(&[], shutdown))
+            .await
+            .expect("the group ends by itself");
+        assert!(
+            matches!(&outcome, Err(Error::Unsupported(m)) if m.contains("partitioned projections")),
+            "{outcome:?}"
+        );
     }
 }
