@@ -91,7 +91,8 @@ impl<S: Source, St: Store> Coordinator<S, St> {
         info!(projection = %name, node = %self.node, partitions = count, takeover = ?self.leases.takeover, "joining the partition group");
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
         let mut reports: BTreeMap<u32, WorkerReport> = BTreeMap::new();
-        // An error that retrying cannot fix (a store without leases): the group ends with it.
+        // An error that retrying cannot fix (a store without leases, a worker that ended on
+        // one): the group ends with it.
         let mut fatal: Option<Error> = None;
         loop {
             // Workers that ended on their own: their lease was lost, or they failed.
@@ -102,11 +103,11 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                 .collect();
             for p in ended {
                 if let Some(r) = running.remove(&p) {
-                    collect(&mut reports, &name, r.handle.await);
+                    collect(&mut reports, &mut fatal, &name, r.handle.await);
                 }
             }
 
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || fatal.is_some() {
                 break;
             }
             match self.store.heartbeat(&member).await {
@@ -122,7 +123,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                         if let Some(r) = running.remove(&p) {
                             warn!(projection = %name, partition = p, "lease lost; stopping its worker");
                             let _ = r.stop.send(true);
-                            collect(&mut reports, &name, r.handle.await);
+                            collect(&mut reports, &mut fatal, &name, r.handle.await);
                         }
                     }
                     // Leases held with no worker (a worker that ended): give them back.
@@ -146,7 +147,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                         for p in extra {
                             if let Some(r) = running.remove(&p) {
                                 let _ = r.stop.send(true);
-                                collect(&mut reports, &name, r.handle.await);
+                                collect(&mut reports, &mut fatal, &name, r.handle.await);
                                 released.push(r.lease);
                             }
                         }
@@ -162,7 +163,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                                     info!(projection = %name, partition = lease.partition, token = lease.token, "took partition");
                                     if let Some(old) = running.insert(lease.partition, self.spawn(lease)) {
                                         let _ = old.stop.send(true);
-                                        collect(&mut reports, &name, old.handle.await);
+                                        collect(&mut reports, &mut fatal, &name, old.handle.await);
                                     }
                                 }
                             }
@@ -193,7 +194,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
             let _ = r.stop.send(true);
         }
         for (_, r) in std::mem::take(&mut running) {
-            collect(&mut reports, &name, r.handle.await);
+            collect(&mut reports, &mut fatal, &name, r.handle.await);
         }
         if let Err(e) = self.store.leave(&member).await {
             warn!(projection = %name, error = %e, "cannot release leases on shutdown; they expire instead");
@@ -208,13 +209,17 @@ impl<S: Source, St: Store> Coordinator<S, St> {
     }
 }
 
+/// Records how a worker ended; a worker that ended on a fatal error (or panicked) leaves its
+/// error in `fatal`, and the group stops.
 fn collect(
     reports: &mut BTreeMap<u32, WorkerReport>,
+    fatal: &mut Option<Error>,
     name: &str,
     joined: std::result::Result<Result<WorkerReport>, tokio::task::JoinError>,
 ) {
-    match joined {
-        Ok(Ok(r)) => {
+    let joined = joined.map_err(|e| Error::task("a partition worker", e));
+    match joined.and_then(|r| r) {
+        Ok(r) => {
             reports
                 .entry(r.partition)
                 .and_modify(|prev| {
@@ -225,8 +230,10 @@ fn collect(
                 })
                 .or_insert(r);
         }
-        Ok(Err(e)) => warn!(projection = name, error = %e, "a partition worker failed"),
-        Err(e) => warn!(projection = name, error = %e, "a partition worker panicked"),
+        Err(e) if e.is_fatal() => {
+            fatal.get_or_insert(e);
+        }
+        Err(e) => warn!(projection = name, error = %e, "a partition worker failed"),
     }
 }
 
