@@ -399,15 +399,7 @@ async fn events_and_read_models_in_different_databases() {
         return;
     };
     let admin = common::raw(None).await.unwrap();
-    let dbname = format!("pt_split_{}", std::process::id());
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {dbname}"))
-        .await
-        .unwrap();
+    let dbname = projectionist_testkit::postgres::fresh_database(&admin, "pt_split").await;
     let mut models_config = tokio_postgres::Config::from_str(&common::url()).unwrap();
     models_config.dbname(&dbname);
 
@@ -463,10 +455,7 @@ async fn events_and_read_models_in_different_databases() {
     drop(engine);
     drop(models);
     drop(mc);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
-        .await
-        .unwrap();
+    projectionist_testkit::postgres::drop_database(&admin, &dbname).await;
     common::drop_schema(&schema).await;
 }
 

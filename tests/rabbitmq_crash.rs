@@ -27,11 +27,9 @@ use projectionist::rabbitmq::{amqp_connection, Envelope, RabbitSource};
 use projectionist::sqlite::{rusqlite, SqliteStore};
 use projectionist::workload::Orders;
 use projectionist::{Batch, Checkpoint, Engine, Filter, Lag, PartitionSlice, RunnerSettings, Source, Store};
+use projectionist_testkit as kit;
 use tokio::sync::watch;
 use uuid::Uuid;
-
-const URL_ENV: &str = "PROJECTIONIST_TEST_AMQP_URL";
-const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 const CHILD_MODE: &str = "PROJECTIONIST_TEST_RABBIT_MODE";
 const CHILD_DB: &str = "PROJECTIONIST_TEST_RABBIT_DB";
@@ -42,43 +40,19 @@ const EVENTS: u64 = 50_000;
 const SEED: u64 = 11;
 const PROJECTIONS: [&str; 2] = ["strict", "orders"];
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn base_url() -> String {
-    std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-/// The broker's URL when it answers. Under CI an unreachable broker fails the test; outside
-/// CI the test is skipped with a loud message.
+/// The broker's URL when it answers; else the test kit's CI-or-skip rule (a failure, or `None`
+/// after a loud SKIP).
 async fn broker_or_skip(test: &str) -> Option<String> {
-    let url = base_url();
-    let reached = tokio::time::timeout(Duration::from_secs(5), amqp_connection(&url)).await;
-    match reached {
+    let url = kit::amqp_url();
+    let reached = match tokio::time::timeout(Duration::from_secs(5), amqp_connection(&url)).await {
         Ok(Ok(conn)) => {
             let _ = conn.close(200, "probe").await;
-            Some(url)
+            Ok(url)
         }
-        Ok(Err(e)) => skip(test, &e.to_string()),
-        Err(_) => skip(test, "no answer within 5 s"),
-    }
-}
-
-fn skip(test: &str, why: &str) -> Option<String> {
-    if ci() {
-        panic!("RabbitMQ is required under CI=true but is not reachable at {URL_ENV}: {why}");
-    }
-    eprintln!(
-        "\n!!!!!!!! SKIP {test}: RabbitMQ is not reachable ({why}); set {URL_ENV} (default {DEFAULT_URL}) \
-         to run the RabbitMQ tests !!!!!!!!\n"
-    );
-    None
-}
-
-fn with_params(base: &str, params: &str) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{params}")
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 5 s".to_owned()),
+    };
+    kit::require_service(test, kit::Service::RabbitMq, reached)
 }
 
 /// Exchange and queue names unique to one test run.
@@ -105,7 +79,7 @@ impl Names {
         format!("{}.dead", self.tag)
     }
     fn source_url(&self, base: &str) -> String {
-        with_params(
+        kit::with_params(
             base,
             &format!(
                 "exchange={}&queue_prefix={}&prefetch=2000",

@@ -1,15 +1,19 @@
 //! `projectionist bench` on a small workload: every phase runs, every read model equals the
 //! reference, and `--json` prints the documented fields.
 
+use std::path::Path;
+
 use assert_cmd::Command;
 use serde_json::Value;
+
+fn bin(dir: &Path) -> Command {
+    Command::from_std(projectionist_testkit::binary!().command(dir))
+}
 
 #[test]
 fn bench_runs_every_phase_and_verifies_them() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("projectionist")
-        .unwrap()
-        .current_dir(dir.path())
+    let out = bin(dir.path())
         .args([
             "bench",
             "--events",
@@ -57,8 +61,7 @@ fn bench_runs_every_phase_and_verifies_them() {
 fn bench_refuses_a_database_that_holds_events() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("used.db").display());
-    Command::cargo_bin("projectionist")
-        .unwrap()
+    bin(dir.path())
         .args([
             "--database",
             &db,
@@ -72,8 +75,7 @@ fn bench_refuses_a_database_that_holds_events() {
         ])
         .assert()
         .success();
-    let out = Command::cargo_bin("projectionist")
-        .unwrap()
+    let out = bin(dir.path())
         .args(["--database", &db, "bench", "--events", "10"])
         .output()
         .unwrap();

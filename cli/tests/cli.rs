@@ -11,13 +11,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 fn bin(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("projectionist").expect("the projectionist binary is built");
-    c.current_dir(dir)
-        .env_remove("PROJECTIONIST_DATABASE_URL")
-        .env_remove("PROJECTIONIST_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove("PROJECTIONIST_LOG")
-        .timeout(Duration::from_secs(120));
+    let mut c = Command::from_std(projectionist_testkit::binary!().command(dir));
+    c.timeout(Duration::from_secs(120));
     c
 }
 
@@ -319,12 +314,9 @@ fn run_stops_gracefully_on_sigterm() {
         "OrderCreated",
         r#"{"customer_id":"C1","customer_name":"A"}"#,
     );
-    let exe = assert_cmd::cargo::cargo_bin("projectionist");
-    let child = std::process::Command::new(exe)
+    let child = projectionist_testkit::binary!()
+        .command(dir.path())
         .arg("run")
-        .current_dir(dir.path())
-        .env_remove("PROJECTIONIST_DATABASE_URL")
-        .env_remove("PROJECTIONIST_CONFIG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -1,9 +1,9 @@
 //! Drives the real `projectionist` binary on a NATS JetStream source (`--source nats://…`),
 //! with read models and checkpoints in SQLite. The server comes from
 //! `PROJECTIONIST_TEST_NATS_URL` (default nats://127.0.0.1:4222, with JetStream). Without a
-//! reachable server the tests print a loud SKIP and pass, except under `CI=true`, where they
-//! fail. Each test publishes to a stream of its own (named with the process id), deleted at
-//! the end.
+//! reachable server the test kit's CI-or-skip rule applies: a failure under `CI=true` and in
+//! the test script, else a loud SKIP. Each test publishes to a stream of its own (named with
+//! the process id), deleted at the end.
 
 #![cfg(feature = "nats")]
 
@@ -16,13 +16,12 @@ use assert_cmd::Command;
 use projectionist::nats::async_nats::{self, jetstream};
 use projectionist::sqlite::rusqlite::{Connection, OpenFlags};
 use projectionist::workload::Orders;
+use projectionist_testkit as kit;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
-
 fn nats_url() -> String {
-    std::env::var("PROJECTIONIST_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+    kit::nats_url()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -49,28 +48,15 @@ impl Drop for TestStream {
 }
 
 /// A fresh stream for `test` on subjects `PREFIX.>`, or `None` after a loud SKIP when NATS is
-/// unreachable outside CI.
+/// unreachable and skipping is allowed (the test kit's CI-or-skip rule).
 fn stream(test: &str) -> Option<TestStream> {
     let rt = runtime();
-    let url = nats_url();
     let connected = rt.block_on(
         async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(3))
-            .connect(url.clone()),
+            .connect(nats_url()),
     );
-    let client = match connected {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("NATS is required under CI=true but is not reachable at PROJECTIONIST_TEST_NATS_URL ({url}): {e}");
-            }
-            eprintln!(
-                "\n!!!!!!!! SKIP {test}: NATS is not reachable at {url} ({e}); set PROJECTIONIST_TEST_NATS_URL \
-                 (default {DEFAULT_URL}, a server with JetStream) to run the NATS CLI tests !!!!!!!!\n"
-            );
-            return None;
-        }
-    };
+    let client = kit::require_service(test, kit::Service::Nats, connected)?;
     let js = {
         let _in_runtime = rt.enter();
         jetstream::new(client)
@@ -139,14 +125,8 @@ fn envelope(stream_id: &str, version: i64, ty: &str, data: &Value) -> Vec<u8> {
 }
 
 fn bin(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("projectionist").expect("the projectionist binary is built");
-    c.current_dir(dir)
-        .env_remove("PROJECTIONIST_DATABASE_URL")
-        .env_remove("PROJECTIONIST_CONFIG")
-        .env_remove("PROJECTIONIST_SOURCE")
-        .env_remove("RUST_LOG")
-        .env_remove("PROJECTIONIST_LOG")
-        .timeout(Duration::from_secs(120));
+    let mut c = Command::from_std(kit::binary!().command(dir));
+    c.timeout(Duration::from_secs(120));
     c
 }
 
@@ -164,14 +144,10 @@ fn ok(o: &Output) -> String {
 /// `projectionist run` in the background, logging into `log`.
 fn spawn_run(dir: &Path, args: &[&str], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
-    std::process::Command::new(assert_cmd::cargo::cargo_bin("projectionist"))
+    kit::binary!()
+        .command(dir)
         .arg("run")
         .args(args)
-        .current_dir(dir)
-        .env_remove("PROJECTIONIST_DATABASE_URL")
-        .env_remove("PROJECTIONIST_CONFIG")
-        .env_remove("PROJECTIONIST_SOURCE")
-        .env_remove("RUST_LOG")
         .env("PROJECTIONIST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log.try_clone().expect("log file"))

@@ -12,39 +12,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use projectionist::postgres::tokio_postgres::{self, NoTls};
+use projectionist::postgres::tokio_postgres;
 use projectionist::postgres::PgStore;
 use projectionist::{ExpectedVersion, NewEvent, StreamAppend};
+use projectionist_testkit as kit;
 use serde_json::json;
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const EVENTS: usize = 200_000;
 const STREAMS: usize = 2_000;
 const CHUNK: usize = 1_000;
 const TAKEOVER_SECONDS: f64 = 3.0;
-
-fn base_url() -> String {
-    std::env::var("PROJECTIONIST_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-fn with_schema(schema: &str) -> String {
-    let base = base_url();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}schema={schema}")
-}
-
-async fn admin() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut config = tokio_postgres::Config::from_str(&base_url())?;
-    config.connect_timeout(Duration::from_secs(5));
-    let (client, conn) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
 
 const CONFIG: &str = r#"
 [[projection]]
@@ -83,8 +62,8 @@ CREATE TRIGGER audit_checkpoint AFTER UPDATE ON projection_checkpoints
 "#;
 
 fn runner(dir: &Path, url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_projectionist"))
-        .current_dir(dir)
+    kit::binary!()
+        .command(dir)
         .env("PROJECTIONIST_DATABASE_URL", url)
         .env("PROJECTIONIST_CONFIG", dir.join("projectionist.toml"))
         .env("PROJECTIONIST_LOG", "info")
@@ -102,8 +81,8 @@ fn rand_suffix() -> String {
 }
 
 fn cli(dir: &Path, url: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_projectionist"))
-        .current_dir(dir)
+    let out = kit::binary!()
+        .command(dir)
         .env("PROJECTIONIST_DATABASE_URL", url)
         .env("PROJECTIONIST_CONFIG", dir.join("projectionist.toml"))
         .args(args)
@@ -172,26 +151,15 @@ fn owned_by(owner: &Option<String>, pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_share_eight_partitions_through_a_sigkill() {
-    let c = match admin().await {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("PostgreSQL is required under CI=true but is not reachable: {e}");
-            }
-            eprintln!("\n!!!!!!!! SKIP partitions: PostgreSQL is not reachable ({e}) !!!!!!!!\n");
-            return;
-        }
+    let Some((schema, c)) = kit::postgres::fresh_schema("partitions", "pcli").await else {
+        return;
     };
-    let schema = format!("pcli_partitions_{}", std::process::id());
-    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .expect("drop schema");
-    let url = with_schema(&schema);
+    let url = kit::postgres::url_with_schema(&schema);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("projectionist.toml"), CONFIG).expect("config");
 
     // The engine's tables, then the witness trigger on the checkpoints.
-    let store = PgStore::builder(&base_url())
+    let store = PgStore::builder(&kit::postgres_url())
         .expect("url")
         .schema(&schema)
         .connect()

@@ -1,29 +1,25 @@
 //! A reader that stops early (`projectionist status | head -1`) does not make a command panic.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 #[test]
 fn a_closed_stdout_ends_a_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("projectionist");
+    let bin = projectionist_testkit::binary!();
     std::fs::write(
         dir.path().join("projectionist.toml"),
         include_str!("../../examples/projectionist.toml"),
     )
     .unwrap();
-    let init = Command::new(&bin)
-        .current_dir(dir.path())
-        .arg("init")
-        .output()
-        .unwrap();
+    let init = bin.command(dir.path()).arg("init").output().unwrap();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     for args in [
         vec!["status", "--json"],
         vec!["--help"],
         vec!["generate", "--events", "100000"],
     ] {
-        let mut child = Command::new(&bin)
-            .current_dir(dir.path())
+        let mut child = bin
+            .command(dir.path())
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

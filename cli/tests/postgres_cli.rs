@@ -1,78 +1,37 @@
 //! Drives the real `projectionist` binary against the real PostgreSQL, each test in its own
 //! schema (`?schema=NAME` in the URL). The URL comes from `PROJECTIONIST_TEST_POSTGRES_URL`
-//! (default `postgres://postgres@127.0.0.1:5432/test`). Without a reachable database the tests
-//! print a loud SKIP and pass, except under `CI=true`, where they fail.
+//! (default `postgres://postgres@127.0.0.1:5432/test`). Without a reachable database the test
+//! kit's CI-or-skip rule applies: a failure under `CI=true` and in the test script, else a loud
+//! SKIP.
 
 use std::path::Path;
 use std::process::Output;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use projectionist::postgres::tokio_postgres::{self, NoTls};
+use projectionist::postgres::tokio_postgres;
 use projectionist::sqlite::rusqlite::Connection;
+use projectionist_testkit as kit;
 use serde_json::Value;
 use tempfile::TempDir;
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn base_url() -> String {
-    std::env::var("PROJECTIONIST_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
 fn with_schema(schema: &str) -> String {
-    let base = base_url();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}schema={schema}")
-}
-
-async fn admin() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut config = tokio_postgres::Config::from_str(&base_url())?;
-    config.connect_timeout(Duration::from_secs(5));
-    let (client, conn) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    kit::postgres::url_with_schema(schema)
 }
 
 /// A fresh schema for one test, or `None` (after a loud SKIP) when PostgreSQL is unreachable
-/// outside CI.
+/// and skipping is allowed (the test kit's CI-or-skip rule).
 async fn fresh_schema(test: &str) -> Option<(String, tokio_postgres::Client)> {
-    let client = match admin().await {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("PostgreSQL is required under CI=true but is not reachable at PROJECTIONIST_TEST_POSTGRES_URL: {e}");
-            }
-            eprintln!(
-                "\n!!!!!!!! SKIP {test}: PostgreSQL is not reachable ({e}); set PROJECTIONIST_TEST_POSTGRES_URL \
-                 (default {DEFAULT_URL}) to run the PostgreSQL CLI tests !!!!!!!!\n"
-            );
-            return None;
-        }
-    };
-    let schema = format!("pcli_{test}_{}", std::process::id());
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .expect("drop schema");
-    Some((schema, client))
+    kit::postgres::fresh_schema(test, "pcli").await
 }
 
 async fn drop_schema(client: &tokio_postgres::Client, schema: &str) {
-    let _ = client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await;
+    kit::postgres::drop_schema(client, schema).await;
 }
 
 fn bin(dir: &Path, url: &str) -> Command {
-    let mut c = Command::cargo_bin("projectionist").expect("the projectionist binary is built");
-    c.current_dir(dir)
-        .env("PROJECTIONIST_DATABASE_URL", url)
-        .env_remove("PROJECTIONIST_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove("PROJECTIONIST_LOG")
+    let mut c = Command::from_std(kit::binary!().command(dir));
+    c.env("PROJECTIONIST_DATABASE_URL", url)
         .timeout(Duration::from_secs(120));
     c
 }
@@ -376,8 +335,8 @@ async fn run_follows_live_appends_and_stops_on_sigterm() {
     let d = dir.path();
     std::fs::write(d.join("projectionist.toml"), FAILING).expect("config");
     ok(&bin(d, &url).arg("init").output().expect("init"));
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("projectionist"))
-        .current_dir(d)
+    let mut child = kit::binary!()
+        .command(d)
         .env("PROJECTIONIST_DATABASE_URL", &url)
         .arg("run")
         .stdout(std::process::Stdio::piped())

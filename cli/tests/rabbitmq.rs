@@ -7,7 +7,7 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`); required under `CI=true`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use projectionist::rabbitmq::amqp_connection;
@@ -16,19 +16,12 @@ use projectionist::rabbitmq::lapin::options::{
 };
 use projectionist::rabbitmq::lapin::BasicProperties;
 use projectionist::sqlite::rusqlite::Connection;
+use projectionist_testkit as kit;
 use serde_json::json;
 
-const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn base_url() -> String {
-    std::env::var("PROJECTIONIST_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
 fn cli(dir: &Path, source: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_projectionist"))
-        .current_dir(dir)
-        .env_remove("PROJECTIONIST_DATABASE_URL")
-        .env_remove("PROJECTIONIST_CONFIG")
+    kit::binary!()
+        .command(dir)
         .env("PROJECTIONIST_SOURCE", source)
         .args(["--database", "sqlite://rm.db", "--config", "projectionist.toml"])
         .args(args)
@@ -59,23 +52,21 @@ Paid = "INSERT INTO totals (stream_id, n, amount) VALUES (:stream_id, 1, :data.a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_drains_a_rabbitmq_queue_once_and_refuses_rebuilds() {
-    let base = base_url();
-    let conn = match tokio::time::timeout(Duration::from_secs(5), amqp_connection(&base)).await {
-        Ok(Ok(c)) => c,
-        failed => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!(
-                    "RabbitMQ is required under CI=true but is not reachable: {:?}",
-                    failed.err()
-                );
-            }
-            eprintln!("\n!!!!!!!! SKIP rabbitmq CLI: RabbitMQ is not reachable at PROJECTIONIST_TEST_AMQP_URL !!!!!!!!\n");
-            return;
-        }
+    let base = kit::amqp_url();
+    let reached = match tokio::time::timeout(Duration::from_secs(5), amqp_connection(&base)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 5 s".to_owned()),
+    };
+    let Some(conn) = kit::require_service(
+        "the_cli_drains_a_rabbitmq_queue_once_and_refuses_rebuilds",
+        kit::Service::RabbitMq,
+        reached,
+    ) else {
+        return;
     };
     let tag = format!("pt_cli_{}", std::process::id());
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let source = format!("{base}{sep}exchange={tag}&queue_prefix={tag}");
+    let source = kit::with_params(&base, &format!("exchange={tag}&queue_prefix={tag}"));
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("projectionist.toml"), CONFIG).expect("config");
 

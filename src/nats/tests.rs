@@ -1,7 +1,8 @@
 //! The source against the machine's real NATS server (`PROJECTIONIST_TEST_NATS_URL`, default
-//! nats://127.0.0.1:4222, with JetStream). Without a reachable server the tests print a loud
-//! SKIP and pass, except under `CI=true`, where they fail. Each test uses a stream of its own,
-//! named with the process id, and deletes it at the end.
+//! nats://127.0.0.1:4222, with JetStream). Without a reachable server the test kit's
+//! CI-or-skip rule applies: a failure under `CI=true` and in the test script, else a loud
+//! SKIP. Each test uses a stream of its own, named with the process id, and deletes it at the
+//! end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +13,8 @@ use serde_json::json;
 use super::*;
 use crate::core::source::PartitionSlice;
 
-const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
-
 fn url() -> String {
-    std::env::var("PROJECTIONIST_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+    projectionist_testkit::nats_url()
 }
 
 /// A stream of one test, deleted when dropped.
@@ -75,26 +74,15 @@ impl TestStream {
     }
 }
 
-/// A fresh stream for `test`, or `None` after a loud SKIP when NATS is unreachable outside CI.
+/// A fresh stream for `test`, or `None` after a loud SKIP when NATS is unreachable and
+/// skipping is allowed.
 async fn stream(test: &str) -> Option<TestStream> {
-    let client = match async_nats::ConnectOptions::new()
+    let connected = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(3))
         .connect(url())
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("NATS is required under CI=true but is not reachable at PROJECTIONIST_TEST_NATS_URL ({}): {e}", url());
-            }
-            eprintln!(
-                "\n!!!!!!!! SKIP {test}: NATS is not reachable at {} ({e}); set PROJECTIONIST_TEST_NATS_URL \
-                 (default {DEFAULT_URL}, a server with JetStream) to run the NATS tests !!!!!!!!\n",
-                url()
-            );
-            return None;
-        }
-    };
+        .await;
+    let client =
+        projectionist_testkit::require_service(test, projectionist_testkit::Service::Nats, connected)?;
     let js = jetstream::new(client);
     let name = format!("PT_{test}_{}", std::process::id());
     let prefix = format!("pt{}{}", std::process::id(), test.replace('_', ""));

@@ -1,68 +1,31 @@
-//! Helpers shared by the PostgreSQL tests: the database URL, per-test schemas, a counting
+//! Helpers shared by the PostgreSQL tests, over the test kit's URL and fresh schemas: a counting
 //! projection that exposes duplicates, skips and out-of-order events, and checks.
 #![allow(dead_code)]
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use projectionist::postgres::{PgHandlers, PgStore};
 use projectionist::{Checkpoint, Store};
-use tokio_postgres::NoTls;
-
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use projectionist_testkit::postgres as kit;
 
 pub fn url() -> String {
-    std::env::var("PROJECTIONIST_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    projectionist_testkit::postgres_url()
 }
 
 /// A raw connection (not through the library), with `search_path` set to `schema`.
 pub async fn raw(schema: Option<&str>) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut config = tokio_postgres::Config::from_str(&url())?;
-    config.application_name("projectionist-test-raw");
-    if let Some(s) = schema {
-        config.options(format!("-c search_path={s},public"));
-    }
-    config.connect_timeout(Duration::from_secs(5));
-    let (client, conn) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    kit::connect(schema).await
 }
 
-/// A fresh schema for one test, or `None` (after a loud message) when PostgreSQL is not
-/// reachable outside CI. Under `CI=true` an unreachable database fails the test.
+/// A fresh schema for one test, or `None` (after a loud SKIP) when PostgreSQL is not
+/// reachable and skipping is allowed (the test kit's CI-or-skip rule).
 pub async fn schema(name: &str) -> Option<String> {
-    let admin = match raw(None).await {
-        Ok(c) => c,
-        Err(e) => {
-            if ci() {
-                panic!("PostgreSQL is required under CI=true but is not reachable at PROJECTIONIST_TEST_POSTGRES_URL: {e}");
-            }
-            eprintln!(
-                "\n!!!!!!!! SKIP {name}: PostgreSQL is not reachable ({e}); set PROJECTIONIST_TEST_POSTGRES_URL \
-                 (default {DEFAULT_URL}) to run the PostgreSQL tests !!!!!!!!\n"
-            );
-            return None;
-        }
-    };
-    let schema = format!("pt_{name}_{}", std::process::id());
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .expect("drop schema");
-    Some(schema)
+    kit::fresh_schema(name, "pt").await.map(|(schema, _)| schema)
 }
 
 pub async fn drop_schema(schema: &str) {
     if let Ok(admin) = raw(None).await {
-        let _ = admin
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await;
+        kit::drop_schema(&admin, schema).await;
     }
 }
 

@@ -13,7 +13,9 @@
 //! and the peak resident memory of each phase.
 
 mod orders;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -27,7 +29,9 @@ use serde::Serialize;
 
 use crate::output;
 
+#[cfg(feature = "postgres")]
 pub use postgres::PgBench;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteBench;
 
 /// The read-model styles measured.

@@ -91,7 +91,7 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     println!();
 
     println!("Running the projections to the head ...");
-    let status_table = with_engine!(&backend, &EventSource::Database, Some(&config), |engine| {
+    let status_table: String = with_engine!(&backend, &EventSource::Database, Some(&config), |engine| {
         let engine = Arc::new(engine);
         let reports = catch_up_with_bars(engine.clone(), &[]).await?;
         for r in &reports {

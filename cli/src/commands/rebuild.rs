@@ -97,6 +97,7 @@ async fn blue_green(
     let name = a.name.as_str();
     if a.abandon {
         let existed = match backend {
+            #[cfg(feature = "sqlite")]
             Backend::Sqlite(store) => {
                 crate::backend::sqlite_engine(store, Some(config))?
                     .abandon_blue_green(name)
@@ -108,6 +109,8 @@ async fn blue_green(
                     .abandon_blue_green(name)
                     .await?
             }
+            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+            _ => unreachable!("{}", crate::backend::NO_STORE),
         };
         if existed {
             println!("abandoned the blue/green rebuild of {name}; the current version is unchanged");
@@ -128,6 +131,7 @@ async fn blue_green(
     bar.set_prefix(format!("{name} (blue/green)"));
     let progress = Some(progress_to(bar.clone()));
     let outcome: projectionist::Result<BlueGreenOutcome> = match backend {
+        #[cfg(feature = "sqlite")]
         Backend::Sqlite(store) => {
             let engine = crate::backend::sqlite_engine(store, Some(config))?;
             engine.projection(name)?;
@@ -157,6 +161,8 @@ async fn blue_green(
                     tables: r.tables,
                 })
         }
+        #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+        _ => unreachable!("{}", crate::backend::NO_STORE),
     };
     bar.finish_and_clear();
     let r = outcome?;

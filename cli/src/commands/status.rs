@@ -13,7 +13,7 @@ pub async fn run(ctx: &Ctx, a: StatusArgs) -> Result<()> {
     ctx.require_database()?;
     let backend = Backend::open(&ctx.url).await?;
     let source = ctx.event_source(Some(&config)).await?;
-    let text = with_engine!(&backend, &source, Some(&config), |engine| render(&engine, a.json)
+    let text: String = with_engine!(&backend, &source, Some(&config), |engine| render(&engine, a.json)
         .await?);
     print!("{text}");
     Ok(())

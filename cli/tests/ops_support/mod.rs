@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,18 +49,6 @@ setup = "CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, code TEXT NOT NU
 ItemAdded = "INSERT INTO audit (id, code) VALUES (:stream_id, :data.code)"
 "#;
 
-pub fn exe() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("projectionist")
-}
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
 /// The database URL of `dir`, with the secret in it.
 pub fn url(dir: &Path) -> String {
     // Relative to the folder the commands run in, so that no machine path shows.
@@ -69,14 +57,8 @@ pub fn url(dir: &Path) -> String {
 }
 
 pub fn command(dir: &Path) -> Command {
-    let mut c = Command::new(exe());
-    c.current_dir(dir)
-        .env_remove("PROJECTIONIST_DATABASE_URL")
-        .env_remove("PROJECTIONIST_CONFIG")
-        .env_remove("PROJECTIONIST_API_TOKEN")
-        .env_remove("RUST_LOG")
-        .env_remove("PROJECTIONIST_LOG")
-        .arg("--database")
+    let mut c = projectionist_testkit::binary!().command(dir);
+    c.arg("--database")
         .arg(url(dir))
         .arg("--config")
         .arg(dir.join("projectionist.toml"));
