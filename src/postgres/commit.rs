@@ -334,23 +334,6 @@ mod tests {
     use crate::core::store::{Commit, CommitError, Store};
     use crate::postgres::{PgBody, PgHandlers, PgProjection, PgStore};
 
-    /// The local test database, or `None` (after a loud message) when it is not reachable
-    /// outside CI.
-    async fn store(schema: &str) -> Option<PgStore> {
-        let url = std::env::var("PROJECTIONIST_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        match PgStore::builder(&url).ok()?.schema(schema).connect().await {
-            Ok(store) => Some(store),
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-                panic!("PostgreSQL is required under CI=true: {e}")
-            }
-            Err(e) => {
-                eprintln!("\n!!!!!!!! SKIP: PostgreSQL is not reachable ({e}) !!!!!!!!\n");
-                None
-            }
-        }
-    }
-
     fn commit(body: &Arc<PgBody>, position: i64, id: Uuid) -> Commit<PgBody> {
         let event = Event {
             position,
@@ -381,8 +364,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_id_recorded_again_fails_the_commit_whole_and_retryably() {
-        let schema = format!("pt_unit_seen_{}", std::process::id());
-        let Some(store) = store(&schema).await else { return };
+        let Some((schema, admin)) =
+            projectionist_testkit::postgres::fresh_schema("seen_twice", "pt_unit").await
+        else {
+            return;
+        };
+        let store = PgStore::builder(&projectionist_testkit::postgres_url())
+            .unwrap()
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap();
         let body = PgProjection::new("p", PgHandlers::new()).body().clone();
         store.prepare("p", 0, body.clone()).await.unwrap();
         let id = Uuid::new_v4();
@@ -405,10 +397,6 @@ mod tests {
             Checkpoint::at(1),
             "nothing of the second commit"
         );
-        let client = store.client().await.unwrap();
-        client
-            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-            .await
-            .unwrap();
+        projectionist_testkit::postgres::drop_schema(&admin, &schema).await;
     }
 }
