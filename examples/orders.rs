@@ -5,6 +5,7 @@
 //! ```
 
 use projectionist::sqlite::{rusqlite, SqliteHandlers, SqliteProjection, SqliteStore, StreamAppend};
+use projectionist::EventLog;
 use projectionist::{ErrorPolicy, ExpectedVersion, HandlerError, NewEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

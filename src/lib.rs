@@ -35,11 +35,14 @@ pub mod rabbitmq;
 
 pub use crate::core::document::{Document, DocumentStorage, Documents};
 pub use crate::core::engine::{Engine, Status};
+pub use crate::core::erased::{AnyBody, AnyEngine, AnyProjection, AnySource, AnyStore};
 pub use crate::core::error::{BatchFailure, Error, HandlerError, HandlerErrorKind, Result};
 pub use crate::core::event::{
     Appended, Checkpoint, Event, ExpectedVersion, ImportProgress, NewEvent, StreamAppend, Upcasters,
 };
+pub use crate::core::inline::InlineAppend;
 pub use crate::core::lease::{Fence, Lease, LeaseInfo, LeaseSettings, Member, Membership};
+pub use crate::core::log::EventLog;
 pub use crate::core::partition::{partition_of, stream_hash, MAX_PARTITIONS};
 pub use crate::core::policy::{Backoff, Decision, ErrorHandler, ErrorPolicy, Failure, Policy};
 pub use crate::core::projection::{
@@ -47,7 +50,9 @@ pub use crate::core::projection::{
     DEFAULT_BATCH_WIDE_SIZE,
 };
 pub use crate::core::runner::{Progress, ProgressFn, RunnerSettings, WorkerReport};
+pub use crate::core::shadow::{BlueGreenReport, ShadowStore, Swapped};
 pub use crate::core::source::{Batch, Filter, Lag, PartitionSlice, Source};
+pub use crate::core::sql::{SqlStore, SqlTx, TextRows};
 pub use crate::core::store::{
     Commit, CommitError, CommitStats, DeadLetter, NewDeadLetter, ProjectionRecord, RunState, Store,
 };

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use projectionist::postgres::{PgHandlers, PgProjection, PgStore, StreamAppend};
+use projectionist::EventLog;
 use projectionist::{
     Checkpoint, Error, ErrorPolicy, ExpectedVersion, Filter, NewEvent, RunState, RunnerSettings, Source,
 };

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use postgres_common::*;
 use projectionist::postgres::{PgHandlers, PgProjection};
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, NewEvent, StreamAppend};
 use serde::Deserialize;
 use serde_json::json;

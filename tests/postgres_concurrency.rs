@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use projectionist::postgres::{PgProjection, PgStore, StreamAppend};
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, NewEvent, RunnerSettings};
 use rand::{Rng, SeedableRng};
 use serde_json::json;

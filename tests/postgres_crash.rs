@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use projectionist::postgres::{PgHandlers, PgProjection, PgStore, StreamAppend};
 use projectionist::workload::Orders;
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, Store};
 use rand::{Rng, SeedableRng};
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use postgres_common::*;
 use projectionist::postgres::{DocumentWrite, PgHandlers, PgProjection, PgStore};
+use projectionist::EventLog;
 use projectionist::{Documents, ErrorPolicy, ExpectedVersion, HandlerError, NewEvent, StreamAppend};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use postgres_common::*;
 use projectionist::postgres::{PgHandlers, PgProjection, PgStore};
+use projectionist::EventLog;
 use projectionist::{Error, ExpectedVersion, HandlerError, NewEvent};
 use serde::Deserialize;
 use serde_json::json;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use postgres_common::*;
 use projectionist::postgres::{PgProjection, PgStore};
+use projectionist::EventLog;
 use projectionist::{
     partition_of, stream_hash, CommitError, ExpectedVersion, Fence, LeaseSettings, Member, NewEvent, Store,
     StreamAppend,

@@ -12,6 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use projectionist::workload::Orders;
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, StreamAppend};
 
 const EVENTS: u64 = 3_000;

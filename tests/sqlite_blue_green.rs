@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use projectionist::sqlite::{SqliteEngine, SqliteStore};
 use projectionist::workload::Orders;
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, RunState, Store};
 
 const CHILD_DB: &str = "PROJECTIONIST_TEST_BG_DB";
@@ -99,7 +100,7 @@ async fn readers_never_see_a_partial_read_model_and_the_swap_equals_a_clean_rebu
         report.events, report.seconds, report.swap_lock, report.tables
     );
     assert_eq!(report.tables, vec!["orders_summary".to_owned()]);
-    assert!(!engine.blue_green_in_progress("orders"));
+    assert!(!engine.blue_green_in_progress("orders").await.unwrap());
 
     let seen = reader.await.unwrap();
     assert!(
@@ -178,7 +179,7 @@ fn a_crash_mid_rebuild_leaves_the_old_version_serving_and_the_rebuild_resumes() 
         let engine = engine(&store);
         // The killed rebuild left its shadow, and the old version untouched and serving.
         assert!(
-            engine.blue_green_in_progress("orders"),
+            engine.blue_green_in_progress("orders").await.unwrap(),
             "the child was killed before its shadow existed"
         );
         assert_same_rows(
@@ -201,7 +202,7 @@ fn a_crash_mid_rebuild_leaves_the_old_version_serving_and_the_rebuild_resumes() 
             &before,
             "resumed blue/green vs incremental",
         );
-        assert!(!engine.blue_green_in_progress("orders"));
+        assert!(!engine.blue_green_in_progress("orders").await.unwrap());
         assert!(!engine.abandon_blue_green("orders").await.unwrap());
     });
 }

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use projectionist::sqlite::{SqliteProjection, SqliteStore};
+use projectionist::EventLog;
 use projectionist::{Documents, ErrorPolicy, ExpectedVersion, HandlerError, NewEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

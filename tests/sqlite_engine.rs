@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use projectionist::sqlite::{rusqlite, SqliteHandlers, SqliteProjection, SqliteStore};
+use projectionist::EventLog;
 use projectionist::{
     Backoff, Checkpoint, Decision, Error, ErrorPolicy, ExpectedVersion, HandlerError, NewEvent, RunState,
     Store,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use projectionist::sqlite::{SqliteHandlers, SqliteProjection};
+use projectionist::EventLog;
 use projectionist::{Error, ExpectedVersion, HandlerError, NewEvent, RunState};
 use serde::Deserialize;
 use serde_json::json;

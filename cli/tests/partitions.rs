@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use projectionist::postgres::tokio_postgres;
 use projectionist::postgres::PgStore;
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, NewEvent, StreamAppend};
 use projectionist_testkit as kit;
 use serde_json::json;

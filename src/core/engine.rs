@@ -253,6 +253,7 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// Fails fast on the first failing event unless the projection says otherwise.
     pub async fn rebuild(&self, name: &str, progress: Option<ProgressFn>) -> Result<WorkerReport> {
         let p = self.projection(name)?.clone();
+        self.check_replay(name)?;
         let record = prepare_partitions(self.store.as_ref(), &p).await?;
         if record.state == RunState::Rebuilding {
             info!(projection = name, checkpoint = %record.checkpoint, "resuming an interrupted rebuild");
@@ -287,6 +288,19 @@ impl<S: Source, St: Store> Engine<S, St> {
             m.state = RunState::Running;
         }
         merged.ok_or_else(|| Error::Internal(format!("rebuild of {name} ran no worker")))
+    }
+
+    /// Fails, before anything changes, unless the source can replay: rebuilding `name` reads
+    /// its events from the start.
+    pub(crate) fn check_replay(&self, name: &str) -> Result<()> {
+        if self.source.can_replay() {
+            return Ok(());
+        }
+        Err(Error::Unsupported(format!(
+            "projection {name} cannot be rebuilt from its source, which cannot replay (it deletes what \
+             was acknowledged): a rebuild needs a replayable source, such as NATS JetStream or the \
+             database's events table; nothing was changed"
+        )))
     }
 
     /// Pauses a projection: its runners stop after their current batch, in any process.

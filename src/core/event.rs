@@ -278,7 +278,6 @@ type UpcastFn = dyn Fn(Value) -> Result<Value, HandlerError> + Send + Sync;
 
 impl Appended {
     /// The result of a one-stream append made through a many-streams append.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn only(mut out: Vec<Appended>) -> crate::core::error::Result<Appended> {
         out.pop().ok_or_else(|| {
             crate::core::error::Error::Internal("an append of one stream returned no result".into())

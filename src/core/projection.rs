@@ -324,6 +324,17 @@ impl<B: ?Sized> Projection<B> {
         }
     }
 
+    /// The same projection (name, options, handled types) over another body: `body` must
+    /// apply the same read model, as an adapter of this projection's body does.
+    pub fn with_body<B2: ?Sized>(&self, body: Arc<B2>) -> Projection<B2> {
+        Projection {
+            name: self.name.clone(),
+            options: self.options.clone(),
+            event_types: self.event_types.clone(),
+            body,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

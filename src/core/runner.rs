@@ -703,6 +703,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::core::log::EventLog;
     use crate::core::engine::Engine;
     use crate::core::event::{ExpectedVersion, NewEvent};
     use crate::core::source::Lag;

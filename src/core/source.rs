@@ -121,6 +121,13 @@ pub trait Source: Send + Sync + 'static {
         false
     }
 
+    /// Whether reads may start from any checkpoint, including one before what the source
+    /// already delivered: a rebuild replays from the start. A queue that deletes what was
+    /// acknowledged (RabbitMQ) cannot, and rebuilds refuse to run on it.
+    fn can_replay(&self) -> bool {
+        true
+    }
+
     /// Called after every commit of the reader `filter`, with the checkpoint it committed:
     /// everything up to `through` is durable in the read model. Broker sources acknowledge
     /// their messages here (never before the commit, so a crash redelivers instead of losing).

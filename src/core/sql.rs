@@ -16,11 +16,14 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 
 use serde_json::Value;
 
 use super::document::Row;
-use super::error::HandlerError;
+use super::error::{HandlerError, Result};
+use super::projection::Apply;
+use super::store::Store;
 
 /// A value bound to a statement parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -215,6 +218,24 @@ pub trait SqlTx {
     fn reserve_statements(&self, statements: usize) {
         let _ = statements;
     }
+}
+
+/// A store of SQL read models: its projection bodies get a [`SqlTx`] context (`Tx`), so that a
+/// body written over `SqlTx` runs on it, and its read models can be queried outside any batch.
+pub trait SqlStore: Store<Body = dyn Apply<<Self as SqlStore>::Tx>> {
+    /// The context bodies run in: the connection or batch that holds the transaction.
+    type Tx: SqlTx + ?Sized + 'static;
+
+    /// Runs one read-only statement on the read models, outside any batch, and returns its
+    /// columns and rows as the database shows them (NULL as an empty string).
+    fn query_text(&self, sql: &str) -> impl Future<Output = Result<TextRows>> + Send;
+}
+
+/// A query's result as display text: the columns, in order, and each row's values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TextRows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
 }
 
 /// Converts a `query` row's column to a Rust value.

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
 use super::lease::{Fence, Lease, LeaseInfo, Member, Membership};
+use super::runner::RunnerSettings;
 
 /// A projection's (or partition's) run state, persisted with its checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -170,6 +171,26 @@ pub struct Commit<B: ?Sized> {
     pub record_ids: Vec<Uuid>,
 }
 
+impl<B: ?Sized> Commit<B> {
+    /// The same commit, applied through another body (an adapter of this one's).
+    pub fn with_body<B2: ?Sized>(self, body: Arc<B2>) -> Commit<B2> {
+        Commit {
+            projection: self.projection,
+            partition: self.partition,
+            body,
+            events: self.events,
+            range: self.range,
+            expected: self.expected,
+            to: self.to,
+            dead_letters: self.dead_letters,
+            stats: self.stats,
+            last_error: self.last_error,
+            fence: self.fence,
+            record_ids: self.record_ids,
+        }
+    }
+}
+
 /// Why a commit did not happen. Nothing of it was written.
 #[derive(Debug)]
 pub enum CommitError {
@@ -249,6 +270,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ticks whenever a checkpoint moves in this process (for `wait_for`).
     fn checkpoint_changes(&self) -> watch::Receiver<u64>;
+
+    /// The runner settings that suit this store (engines built for it start with them).
+    fn runner_settings(&self) -> RunnerSettings {
+        RunnerSettings::default()
+    }
 
     /// Which of `ids` were recorded as seen for `projection` by an earlier commit
     /// ([`Commit::record_ids`]). Stores keep them for a bounded time.

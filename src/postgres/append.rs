@@ -1,5 +1,5 @@
-//! Appending events: optimistic concurrency per stream, retries of `Any` appends that raced,
-//! and the bulk import.
+//! Appending events (the [`EventLog`]): optimistic concurrency per stream, retries of `Any`
+//! appends that raced, inline projections in the append's transaction, and the bulk import.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -12,50 +12,86 @@ use super::error::{db, db_err};
 use super::listen::bump;
 use super::{PgProjection, PgStore};
 use crate::core::error::{Error, Result};
-use crate::core::event::{Appended, Checkpoint, ExpectedVersion, ImportProgress, NewEvent, StreamAppend};
+use crate::core::event::{Appended, Checkpoint, ExpectedVersion, ImportProgress, StreamAppend};
+use crate::core::log::EventLog;
 
 /// Appends per statement during an import.
 const IMPORT_CHUNK: usize = 2_000;
 
+impl EventLog for PgStore {
+    /// Appends that expect [`ExpectedVersion::Any`] are retried when a concurrent append takes
+    /// their version.
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        self.append_with_inline(appends, &[]).await
+    }
+
+    /// Concurrent appends wait until the import commits (it locks the events table against
+    /// writes, not reads).
+    async fn import<I>(&self, items: I, progress: Option<ImportProgress>) -> Result<u64>
+    where
+        I: Iterator<Item = Result<StreamAppend>> + Send + 'static,
+    {
+        let sql = &self.inner.sql;
+        let mut client = self.client_for("importing events").await?;
+        let err = db_err("importing events");
+        let tx = client.transaction().await.map_err(&err)?;
+        tx.batch_execute(&sql.lock_events).await.map_err(&err)?;
+        let insert = tx.prepare_cached(&sql.insert).await.map_err(&err)?;
+        let mut versions: HashMap<String, i64> = HashMap::new();
+        let mut iter = Some(items);
+        let mut n = 0u64;
+        loop {
+            let Some(mut it) = iter.take() else { break };
+            let (it, chunk) = tokio::task::spawn_blocking(move || {
+                let chunk: Vec<Result<StreamAppend>> = it.by_ref().take(IMPORT_CHUNK).collect();
+                (it, chunk)
+            })
+            .await
+            .map_err(|e| Error::task("reading the import", e))?;
+            if chunk.is_empty() {
+                break;
+            }
+            iter = Some(it);
+            let chunk: Vec<StreamAppend> = chunk.into_iter().collect::<Result<_>>()?;
+            for a in &chunk {
+                validate(a)?;
+            }
+            let unknown: HashSet<&str> = chunk
+                .iter()
+                .map(|a| a.stream_id.as_str())
+                .filter(|s| !versions.contains_key(*s))
+                .collect();
+            load_versions(&tx, &sql.versions, unknown.into_iter(), &mut versions).await?;
+            let rows = Rows::build(&chunk, &mut versions).map_err(AppendError::into_error)?;
+            tx.execute(&insert, &rows.params()).await.map_err(|e| {
+                match e.as_db_error().and_then(|d| d.constraint()) {
+                    Some("events_event_id_key") => Error::DuplicateEvent {
+                        event_id: e
+                            .as_db_error()
+                            .and_then(|d| d.detail())
+                            .and_then(|d| d.split("=(").nth(1))
+                            .and_then(|d| d.split(')').next())
+                            .and_then(|id| Uuid::parse_str(id).ok())
+                            .unwrap_or_default(),
+                    },
+                    _ => db("importing events", e),
+                }
+            })?;
+            n += rows.len() as u64;
+            if let Some(p) = &progress {
+                p(n);
+            }
+        }
+        tx.commit().await.map_err(db_err("committing an import"))?;
+        bump(&self.inner.changes);
+        Ok(n)
+    }
+}
+
 impl PgStore {
-    /// Appends events to one stream. `expected` is checked against the stream's current
-    /// version; a mismatch, including one caused by a concurrent append, is
-    /// [`Error::Conflict`] naming the stream, the expected and the actual version.
-    pub async fn append(
-        &self,
-        stream_id: impl Into<String>,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended> {
-        Appended::only(
-            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
-                .await?,
-        )
-    }
-
-    /// Appends to several streams in one transaction: all or nothing. Appends that expect
-    /// [`ExpectedVersion::Any`] are retried when a concurrent append takes their version.
-    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
-        self.append_retrying(appends, &[]).await
-    }
-
     /// Appends with the inline projections `inline` applied in the same transaction (see
     /// the `inline` module for why the checkpoint stays gap-free).
     pub(crate) async fn append_with_inline(
-        &self,
-        appends: Vec<StreamAppend>,
-        inline: &[PgProjection],
-    ) -> Result<Vec<Appended>> {
-        let out = self.append_retrying(appends, inline).await?;
-        if !out.is_empty() {
-            bump(&self.inner.checkpoints);
-        }
-        Ok(out)
-    }
-
-    /// Validates the appends, then runs them (with `inline`) until no concurrent append
-    /// races them, 20 attempts at most; wakes the runners after.
-    async fn append_retrying(
         &self,
         appends: Vec<StreamAppend>,
         inline: &[PgProjection],
@@ -84,6 +120,9 @@ impl PgStore {
                 Err(AppendError::Fail(e)) => return Err(e),
                 Ok(out) => {
                     bump(&self.inner.changes);
+                    if !inline.is_empty() {
+                        bump(&self.inner.checkpoints);
+                    }
                     return Ok(out);
                 }
             }
@@ -214,70 +253,6 @@ impl PgStore {
         }
         AppendError::Race
     }
-
-    /// Imports a stream of appends in one transaction: when any item is an error, or any
-    /// append conflicts, nothing of the import is written and that error is returned. The
-    /// iterator runs on a blocking thread, so it may read a file. Concurrent appends wait
-    /// until the import commits (it locks the events table against writes, not reads).
-    pub async fn import<I>(&self, items: I, progress: Option<ImportProgress>) -> Result<u64>
-    where
-        I: Iterator<Item = Result<StreamAppend>> + Send + 'static,
-    {
-        let sql = &self.inner.sql;
-        let mut client = self.client_for("importing events").await?;
-        let err = db_err("importing events");
-        let tx = client.transaction().await.map_err(&err)?;
-        tx.batch_execute(&sql.lock_events).await.map_err(&err)?;
-        let insert = tx.prepare_cached(&sql.insert).await.map_err(&err)?;
-        let mut versions: HashMap<String, i64> = HashMap::new();
-        let mut iter = Some(items);
-        let mut n = 0u64;
-        loop {
-            let Some(mut it) = iter.take() else { break };
-            let (it, chunk) = tokio::task::spawn_blocking(move || {
-                let chunk: Vec<Result<StreamAppend>> = it.by_ref().take(IMPORT_CHUNK).collect();
-                (it, chunk)
-            })
-            .await
-            .map_err(|e| Error::task("reading the import", e))?;
-            if chunk.is_empty() {
-                break;
-            }
-            iter = Some(it);
-            let chunk: Vec<StreamAppend> = chunk.into_iter().collect::<Result<_>>()?;
-            for a in &chunk {
-                validate(a)?;
-            }
-            let unknown: HashSet<&str> = chunk
-                .iter()
-                .map(|a| a.stream_id.as_str())
-                .filter(|s| !versions.contains_key(*s))
-                .collect();
-            load_versions(&tx, &sql.versions, unknown.into_iter(), &mut versions).await?;
-            let rows = Rows::build(&chunk, &mut versions).map_err(AppendError::into_error)?;
-            tx.execute(&insert, &rows.params()).await.map_err(|e| {
-                match e.as_db_error().and_then(|d| d.constraint()) {
-                    Some("events_event_id_key") => Error::DuplicateEvent {
-                        event_id: e
-                            .as_db_error()
-                            .and_then(|d| d.detail())
-                            .and_then(|d| d.split("=(").nth(1))
-                            .and_then(|d| d.split(')').next())
-                            .and_then(|id| Uuid::parse_str(id).ok())
-                            .unwrap_or_default(),
-                    },
-                    _ => db("importing events", e),
-                }
-            })?;
-            n += rows.len() as u64;
-            if let Some(p) = &progress {
-                p(n);
-            }
-        }
-        tx.commit().await.map_err(db_err("committing an import"))?;
-        bump(&self.inner.changes);
-        Ok(n)
-    }
 }
 
 enum AppendError {
@@ -296,7 +271,6 @@ impl AppendError {
     fn into_error(self) -> Error {
         match self {
             AppendError::Fail(e) => e,
-            // The import holds the events table's lock: no append can race it.
             AppendError::Race => Error::Internal(
                 "a concurrent append took a stream version while the import held the events table's lock"
                     .into(),

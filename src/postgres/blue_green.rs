@@ -19,22 +19,17 @@
 //! old table before the commit and to the new one after it (`ALTER TABLE` waits for running
 //! queries, and queries wait for it, for the few milliseconds it holds its lock). A crash
 //! before the swap leaves the current version untouched; running the blue/green rebuild again
-//! resumes the shadow from its checkpoint, and [`PgEngine::abandon_blue_green`] drops it.
+//! resumes the shadow from its checkpoint, and `abandon_blue_green` drops it. The build itself is the
+//! core's ([`ShadowStore`]).
 
-use std::sync::Arc;
+use std::future::Future;
 use std::time::Instant;
-
-use tracing::info;
 
 use super::error::db_err;
 use super::listen::bump;
-use super::{quote, PgEngine, PgStore};
-use crate::core::error::{Error, Result};
-use crate::core::runner::{Mode, ProgressFn};
-pub use crate::core::shadow::BlueGreenReport;
-use crate::core::shadow::{build_shadow, shadow_catch_up};
-use crate::core::source::Source;
-use crate::core::store::{RunState, Store};
+use super::{quote, PgStore};
+use crate::core::error::Result;
+use crate::core::shadow::{ShadowStore, Swapped};
 
 /// FNV-1a: a stable hash, so that another process finds the same shadow.
 fn fnv(text: &str) -> u64 {
@@ -51,71 +46,43 @@ fn shadow_schemas(schema: &str, projection: &str) -> (String, String) {
     (shadow.clone(), format!("{shadow}_old"))
 }
 
-impl PgEngine {
-    /// The shadow store of `name`, built from the live store's connection settings.
-    async fn shadow_store(&self, shadow: &str) -> Result<PgStore> {
-        let live = self.store();
-        let mut builder = PgStore::builder_from_config(live.inner.base_config.clone())
-            .schema(shadow)
-            .application_name(format!("{}-blue-green", live.inner.application_name))
+impl ShadowStore for PgStore {
+    /// A store on the shadow schema, built from this store's connection settings; the schema
+    /// the old version moves to is created empty first.
+    async fn open_shadow(&self, projection: &str) -> Result<(Self, bool)> {
+        let (shadow, old) = shadow_schemas(self.schema(), projection);
+        let existed = self.shadow_exists(projection).await?;
+        self.client()
+            .await?
+            // Created here, not in the swap transaction: DDL there would give it a transaction
+            // id before it takes its lock, and an inline append waiting for older transactions
+            // would then wait for it while it waits for the append.
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}",
+                quote(&old)
+            ))
+            .await
+            .map_err(db_err("preparing a blue/green rebuild"))?;
+        let mut builder = PgStore::builder_from_config(self.inner.base_config.clone())
+            .schema(&shadow)
+            .application_name(format!("{}-blue-green", self.inner.application_name))
             .events(false)
             .listen(false)
             .pool_size(4)
-            .document_write(live.inner.document_write);
-        builder.also_search = Some(live.schema().to_owned());
-        builder.connect().await
+            .document_write(self.inner.document_write);
+        builder.also_search = Some(self.schema().to_owned());
+        Ok((builder.connect().await?, existed))
     }
 
-    /// Rebuilds `name` blue/green: the new version is built in a shadow schema while the
-    /// current one keeps serving, then the two are swapped in one transaction and the old
-    /// version is dropped. Resumes an interrupted shadow build. Fails fast on the first failing
-    /// event (the current version stays untouched).
-    pub async fn rebuild_blue_green(
-        &self,
-        name: &str,
-        progress: Option<ProgressFn>,
-    ) -> Result<BlueGreenReport> {
-        let started = Instant::now();
-        let projection = self.projection(name)?.clone();
-        if projection.is_partitioned() {
-            return Err(Error::Unsupported(format!(
-                "projection {name} is partitioned; blue/green rebuilds do not support partitions yet: \
-                 use `projectionist rebuild {name}` (in place)"
-            )));
-        }
-        let live = self.store().clone();
-        let (shadow_name, old_name) = shadow_schemas(live.schema(), name);
-        let resuming = self.blue_green_in_progress(name).await?;
-        {
-            let client = live.client().await?;
-            client
-                // Created here, not in the swap transaction: DDL there would give it a
-                // transaction id before it takes its lock, and an inline append waiting for
-                // older transactions would then wait for it while it waits for the append.
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}",
-                    quote(&old_name)
-                ))
-                .await
-                .map_err(db_err("preparing a blue/green rebuild"))?;
-        }
-        let shadow = Arc::new(self.shadow_store(&shadow_name).await?);
-        let record = shadow.prepare(name, 0, projection.body().clone()).await?;
-        if resuming && record.state == RunState::Rebuilding {
-            info!(projection = name, checkpoint = %record.checkpoint, shadow = %shadow_name, "resuming a blue/green shadow build");
-        } else {
-            info!(projection = name, shadow = %shadow_name, "starting a blue/green shadow build");
-            shadow.reset(name, projection.body().clone()).await?;
-        }
-
-        let source = self.source().clone();
-        let settings = self.runner_settings();
-        let (mut events, _) = build_shadow(&source, &shadow, &projection, settings, progress.clone()).await?;
-
-        // The swap.
-        let (s_live, s_shadow, s_old) = (quote(live.schema()), quote(&shadow_name), quote(&old_name));
+    async fn swap_in<T, F>(&self, projection: &str, catch_up: F) -> Result<(T, Swapped)>
+    where
+        T: Send,
+        F: Future<Output = Result<T>> + Send,
+    {
+        let (shadow_name, old_name) = shadow_schemas(self.schema(), projection);
+        let (s_live, s_shadow, s_old) = (quote(self.schema()), quote(&shadow_name), quote(&old_name));
         let err = db_err("swapping in the rebuilt read model");
-        let mut client = live.client().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(&err)?;
         tx.batch_execute(&format!("LOCK TABLE {s_live}.events IN EXCLUSIVE MODE"))
             .await
@@ -126,25 +93,18 @@ impl PgEngine {
                 "INSERT INTO {s_live}.projection_checkpoints (projection, partition) VALUES ($1, 0) \
                  ON CONFLICT DO NOTHING"
             ),
-            &[&name],
+            &[&projection],
         )
         .await
         .map_err(&err)?;
         tx.query(
             &format!("SELECT 1 FROM {s_live}.projection_checkpoints WHERE projection = $1 FOR UPDATE"),
-            &[&name],
+            &[&projection],
         )
         .await
         .map_err(&err)?;
         // Final catch-up: no append can commit now, so the head is fixed.
-        let target = source.head().await?;
-        let mode = Mode::ToHead {
-            target,
-            progress: progress.clone(),
-        };
-        let report = shadow_catch_up(&source, &shadow, &projection, settings, mode).await?;
-        events += report.events;
-        let checkpoint = report.checkpoint;
+        let caught_up = catch_up.await?;
         let tables: Vec<String> = tx
             .query(
                 "SELECT tablename FROM pg_tables WHERE schemaname = $1 \
@@ -176,13 +136,13 @@ impl PgEngine {
                  FROM {s_shadow}.projection_checkpoints AS s \
                  WHERE m.projection = $1 AND s.projection = $1 AND m.partition = s.partition"
             ),
-            &[&name],
+            &[&projection],
         )
         .await
         .map_err(&err)?;
         tx.execute(
             &format!("DELETE FROM {s_live}.projection_dead_letters WHERE projection = $1"),
-            &[&name],
+            &[&projection],
         )
         .await
         .map_err(&err)?;
@@ -195,63 +155,46 @@ impl PgEngine {
                  data, metadata, recorded_at, error, attempts, first_failed_at, last_failed_at \
                  FROM {s_shadow}.projection_dead_letters WHERE projection = $1"
             ),
-            &[&name],
+            &[&projection],
         )
         .await
         .map_err(&err)?;
         // A crash after this commit must not let a later run "resume" an emptied shadow.
         tx.execute(
             &format!("DELETE FROM {s_shadow}.projection_checkpoints WHERE projection = $1"),
-            &[&name],
+            &[&projection],
         )
         .await
         .map_err(&err)?;
-        tx.execute("SELECT pg_notify($1, '')", &[&live.inner.sql.checkpoints_channel])
+        tx.execute("SELECT pg_notify($1, '')", &[&self.inner.sql.checkpoints_channel])
             .await
             .map_err(&err)?;
         tx.commit().await.map_err(&err)?;
         let swap_lock = locked_at.elapsed();
-        drop(shadow);
-        client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {s_old} CASCADE; DROP SCHEMA IF EXISTS {s_shadow} CASCADE"
-            ))
-            .await
-            .map_err(db_err("dropping the old read model"))?;
-        bump(&live.inner.checkpoints);
-        info!(projection = name, ?swap_lock, ?tables, "blue/green swap done");
-        Ok(BlueGreenReport {
-            projection: name.to_owned(),
-            events,
-            checkpoint,
-            seconds: started.elapsed().as_secs_f64(),
-            swap_lock,
-            tables,
-        })
+        bump(&self.inner.checkpoints);
+        Ok((caught_up, Swapped { swap_lock, tables }))
     }
 
-    /// Drops an interrupted blue/green shadow build of `name`. Returns whether there was one.
-    /// The current version was never touched.
-    pub async fn abandon_blue_green(&self, name: &str) -> Result<bool> {
-        self.projection(name)?;
-        let existed = self.blue_green_in_progress(name).await?;
-        let (shadow, old) = shadow_schemas(self.store().schema(), name);
-        let client = self.store().client().await?;
-        client
+    /// Drops the shadow schema and the one the old version moved to.
+    async fn drop_shadow(&self, projection: &str) -> Result<bool> {
+        let existed = self.shadow_exists(projection).await?;
+        let (shadow, old) = shadow_schemas(self.schema(), projection);
+        self.client()
+            .await?
             .batch_execute(&format!(
                 "DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE",
-                quote(&shadow),
-                quote(&old)
+                quote(&old),
+                quote(&shadow)
             ))
             .await
-            .map_err(db_err("abandoning a blue/green rebuild"))?;
+            .map_err(db_err("dropping a blue/green shadow"))?;
         Ok(existed)
     }
 
-    /// Whether a blue/green shadow build of `name` exists (an interrupted or running one).
-    pub async fn blue_green_in_progress(&self, name: &str) -> Result<bool> {
-        let (shadow, _) = shadow_schemas(self.store().schema(), name);
-        let client = self.store().client().await?;
+    /// Whether the shadow schema holds the projection's checkpoint.
+    async fn shadow_exists(&self, projection: &str) -> Result<bool> {
+        let (shadow, _) = shadow_schemas(self.schema(), projection);
+        let client = self.client().await?;
         let err = db_err("looking for a blue/green rebuild");
         let exists: bool = client
             .query_one(
@@ -270,7 +213,7 @@ impl PgEngine {
                     "SELECT count(*) FROM {}.projection_checkpoints WHERE projection = $1",
                     quote(&shadow)
                 ),
-                &[&name],
+                &[&projection],
             )
             .await
             .and_then(|r| r.try_get(0))

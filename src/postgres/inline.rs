@@ -34,54 +34,38 @@ use super::batch::Origin;
 use super::error::{self, db, db_err};
 use super::rows::event_from_row;
 use super::sql::EVENT_COLUMNS;
-use super::{PgEngine, PgParam, PgProjection, PgStore};
+use super::{PgParam, PgProjection, PgStore};
 use crate::core::error::{Error, Result};
-use crate::core::event::{Appended, Checkpoint, Event, ExpectedVersion, NewEvent, StreamAppend};
+use crate::core::event::{Appended, Checkpoint, Event, StreamAppend};
+use crate::core::inline::InlineAppend;
+use crate::core::log::EventLog;
 use crate::core::projection::Applied;
 use crate::core::store::RunState;
 
 /// How long an inline append waits for older transactions to end.
 pub(crate) const OLDER_TX_WAIT: Duration = Duration::from_secs(30);
 
-impl PgEngine {
-    /// Appends events to one stream and applies every inline projection in the same
-    /// transaction: when this returns, inline read models already show the events. A failing
-    /// inline handler fails the append with [`Error::InlineProjection`], and nothing of it is
-    /// written. Projections that are not inline are applied by runners, as usual.
-    pub async fn append(
+impl InlineAppend<PgStore> for PgStore {
+    /// The events and the inline read models must be in the same database and schema (one
+    /// [`PgStore`], or two handles on it).
+    async fn append_inline(
         &self,
-        stream_id: impl Into<String>,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended> {
-        Appended::only(
-            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
-                .await?,
-        )
-    }
-
-    /// Appends to several streams, with the inline projections, in one transaction. The
-    /// events and the inline read models must be in the same database (one [`PgStore`]).
-    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
-        let inline: Vec<PgProjection> = self
-            .projections()
-            .iter()
-            .filter(|p| p.options().inline)
-            .cloned()
-            .collect();
+        log: &PgStore,
+        appends: Vec<StreamAppend>,
+        inline: Vec<PgProjection>,
+    ) -> Result<Vec<Appended>> {
         if inline.is_empty() {
-            return self.source().append_many(appends).await;
+            return log.append_many(appends).await;
         }
-        if !Arc::ptr_eq(&self.source().inner, &self.store().inner)
-            && (self.source().location() != self.store().location()
-                || self.source().schema() != self.store().schema())
+        if !Arc::ptr_eq(&log.inner, &self.inner)
+            && (log.location() != self.location() || log.schema() != self.schema())
         {
             return Err(Error::Config(
                 "inline projections need the events and the read models in the same PostgreSQL database and schema"
                     .into(),
             ));
         }
-        self.source().append_with_inline(appends, &inline).await
+        log.append_with_inline(appends, &inline).await
     }
 }
 

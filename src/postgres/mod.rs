@@ -28,10 +28,11 @@
 //!
 //! # Layout
 //!
-//! `connect` builds a store, `sql` holds every statement, `append` writes events, `read` reads
-//! them (the [`Source`]), `commit` commits batches, `lifecycle` prepares, resets and pauses
-//! projections, `dead_letters` lists and retries failures, `rows` decodes rows; `partition`,
-//! `inline` and `blue_green` are the partitioned, inline and blue/green features.
+//! `connect` builds a store, `sql` holds every statement, `append` writes events (the
+//! [`EventLog`](crate::core::log::EventLog)), `read` reads them (the [`Source`]), `commit`
+//! commits batches, `lifecycle` prepares, resets and pauses projections, `dead_letters` lists and
+//! retries failures, `rows` decodes rows, `query` queries read models; `partition`, `inline` and
+//! `blue_green` are the partitioned, inline and blue/green features.
 
 /// Boxes each value as a [`PgParam`] (which must be in scope where it is used).
 macro_rules! params {
@@ -50,6 +51,7 @@ mod inline;
 mod lifecycle;
 mod listen;
 mod partition;
+mod query;
 mod read;
 mod rows;
 mod schema;
@@ -73,8 +75,8 @@ use crate::core::projection::{Apply, Handlers, Projection};
 use crate::core::source::Source;
 use crate::core::store::{Commit, CommitError, DeadLetter, ProjectionRecord, RunState, Store};
 
+pub use crate::core::shadow::BlueGreenReport;
 pub use batch::{DocumentWrite, PgBatch, PgParam, PgParams};
-pub use blue_green::BlueGreenReport;
 pub use connect::{PgBuilder, DEFAULT_SEEN_RETENTION};
 pub use deadpool_postgres;
 pub use sql_tx::TextParam;

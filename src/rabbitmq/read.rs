@@ -117,6 +117,11 @@ impl Source for RabbitSource {
         self.shared.changes.subscribe()
     }
 
+    /// The broker deletes what was acknowledged: a queue cannot replay.
+    fn can_replay(&self) -> bool {
+        false
+    }
+
     async fn acknowledge(&self, filter: &Filter, through: Checkpoint) -> Result<()> {
         let Some(name) = filter.projection.as_deref() else {
             return Ok(());

@@ -1,4 +1,5 @@
-//! Appending events: optimistic concurrency per stream, and the bulk import.
+//! Appending events (the [`EventLog`]): optimistic concurrency per stream, inline projections in
+//! the append's transaction, and the bulk import.
 
 use std::collections::HashMap;
 
@@ -10,91 +11,35 @@ use super::inline::apply_inline;
 use super::rows::format_time;
 use super::{db_err, Inner, SqliteProjection, SqliteStore};
 use crate::core::error::{Error, Result};
-use crate::core::event::{Appended, Checkpoint, ExpectedVersion, ImportProgress, NewEvent, StreamAppend};
+use crate::core::event::{Appended, Checkpoint, ImportProgress, StreamAppend};
+use crate::core::log::EventLog;
 
-impl SqliteStore {
-    /// Appends events to one stream. `expected` is checked against the stream's current
-    /// version; a mismatch is [`Error::Conflict`] naming the stream, the expected and the
-    /// actual version.
-    pub async fn append(
-        &self,
-        stream_id: impl Into<String>,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended> {
-        Appended::only(
-            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
-                .await?,
-        )
+impl EventLog for SqliteStore {
+    async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
+        self.append_with_inline(appends, Vec::new()).await
     }
 
-    /// Appends to several streams in one transaction: all or nothing.
-    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
-        self.append_inline(appends, Vec::new()).await
-    }
-
-    /// Appends, then applies the `inline` projections to everything up to the new head, all
-    /// in one transaction. A failing inline handler rolls the whole append back.
-    pub(super) async fn append_inline(
-        &self,
-        appends: Vec<StreamAppend>,
-        inline: Vec<SqliteProjection>,
-    ) -> Result<Vec<Appended>> {
-        let any_inline = !inline.is_empty();
-        let out = self
-            .blocking(move |inner| {
-                let mut conn = inner.writer();
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(db_err("beginning an append"))?;
-                let mut versions = Versions::new(&tx)?;
-                let now = format_time(Utc::now());
-                let mut out = Vec::with_capacity(appends.len());
-                for a in &appends {
-                    out.push(append_in(&tx, &mut versions, a, &now)?);
-                }
-                for p in &inline {
-                    apply_inline(&tx, p)?;
-                }
-                tx.commit().map_err(db_err("committing an append"))?;
-                Ok(out)
-            })
-            .await?;
-        Inner::bump(&self.inner.changes);
-        if any_inline {
-            Inner::bump(&self.inner.checkpoints);
-        }
-        Ok(out)
-    }
-
-    /// Imports a stream of appends in one transaction: when any item is an error, or any
-    /// append conflicts, nothing of the import is written and that error is returned.
-    /// The iterator runs on a blocking thread, so it may read a file.
-    pub async fn import<I>(&self, items: I, progress: Option<ImportProgress>) -> Result<u64>
+    async fn import<I>(&self, items: I, progress: Option<ImportProgress>) -> Result<u64>
     where
         I: Iterator<Item = Result<StreamAppend>> + Send + 'static,
     {
         let n = self
             .blocking(move |inner| {
-                let mut conn = inner.writer();
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(db_err("beginning an import"))?;
-                let mut versions = Versions::new(&tx)?;
-                let now = format_time(Utc::now());
-                let mut n = 0u64;
-                for item in items {
-                    let a = item?;
-                    append_in(&tx, &mut versions, &a, &now)?;
-                    let len = a.events.len() as u64;
-                    n += len;
-                    if let Some(p) = &progress {
-                        if n % 4096 < len {
-                            p(n);
+                let n = appending(inner, "importing", |tx, versions, now| {
+                    let mut n = 0u64;
+                    for item in items {
+                        let a = item?;
+                        append_in(tx, versions, &a, now)?;
+                        let len = a.events.len() as u64;
+                        n += len;
+                        if let Some(p) = &progress {
+                            if n % 4096 < len {
+                                p(n);
+                            }
                         }
                     }
-                }
-                tx.commit().map_err(db_err("committing an import"))?;
+                    Ok(n)
+                })?;
                 if let Some(p) = &progress {
                     p(n);
                 }
@@ -104,6 +49,54 @@ impl SqliteStore {
         Inner::bump(&self.inner.changes);
         Ok(n)
     }
+}
+
+impl SqliteStore {
+    /// Appends, then applies the `inline` projections to everything up to the new head, all
+    /// in one transaction. A failing inline handler rolls the whole append back.
+    pub(super) async fn append_with_inline(
+        &self,
+        appends: Vec<StreamAppend>,
+        inline: Vec<SqliteProjection>,
+    ) -> Result<Vec<Appended>> {
+        let any_inline = !inline.is_empty();
+        let out = self
+            .blocking(move |inner| {
+                appending(inner, "appending", |tx, versions, now| {
+                    let mut out = Vec::with_capacity(appends.len());
+                    for a in &appends {
+                        out.push(append_in(tx, versions, a, now)?);
+                    }
+                    for p in &inline {
+                        apply_inline(tx, p)?;
+                    }
+                    Ok(out)
+                })
+            })
+            .await?;
+        Inner::bump(&self.inner.changes);
+        if any_inline {
+            Inner::bump(&self.inner.checkpoints);
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `f` in a write transaction, with the stream versions it knows and the time to record,
+/// and commits when `f` succeeds. `what` names the write in errors.
+fn appending<T>(
+    inner: &Inner,
+    what: &'static str,
+    f: impl FnOnce(&Connection, &mut Versions, &str) -> Result<T>,
+) -> Result<T> {
+    let mut conn = inner.writer();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err(what))?;
+    let mut versions = Versions::new(&tx)?;
+    let out = f(&tx, &mut versions, &format_time(Utc::now()))?;
+    tx.commit().map_err(db_err(what))?;
+    Ok(out)
 }
 
 /// Stream versions known inside one write transaction.

@@ -6,10 +6,11 @@
 //! so a reader sees the old tables until the swap commits and the new ones after. The swap
 //! holds the write lock while it copies the shadow tables in (readers are not blocked).
 //! A crash before the swap leaves the current version untouched; running the blue/green
-//! rebuild again resumes the shadow from its checkpoint, and `abandon_blue_green` drops it.
+//! rebuild again resumes the shadow from its checkpoint, and `abandon_blue_green` drops it. The
+//! build itself is the core's ([`ShadowStore`]).
 
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -17,13 +18,9 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tracing::info;
 
 use super::connect::configure;
-use super::{db_err, format_time, SqliteEngine, SqliteStore};
+use super::{db_err, format_time, Inner, SqliteStore};
 use crate::core::error::{Error, Result};
-use crate::core::runner::{Mode, ProgressFn};
-pub use crate::core::shadow::BlueGreenReport;
-use crate::core::shadow::{build_shadow, shadow_catch_up};
-use crate::core::source::Source;
-use crate::core::store::{RunState, Store};
+use crate::core::shadow::{ShadowStore, Swapped};
 
 fn shadow_path(main: &str, projection: &str) -> Result<PathBuf> {
     if main == ":memory:" {
@@ -52,104 +49,59 @@ fn remove_database_files(path: &std::path::Path) {
     }
 }
 
-impl SqliteEngine {
-    /// Rebuilds `name` blue/green: the new version is built in a shadow database while the
-    /// current one keeps serving, then the two are swapped in one transaction and the shadow
-    /// is dropped. Resumes an interrupted shadow build. Fails fast on the first failing event
-    /// (the current version stays untouched).
-    pub async fn rebuild_blue_green(
-        &self,
-        name: &str,
-        progress: Option<ProgressFn>,
-    ) -> Result<BlueGreenReport> {
-        let started = Instant::now();
-        let projection = self.projection(name)?.clone();
-        let main = self.store().clone();
-        let path = shadow_path(main.location(), name)?;
-        let resuming = path.exists();
-        let shadow = SqliteStore::open(&path).await?;
-        let record = shadow.prepare(name, 0, projection.body().clone()).await?;
-        if resuming && record.state == RunState::Rebuilding {
-            info!(projection = name, checkpoint = %record.checkpoint, "resuming a blue/green shadow build");
-        } else {
-            info!(projection = name, shadow = %path.display(), "starting a blue/green shadow build");
-            shadow.reset(name, projection.body().clone()).await?;
+impl ShadowStore for SqliteStore {
+    /// The shadow is a database file beside the main one, `<main>.shadow-<projection>`.
+    async fn open_shadow(&self, projection: &str) -> Result<(Self, bool)> {
+        let path = shadow_path(self.location(), projection)?;
+        let existed = path.exists();
+        if !existed {
+            info!(projection, shadow = %path.display(), "creating a blue/green shadow database");
         }
+        Ok((SqliteStore::open(&path).await?, existed))
+    }
 
-        // Build to the head, then chase the head while appends keep coming, until the rest is
-        // less than a batch (the live runner takes over from the swapped checkpoint).
-        let source = self.source().clone();
-        let shadow = Arc::new(shadow);
-        let settings = self.runner_settings();
-        let (mut events, _) = build_shadow(&source, &shadow, &projection, settings, progress.clone()).await?;
-        let checkpoint;
-
-        // Swap in one transaction on the main database. The swap takes the write lock first,
-        // so no event can commit after the shadow's final catch-up: the new version goes in at
-        // exactly the head, never behind what the live version already showed.
+    async fn swap_in<T, F>(&self, projection: &str, catch_up: F) -> Result<(T, Swapped)>
+    where
+        T: Send,
+        F: Future<Output = Result<T>> + Send,
+    {
+        let shadow = shadow_path(self.location(), projection)?;
         let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
-        let main_path = PathBuf::from(main.location());
-        let (shadow_file, name_owned) = (path.clone(), name.to_owned());
-        let swapper = tokio::task::spawn_blocking(move || {
-            swap(&main_path, &shadow_file, &name_owned, locked_tx, go_rx)
-        });
+        let main = PathBuf::from(self.location());
+        let name = projection.to_owned();
+        let swapper = tokio::task::spawn_blocking(move || swap(&main, &shadow, &name, locked_tx, go_rx));
+        let panicked = |e: tokio::task::JoinError| Error::task("the swap task", e);
         if locked_rx.await.is_err() {
             // The swapper failed before it held the lock; its error says why.
-            return Err(swapper
-                .await
-                .map_err(|e| Error::task("the swap task", e))?
-                .err()
-                .unwrap_or(Error::Shutdown));
+            return Err(swapper.await.map_err(panicked)?.err().unwrap_or(Error::Shutdown));
         }
-        let final_catch_up = async {
-            let target = source.head().await?;
-            let mode = Mode::ToHead {
-                target,
-                progress: progress.clone(),
-            };
-            shadow_catch_up(&source, &shadow, &projection, settings, mode).await
-        };
-        match final_catch_up.await {
-            Ok(report) => {
-                events += report.events;
-                checkpoint = report.checkpoint;
+        let caught_up = match catch_up.await {
+            Ok(t) => {
                 let _ = go_tx.send(true);
+                t
             }
             Err(e) => {
                 let _ = go_tx.send(false);
                 let _ = swapper.await;
                 return Err(e);
             }
-        }
-        let (swap_lock, tables) = swapper.await.map_err(|e| Error::task("the swap task", e))??;
-        drop(shadow);
-        remove_database_files(&path);
-        crate::sqlite::Inner::bump(&main.inner.checkpoints);
-        info!(projection = name, ?swap_lock, ?tables, "blue/green swap done");
-        Ok(BlueGreenReport {
-            projection: name.to_owned(),
-            events,
-            checkpoint,
-            seconds: started.elapsed().as_secs_f64(),
-            swap_lock,
-            tables,
-        })
+        };
+        let (swap_lock, tables) = swapper.await.map_err(panicked)??;
+        Inner::bump(&self.inner.checkpoints);
+        Ok((caught_up, Swapped { swap_lock, tables }))
     }
 
-    /// Drops an interrupted blue/green shadow build of `name`. Returns whether there was one.
-    /// The current version was never touched.
-    pub async fn abandon_blue_green(&self, name: &str) -> Result<bool> {
-        self.projection(name)?;
-        let path = shadow_path(self.store().location(), name)?;
+    /// Removes the shadow database's files.
+    async fn drop_shadow(&self, projection: &str) -> Result<bool> {
+        let path = shadow_path(self.location(), projection)?;
         let existed = path.exists();
         remove_database_files(&path);
         Ok(existed)
     }
 
-    /// Whether a blue/green shadow build of `name` exists (an interrupted or running one).
-    pub fn blue_green_in_progress(&self, name: &str) -> bool {
-        shadow_path(self.store().location(), name).is_ok_and(|p| p.exists())
+    async fn shadow_exists(&self, projection: &str) -> Result<bool> {
+        Ok(shadow_path(self.location(), projection).is_ok_and(|p| p.exists()))
     }
 }
 
@@ -165,12 +117,9 @@ fn swap(
     go: std::sync::mpsc::Receiver<bool>,
 ) -> Result<(Duration, Vec<String>)> {
     let err = db_err("swapping in the rebuilt read model");
-    let shadow_str = shadow.to_str().ok_or_else(|| {
-        Error::Unsupported(format!(
-            "shadow path {} is not UTF-8, which SQLite cannot attach; move the database to a UTF-8 path",
-            shadow.display()
-        ))
-    })?;
+    let shadow_str = shadow
+        .to_str()
+        .ok_or_else(|| Error::Unsupported(format!("shadow path {} is not UTF-8", shadow.display())))?;
     let mut conn = Connection::open(main).map_err(&err)?;
     configure(&conn)?;
     conn.execute("ATTACH DATABASE ?1 AS shadow", [shadow_str])

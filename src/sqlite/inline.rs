@@ -9,38 +9,29 @@ use super::commit::commit_in;
 use super::lifecycle::{lifecycle, load_record};
 use super::read::read_batch;
 use super::{db_err, SqliteProjection, SqliteStore};
-use crate::core::engine::Engine;
 use crate::core::error::{Error, Result};
-use crate::core::event::{Appended, Event, ExpectedVersion, NewEvent, StreamAppend};
+use crate::core::event::{Appended, Event, StreamAppend};
+use crate::core::inline::InlineAppend;
 use crate::core::source::Filter;
 use crate::core::store::{Commit, CommitError, RunState};
 
-impl Engine<SqliteStore, SqliteStore> {
-    /// Appends events to one stream and applies every inline projection in the same
-    /// transaction: when this returns, inline read models already show the events. A failing
-    /// inline handler fails the append with [`Error::InlineProjection`], and nothing of it is
-    /// written. Projections that are not inline are applied by runners, as usual.
-    pub async fn append(
+impl InlineAppend<SqliteStore> for SqliteStore {
+    /// The events and the inline read models must be in the same database (one
+    /// [`SqliteStore`], or two handles on one file).
+    async fn append_inline(
         &self,
-        stream_id: impl Into<String>,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended> {
-        Appended::only(
-            self.append_many(vec![StreamAppend::new(stream_id, expected, events)])
-                .await?,
-        )
-    }
-
-    /// Appends to several streams, with the inline projections, in one transaction.
-    pub async fn append_many(&self, appends: Vec<StreamAppend>) -> Result<Vec<Appended>> {
-        let inline: Vec<SqliteProjection> = self
-            .projections()
-            .iter()
-            .filter(|p| p.options().inline)
-            .cloned()
-            .collect();
-        self.store().append_inline(appends, inline).await
+        log: &SqliteStore,
+        appends: Vec<StreamAppend>,
+        inline: Vec<SqliteProjection>,
+    ) -> Result<Vec<Appended>> {
+        let same = Arc::ptr_eq(&log.inner, &self.inner)
+            || (log.location() == self.location() && self.location() != ":memory:");
+        if !inline.is_empty() && !same {
+            return Err(Error::Config(
+                "inline projections need the events and the read models in the same SQLite database".into(),
+            ));
+        }
+        log.append_with_inline(appends, inline).await
     }
 }
 

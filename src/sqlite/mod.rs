@@ -13,8 +13,9 @@
 //!
 //! # Layout
 //!
-//! `connect` opens a database, `append` writes events, `read` reads them (the [`Source`]),
-//! `commit` commits batches, `lifecycle` prepares, resets and pauses projections,
+//! `connect` opens a database, `append` writes events (the
+//! [`EventLog`](crate::core::log::EventLog)), `read` reads them (the [`Source`]), `query` queries
+//! read models, `commit` commits batches, `lifecycle` prepares, resets and pauses projections,
 //! `dead_letters` lists and retries failures, `seen` keeps and prunes the ids of applied
 //! events, `rows` decodes rows; `inline`, `blue_green` and `document` are the inline,
 //! blue/green and document features.
@@ -27,13 +28,14 @@ mod dead_letters;
 mod document;
 mod inline;
 mod lifecycle;
+mod query;
 mod read;
 mod rows;
 mod schema;
 mod seen;
 mod sql_tx;
 
-pub use blue_green::BlueGreenReport;
+pub use crate::core::shadow::BlueGreenReport;
 
 use lifecycle::load_record;
 
@@ -48,6 +50,7 @@ use uuid::Uuid;
 use crate::core::engine::Engine;
 use crate::core::error::{Error, HandlerError, Result};
 use crate::core::projection::{Apply, Handlers, Projection};
+use crate::core::runner::RunnerSettings;
 #[cfg(doc)]
 use crate::core::source::Source;
 use crate::core::store::{Commit, CommitError, DeadLetter, ProjectionRecord, RunState, Store};
@@ -148,14 +151,10 @@ impl SqliteStore {
         &self.inner.location
     }
 
-    /// An engine on this database, with no projections yet. SQLite serializes writers, so
-    /// the engine applies one batch at a time, by priority.
+    /// An engine on this database, with no projections yet, and the store's
+    /// [runner settings](Store::runner_settings).
     pub fn engine(&self) -> SqliteEngine {
-        let settings = crate::core::runner::RunnerSettings {
-            concurrency: 1,
-            ..Default::default()
-        };
-        Engine::new(Arc::new(self.clone()), Arc::new(self.clone())).settings(settings)
+        Engine::new(Arc::new(self.clone()), Arc::new(self.clone())).settings(self.runner_settings())
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T>
@@ -250,6 +249,14 @@ impl Store for SqliteStore {
 
     fn checkpoint_changes(&self) -> watch::Receiver<u64> {
         self.inner.checkpoints.subscribe()
+    }
+
+    /// SQLite serializes writers, so engines apply one batch at a time, by priority.
+    fn runner_settings(&self) -> RunnerSettings {
+        RunnerSettings {
+            concurrency: 1,
+            ..Default::default()
+        }
     }
 }
 

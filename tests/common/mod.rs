@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use projectionist::sqlite::{rusqlite, SqliteHandlers, SqliteProjection, SqliteStore, StreamAppend};
 use projectionist::workload::Orders;
+use projectionist::EventLog;
 use projectionist::{ExpectedVersion, HandlerError, NewEvent};
 use serde::Deserialize;
 

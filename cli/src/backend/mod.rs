@@ -1,61 +1,78 @@
-//! The one place that turns a `--database` URL into a backend.
+//! The one place where URLs map to backends.
 //!
-//! Command logic is written against `projectionist::Engine<S, St>` for any `Source` and
-//! `Store`; the [`with_engine!`] macro builds the engine over whichever source (`--source`, or
-//! the database's events table) and store (`--database`) are in force, and registers the
-//! configured declarative projections on it. Each store backend (SQLite, PostgreSQL) is one
-//! variant of [`Location`] and [`Backend`] and one arm in each `match` below; each event
-//! source is one variant of [`EventSource`], one arm in [`EventSource::open`] and one arm in
-//! [`with_engine!`].
+//! Every command runs on one engine type, [`CliEngine`] (`Engine<AnySource, AnyStore>`): the
+//! commands are plain functions over it, with no `match` per backend or per source. What a
+//! backend can do (replay, partitions, blue/green, inline appends) is asked of the source or
+//! the store itself, through the library's traits.
+//!
+//! Adding a store is a module that implements [`StoreBackend`] (it opens its URLs as an
+//! `AnyStore` and the `AnySource` of its own events) and one line in [`STORES`]. Adding an
+//! event source is a module that implements [`SourceBackend`] and one line in [`SOURCES`].
 
+mod engine;
+mod registry;
 mod source;
-mod store;
 mod url;
 
-pub use source::EventSource;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "postgres")]
-pub use store::pg_engine;
-pub use store::{engine, sqlite_engine, Backend, Rows};
-pub use url::{redact, DatabaseUrl, Location};
+mod postgres;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
-/// Binds `$store` to the store of `$backend` and evaluates `$body` once per backend type.
-macro_rules! with_store {
-    ($backend:expr, |$store:ident| $body:expr) => {
-        match $backend {
-            $crate::backend::Backend::Sqlite($store) => $body,
-            #[cfg(feature = "postgres")]
-            $crate::backend::Backend::Postgres($store) => $body,
-        }
-    };
-}
-pub(crate) use with_store;
+pub use engine::{engine, CliEngine};
+pub use registry::{BenchRun, Database, Kind, SourceBackend, StoreBackend};
+pub use source::Events;
+pub use url::{redact, DatabaseUrl};
 
-/// Builds the engine that reads `$source` (an `&EventSource`) and keeps the read models of
-/// `$config` (an `Option<&Config>`) in `$backend`'s store, binds it to `$engine`, and
-/// evaluates `$body`. The body is compiled once per (source, store) pair, so command logic is
-/// written once against `Engine<S, St>`. A new source is one arm here.
-macro_rules! with_engine {
-    ($backend:expr, $source:expr, $config:expr, |$engine:ident| $body:expr) => {
-        $crate::backend::with_store!($backend, |store| match $source {
-            $crate::backend::EventSource::Database => {
-                #[allow(unused_mut)]
-                let mut $engine =
-                    $crate::backend::engine(std::sync::Arc::new(store.clone()), store, $config)?;
-                $body
-            }
-            #[cfg(feature = "nats")]
-            $crate::backend::EventSource::Nats(source) => {
-                #[allow(unused_mut)]
-                let mut $engine = $crate::backend::engine(source.clone(), store, $config)?;
-                $body
-            }
-            #[cfg(feature = "rabbitmq")]
-            $crate::backend::EventSource::Rabbit(source) => {
-                #[allow(unused_mut)]
-                let mut $engine = $crate::backend::engine(source.clone(), store, $config)?;
-                $body
-            }
-        })
-    };
+/// `Some(backend)` when `feature` is built in, else `None`.
+macro_rules! built_in {
+    ($feature:literal, $backend:expr => $as:ty) => {{
+        #[cfg(feature = $feature)]
+        let backend: Option<&'static $as> = Some(&$backend);
+        #[cfg(not(feature = $feature))]
+        let backend: Option<&'static $as> = None;
+        backend
+    }};
 }
-pub(crate) use with_engine;
+
+/// The stores `--database` can name, by URL scheme. A URL without a scheme is a path for the
+/// first one.
+pub const STORES: &[Kind<dyn StoreBackend>] = &[
+    Kind {
+        name: "SQLite",
+        feature: "sqlite",
+        schemes: &["sqlite"],
+        example: "sqlite://PATH (or a bare file path)",
+        backend: built_in!("sqlite", sqlite::Sqlite => dyn StoreBackend),
+    },
+    Kind {
+        name: "PostgreSQL",
+        feature: "postgres",
+        schemes: &["postgres", "postgresql"],
+        example: "postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME]",
+        backend: built_in!("postgres", postgres::Postgres => dyn StoreBackend),
+    },
+];
+
+/// The event sources `--source` (or the config's `source`) can name, by URL scheme. With none,
+/// events come from the database's own events table.
+pub const SOURCES: &[Kind<dyn SourceBackend>] = &[
+    Kind {
+        name: "NATS JetStream",
+        feature: "nats",
+        schemes: &["nats"],
+        example: "nats://HOST:4222?stream=NAME (NATS JetStream)",
+        backend: built_in!("nats", nats::Nats => dyn SourceBackend),
+    },
+    Kind {
+        name: "RabbitMQ",
+        feature: "rabbitmq",
+        schemes: &["amqp", "amqps"],
+        example: "amqp://USER:PASSWORD@HOST:5672/VHOST?exchange=NAME (RabbitMQ)",
+        backend: built_in!("rabbitmq", rabbitmq::Rabbit => dyn SourceBackend),
+    },
+];

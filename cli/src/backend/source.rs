@@ -1,36 +1,30 @@
 //! Where events come from: `--source`, the config's `source`, or the database.
 
-#[cfg(any(feature = "nats", feature = "rabbitmq"))]
-use std::sync::Arc;
-
 use anyhow::Result;
 use projectionist::declarative::Config;
-#[cfg(feature = "nats")]
-use projectionist::nats::NatsSource;
-#[cfg(feature = "rabbitmq")]
-use projectionist::rabbitmq::{RabbitError, RabbitSource};
+use projectionist::{AnySource, Source};
 
-use super::redact;
-#[cfg(doc)]
-use super::with_engine;
+use super::{redact, Database, Kind, SOURCES};
 use crate::exit::usage;
 
-/// Where commands that read events take them from: `--source`, else the config's `source`,
-/// else the database's own events table. Each broker is one variant here, one arm in
-/// [`EventSource::open`] and one arm in [`with_engine!`].
-#[derive(Clone)]
-pub enum EventSource {
-    /// The `--database`'s events table.
-    Database,
-    /// A NATS JetStream stream (`nats://…?stream=NAME`).
-    #[cfg(feature = "nats")]
-    Nats(Arc<NatsSource>),
-    /// A RabbitMQ queue per projection (`amqp://…?exchange=NAME`).
-    #[cfg(feature = "rabbitmq")]
-    Rabbit(Arc<RabbitSource>),
+/// A source that is not the database: what it is and where its URL came from, for messages.
+struct Broker {
+    /// The source's name in the registry ("NATS JetStream").
+    name: &'static str,
+    /// `--source`, or the config file and key.
+    origin: String,
+    /// What it reads, without credentials.
+    describe: String,
 }
 
-impl EventSource {
+/// Where commands that read events take them from: `--source`, else the config's `source`,
+/// else the database's own events table.
+pub struct Events {
+    pub source: AnySource,
+    broker: Option<Broker>,
+}
+
+impl Events {
     /// The source URL in force (`--source`, else the config's `source`), and where it comes
     /// from, for messages.
     pub fn url<'a>(flag: Option<&'a str>, config: Option<&'a Config>) -> Option<(&'a str, String)> {
@@ -46,82 +40,70 @@ impl EventSource {
         }
     }
 
-    /// Opens the source at `url` (`None`: the database) for the projections of `config`.
-    /// A bad URL or setting is a usage error (exit 2); errors never show a password.
-    pub async fn open(url: Option<(&str, String)>, config: Option<&Config>) -> Result<Self> {
+    /// The database's own events.
+    pub fn database(db: &Database) -> Self {
+        Events {
+            source: db.events.clone(),
+            broker: None,
+        }
+    }
+
+    /// Opens the source at `url` (`None`: the database's events) for the projections of
+    /// `config`. A bad URL or setting is a usage error (exit 2), and so is a partitioned
+    /// projection on a source that does not partition; errors never show a password.
+    pub async fn open(url: Option<(&str, String)>, db: &Database, config: Option<&Config>) -> Result<Self> {
         let Some((url, origin)) = url else {
-            return Ok(EventSource::Database);
+            return Ok(Events::database(db));
         };
         let shown = format!("{origin} {}", redact(url));
         let scheme = url
             .split_once("://")
             .map(|(s, _)| s.to_ascii_lowercase())
             .unwrap_or_default();
-        match scheme.as_str() {
-            #[cfg(feature = "nats")]
-            "nats" => {
-                let mut builder = NatsSource::builder(url).map_err(|e| usage(format!("{shown}: {e}")))?;
-                for def in config.map_or(&[][..], |c| &c.projections[..]) {
-                    if def.partitions > 1 {
-                        return Err(usage(format!(
-                            "projection {} has partitions = {}, and a NATS source does not partition; set \
-                             partitions = 1 (JetStream scales out with one process per projection)",
-                            def.name, def.partitions
-                        )));
-                    }
-                    if let Some(subject) = &def.subject {
-                        builder = builder.subject(&def.name, subject);
-                    }
-                }
-                match builder.connect().await {
-                    Ok(source) => Ok(EventSource::Nats(Arc::new(source))),
-                    // A missing stream, a subject outside it, bad credentials: the user's to fix.
-                    Err(e @ (projectionist::Error::Config(_) | projectionist::Error::Unsupported(_))) => {
-                        Err(usage(format!("{shown}: {e}")))
-                    }
-                    Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
+        let kind = Kind::find(SOURCES, &scheme).ok_or_else(|| {
+            usage(format!(
+                "{shown}: unsupported source scheme `{scheme}`; supported: {}, or no source to read the \
+                 database's events table",
+                Kind::examples(SOURCES, ", ")
+            ))
+        })?;
+        let opened = kind.built(&shown)?.open(url, &shown, config).await?;
+        if !opened.source.supports_partitions() {
+            for def in config.map_or(&[][..], |c| &c.projections[..]) {
+                if def.partitions > 1 {
+                    return Err(usage(format!(
+                        "projection {} has partitions = {}, and the {} source ({shown}) does not partition; \
+                         set partitions = 1 (scale out with one process per projection instead)",
+                        def.name, def.partitions, kind.name
+                    )));
                 }
             }
-            #[cfg(feature = "rabbitmq")]
-            "amqp" | "amqps" => {
-                let mut builder = RabbitSource::builder(url);
-                for def in config.map_or(&[][..], |c| &c.projections[..]) {
-                    if def.partitions > 1 {
-                        return Err(usage(format!(
-                            "projection {} has partitions = {}, and a RabbitMQ queue has no partitions; set \
-                             partitions = 1 (one runner consumes each projection's queue, in order)",
-                            def.name, def.partitions
-                        )));
-                    }
-                    // Registering every projection declares its queue at once, so it keeps
-                    // what is published before the first run.
-                    builder = match &def.subject {
-                        Some(subject) => builder.subject(&def.name, subject),
-                        None => builder.projection(&def.name),
-                    };
-                }
-                match builder.connect().await {
-                    Ok(source) => Ok(EventSource::Rabbit(Arc::new(source))),
-                    Err(e @ RabbitError::Config { .. }) => Err(usage(format!("{shown}: {e}"))),
-                    Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
-                }
-            }
-            _ => Err(usage(format!(
-                "{shown}: unsupported source scheme `{scheme}`; supported: nats://HOST:4222?stream=NAME \
-                 (NATS JetStream), amqp://USER:PASSWORD@HOST:5672/VHOST?exchange=NAME (RabbitMQ), or no \
-                 source to read the database's events table"
-            ))),
         }
+        Ok(Events {
+            source: opened.source,
+            broker: Some(Broker {
+                name: kind.name,
+                origin,
+                describe: opened.describe,
+            }),
+        })
     }
 
     /// What a broker source reads, without credentials, for logs (`None`: the database).
-    pub fn describe(&self) -> Option<String> {
-        match self {
-            EventSource::Database => None,
-            #[cfg(feature = "nats")]
-            EventSource::Nats(source) => Some(format!("NATS JetStream {}", source.location())),
-            #[cfg(feature = "rabbitmq")]
-            EventSource::Rabbit(source) => Some(format!("RabbitMQ {}", source.url())),
+    pub fn describe(&self) -> Option<&str> {
+        self.broker.as_ref().map(|b| b.describe.as_str())
+    }
+
+    /// Fails, as a usage error and before anything changes, unless the source can replay: a
+    /// rebuild reads every event again.
+    pub fn check_replay(&self) -> Result<()> {
+        match &self.broker {
+            Some(b) if !self.source.can_replay() => Err(usage(format!(
+                "{} is a {} source, which cannot replay: a rebuild needs a replayable source (NATS \
+                 JetStream, or the database's events table); nothing was changed",
+                b.origin, b.name
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -138,13 +120,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            EventSource::url(Some("nats://k?stream=B"), Some(&config)),
+            Events::url(Some("nats://k?stream=B"), Some(&config)),
             Some(("nats://k?stream=B", "--source".to_owned()))
         );
         assert_eq!(
-            EventSource::url(Some("  "), Some(&config)),
+            Events::url(Some("  "), Some(&config)),
             Some(("nats://h?stream=A", "p.toml: key `source`".to_owned()))
         );
-        assert_eq!(EventSource::url(None, None), None);
+        assert_eq!(Events::url(None, None), None);
     }
 }

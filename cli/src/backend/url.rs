@@ -1,21 +1,11 @@
 //! The `--database` URL: its parsing, and the redaction of passwords in every URL shown.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 
+use super::{Kind, StoreBackend, STORES};
 use crate::exit::usage;
-
-/// Where the database is, parsed from `--database`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Location {
-    /// An embedded SQLite file.
-    Sqlite(PathBuf),
-    /// A private in-memory SQLite database (`sqlite://:memory:`), for experiments.
-    SqliteMemory,
-    /// A PostgreSQL database: `postgres://user[:password]@host[:port]/db[?schema=NAME&…]`.
-    Postgres(SecretUrl),
-}
 
 /// A URL that may hold a password: its `Debug` shows it redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -34,11 +24,22 @@ impl std::fmt::Debug for SecretUrl {
     }
 }
 
-/// A parsed `--database` URL. Its `Display` never shows a password.
-#[derive(Clone, Debug)]
+/// A parsed `--database` URL, with the store backend its scheme names. Its `Display` never
+/// shows a password.
+#[derive(Clone)]
 pub struct DatabaseUrl {
-    pub location: Location,
+    kind: &'static Kind<dyn StoreBackend>,
+    url: SecretUrl,
     shown: String,
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseUrl")
+            .field("store", &self.kind.name)
+            .field("url", &self.url)
+            .finish()
+    }
 }
 
 impl std::fmt::Display for DatabaseUrl {
@@ -109,79 +110,59 @@ fn is_secret_key(k: &str) -> bool {
 }
 
 impl DatabaseUrl {
-    /// Parses `sqlite://PATH`, `sqlite:PATH`, a bare path, or `postgres://…` /
-    /// `postgresql://…`. Other schemes are usage errors.
+    /// Parses `--database`: `SCHEME://…` (or `SCHEME:…`) for a store of the registry, or a
+    /// bare path for the first (embedded) one. Unknown schemes, stores this build lacks, and
+    /// URLs the store rejects are usage errors.
     pub fn parse(url: &str) -> Result<Self> {
         let shown = redact(url);
         let url = url.trim();
         if url.is_empty() {
-            return Err(usage(
-                "--database is empty; give sqlite://PATH (for example sqlite://projectionist.db) or postgres://USER@HOST/DB",
-            ));
-        }
-        let path = if let Some(rest) = url.strip_prefix("sqlite://") {
-            rest
-        } else if let Some(rest) = url.strip_prefix("sqlite:") {
-            rest
-        } else if let Some((scheme, _)) = url.split_once("://") {
-            if matches!(scheme.to_ascii_lowercase().as_str(), "postgres" | "postgresql") {
-                if !cfg!(feature = "postgres") {
-                    return Err(usage(format!(
-                        "--database {shown}: this build of projectionist has no PostgreSQL support \
-                         (build it with the `postgres` feature); use sqlite://PATH"
-                    )));
-                }
-                return Ok(DatabaseUrl {
-                    location: Location::Postgres(SecretUrl(url.to_owned())),
-                    shown,
-                });
-            }
             return Err(usage(format!(
-                "unsupported database URL scheme `{scheme}` in --database {shown}; supported: \
-                 sqlite://PATH (or a bare file path) and postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME]"
-            )));
-        } else {
-            url
-        };
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        if path.is_empty() {
-            return Err(usage(format!(
-                "--database {shown} names no file; give sqlite://PATH, e.g. sqlite://projectionist.db"
+                "--database is empty; give {}",
+                Kind::examples(STORES, " or ")
             )));
         }
-        let location = if path == ":memory:" {
-            Location::SqliteMemory
-        } else {
-            Location::Sqlite(PathBuf::from(path))
+        let kind = match url.split_once("://") {
+            Some((scheme, _)) => Kind::find(STORES, scheme).ok_or_else(|| {
+                usage(format!(
+                    "unsupported database URL scheme `{scheme}` in --database {shown}; supported: {}",
+                    Kind::examples(STORES, " and ")
+                ))
+            })?,
+            None => url
+                .split_once(':')
+                .and_then(|(scheme, _)| Kind::find(STORES, scheme))
+                .unwrap_or(&STORES[0]),
         };
-        Ok(DatabaseUrl { location, shown })
+        let parsed = DatabaseUrl {
+            kind,
+            url: SecretUrl(url.to_owned()),
+            shown,
+        };
+        kind.built(&format!("--database {}", parsed.shown))?
+            .check(&parsed)?;
+        Ok(parsed)
+    }
+
+    /// The URL as given (trimmed), with its password: to connect with, never to print.
+    pub fn expose(&self) -> &str {
+        self.url.expose()
+    }
+
+    /// The backend (built in: `parse` checked).
+    pub fn backend(&self) -> Result<&'static dyn StoreBackend> {
+        self.kind.built(&format!("--database {self}"))
     }
 
     /// Whether the database already exists.
     pub fn exists(&self) -> bool {
-        match &self.location {
-            Location::Sqlite(p) => p.exists(),
-            Location::SqliteMemory | Location::Postgres(_) => true,
-        }
+        self.backend().is_ok_and(|b| b.exists(self))
     }
 
-    /// The files of an embedded database that exist (the database and its WAL files).
+    /// The files of an embedded database that exist (the database and its journals).
     pub fn existing_files(&self) -> Vec<PathBuf> {
-        match &self.location {
-            Location::Sqlite(p) => sqlite_files(p).into_iter().filter(|f| f.exists()).collect(),
-            Location::SqliteMemory | Location::Postgres(_) => Vec::new(),
-        }
+        self.backend().map(|b| b.files(self)).unwrap_or_default()
     }
-}
-
-fn sqlite_files(p: &Path) -> Vec<PathBuf> {
-    let mut out = vec![p.to_path_buf()];
-    for suffix in ["-wal", "-shm"] {
-        let mut s = p.as_os_str().to_owned();
-        s.push(suffix);
-        out.push(PathBuf::from(s));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -219,21 +200,34 @@ mod tests {
     }
 
     #[test]
-    fn urls_parse() {
-        let p = |s: &str| DatabaseUrl::parse(s).map(|u| u.location);
-        assert_eq!(p("sqlite://x.db").ok(), Some(Location::Sqlite("x.db".into())));
-        assert_eq!(
-            p("sqlite:///abs/x.db").ok(),
-            Some(Location::Sqlite("/abs/x.db".into()))
-        );
-        assert_eq!(p("x.db").ok(), Some(Location::Sqlite("x.db".into())));
-        assert_eq!(p("sqlite://:memory:").ok(), Some(Location::SqliteMemory));
-        let pg = DatabaseUrl::parse("postgres://u:secret@h/db?schema=s1").unwrap();
-        assert!(matches!(pg.location, Location::Postgres(_)));
-        assert!(!pg.to_string().contains("secret"), "{pg}");
-        assert!(!format!("{pg:?}").contains("secret"), "{pg:?}");
-        assert!(DatabaseUrl::parse("postgresql://h/db").is_ok());
+    fn urls_name_their_store() {
+        let store = |s: &str| DatabaseUrl::parse(s).map(|u| u.kind.name);
         assert!(DatabaseUrl::parse("mysql://h/db").is_err());
-        assert!(DatabaseUrl::parse("sqlite://").is_err());
+        assert!(DatabaseUrl::parse("  ").is_err());
+        if cfg!(feature = "sqlite") {
+            for url in [
+                "sqlite://x.db",
+                "SQLite:x.db",
+                "x.db",
+                "data:2024.db",
+                "sqlite://:memory:",
+            ] {
+                assert_eq!(store(url).ok(), Some("SQLite"), "{url}");
+            }
+            assert!(DatabaseUrl::parse("sqlite://").is_err());
+        } else {
+            let err = DatabaseUrl::parse("x.db").unwrap_err().to_string();
+            assert!(err.contains("no SQLite support"), "{err}");
+        }
+        if cfg!(feature = "postgres") {
+            let pg = DatabaseUrl::parse("postgres://u:secret@h/db?schema=s1").unwrap();
+            assert_eq!(pg.kind.name, "PostgreSQL");
+            assert!(!pg.to_string().contains("secret"), "{pg}");
+            assert!(!format!("{pg:?}").contains("secret"), "{pg:?}");
+            assert!(DatabaseUrl::parse("postgresql://h/db").is_ok());
+        } else {
+            let err = DatabaseUrl::parse("postgres://h/db").unwrap_err().to_string();
+            assert!(err.contains("no PostgreSQL support"), "{err}");
+        }
     }
 }

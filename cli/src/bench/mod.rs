@@ -11,28 +11,29 @@
 //! 6. live latency from append to visible at a steady rate;
 //!
 //! and the peak resident memory of each phase.
+//!
+//! The phases are written once over the library's store traits (`store`); each backend module
+//! opens its database and says what differs (its dialect's reference statement, its typed
+//! handlers).
 
+mod live;
 mod orders;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub mod postgres;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub mod sqlite;
+mod store;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use projectionist::workload::{Orders, WorkloadEvent};
-use projectionist::{Appended, Checkpoint, Engine, Source, Store};
+use projectionist::DocumentStorage;
 use serde::Serialize;
 
 use crate::output;
 
-#[cfg(feature = "postgres")]
-pub use postgres::PgBench;
-#[cfg(feature = "sqlite")]
-pub use sqlite::SqliteBench;
+pub use store::{Bench, BenchStore};
 
 /// The read-model styles measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,24 +78,6 @@ pub const REFERENCE_TABLE: &str = "bench_reference_summary";
 pub const COLUMNS: &str =
     "order_id, customer_name, status, item_count, total_amount, carrier, tracking_number, version";
 
-/// What one backend must do for the bench.
-#[allow(async_fn_in_trait)]
-pub trait Backend {
-    /// A short description of the database, without secrets.
-    fn describe(&self) -> String;
-    /// Bulk-loads `events` (all or nothing), streaming them: memory stays flat.
-    async fn load(&self, events: Orders, progress: &indicatif::ProgressBar) -> Result<()>;
-    /// Computes the reference read model with one set-based statement.
-    async fn reference(&self) -> Result<()>;
-    /// Rebuilds `style`'s read model from the start; returns the events it applied.
-    async fn rebuild(&self, style: Style, progress: &indicatif::ProgressBar) -> Result<u64>;
-    /// Rows of `table` that differ from the reference (both ways), and the two row counts.
-    async fn compare(&self, table: &str) -> Result<Mismatch>;
-    /// Appends `events` at `rate` per second while a live runner projects them; returns the
-    /// append-to-visible latency of each, and how long the appends took.
-    async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<(Vec<Duration>, f64)>;
-}
-
 /// How a read model differs from the reference.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Mismatch {
@@ -128,101 +111,6 @@ pub struct Phase {
     pub p99_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_ms: Option<f64>,
-}
-
-/// `p` with `batch_size` when one is given, else with its own default.
-pub fn sized<B: ?Sized>(
-    p: projectionist::Projection<B>,
-    batch_size: Option<usize>,
-) -> projectionist::Projection<B> {
-    match batch_size {
-        Some(b) => p.batch_size(b),
-        None => p,
-    }
-}
-
-/// The name of the live-latency projection.
-pub const LIVE: &str = "bench_live";
-
-/// Runs `engine`'s projection [`LIVE`] live, appends `events` at `rate` per second with
-/// `append`, and returns each event's latency from the start of its append until the live
-/// projection's checkpoint passed it (its effect is then visible: same transaction), and the
-/// seconds from the first append to the last one's visibility.
-pub async fn measure_live<S, St, F, Fut>(
-    engine: Arc<Engine<S, St>>,
-    events: Vec<WorkloadEvent>,
-    rate: u32,
-    append: F,
-) -> Result<(Vec<Duration>, f64)>
-where
-    S: Source,
-    St: Store,
-    F: Fn(WorkloadEvent) -> Fut,
-    Fut: std::future::Future<Output = projectionist::Result<Appended>>,
-{
-    engine.catch_up(&[], None).await?;
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let runner = {
-        let engine = engine.clone();
-        tokio::spawn(async move { engine.run(&[], shutdown).await })
-    };
-    // Appended tokens waiting to become visible, with when their append started.
-    let pending: Arc<Mutex<BTreeMap<Checkpoint, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let total = events.len();
-    // An append that the runner applied before the appender recorded it is found at once.
-    let nudge = Arc::new(tokio::sync::Notify::new());
-    let watcher = {
-        let (engine, pending, latencies, nudge) =
-            (engine.clone(), pending.clone(), latencies.clone(), nudge.clone());
-        let mut changes = engine.store().checkpoint_changes();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    _ = nudge.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                }
-                let Ok(Some(record)) = engine.store().record(LIVE, 0).await else {
-                    continue;
-                };
-                let now = Instant::now();
-                let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                let still = p.split_off(&Checkpoint {
-                    txid: record.checkpoint.txid,
-                    position: record.checkpoint.position + 1,
-                });
-                let mut l = latencies.lock().unwrap_or_else(|e| e.into_inner());
-                l.extend(p.values().map(|t0| now - *t0));
-                *p = still;
-                if l.len() >= total {
-                    return;
-                }
-            }
-        })
-    };
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for e in events {
-        tick.tick().await;
-        let t0 = Instant::now();
-        let appended = append(e).await?;
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(appended.token, t0);
-        nudge.notify_one();
-    }
-    let finished = tokio::time::timeout(Duration::from_secs(30), watcher).await;
-    let _ = stop.send(true);
-    runner.await??;
-    if finished.is_err() {
-        bail!("the live projection did not catch up within 30 s of the last append");
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let out = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Ok((out, seconds))
 }
 
 /// Bench settings.
@@ -263,7 +151,11 @@ async fn timed<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<(T,
 }
 
 /// Runs every phase on `backend`; fails after printing if a read model differs.
-pub async fn run<B: Backend>(backend: &B, s: &Settings, quiet: bool) -> Result<Vec<Phase>> {
+pub async fn run<St>(backend: &Bench<St>, s: &Settings, quiet: bool) -> Result<Vec<Phase>>
+where
+    St: BenchStore,
+    St::Tx: DocumentStorage + Sized,
+{
     let mut phases = Vec::new();
     let say = |msg: String| {
         if !quiet {

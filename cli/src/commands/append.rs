@@ -1,12 +1,11 @@
 //! `projectionist append`: append one event and print its position.
 
 use anyhow::Result;
-use projectionist::{ExpectedVersion, NewEvent};
+use projectionist::{EventLog, ExpectedVersion, NewEvent};
 use serde_json::Value;
 
 use super::Ctx;
 use crate::args::AppendArgs;
-use crate::backend::Backend;
 use crate::exit::usage;
 
 pub async fn run(ctx: &Ctx, a: AppendArgs) -> Result<()> {
@@ -44,8 +43,8 @@ pub async fn run(ctx: &Ctx, a: AppendArgs) -> Result<()> {
         }
         v => ExpectedVersion::from_option(v),
     };
-    let backend = Backend::open(&ctx.url).await?;
-    let appended = backend.append(a.stream, expected, event).await?;
+    let db = ctx.database().await?;
+    let appended = db.store.append(a.stream, expected, vec![event]).await?;
     // The token `projectionist wait` accepts: the position on SQLite, TXID:POSITION on
     // PostgreSQL.
     println!("{}", appended.token);

@@ -1,40 +1,30 @@
 //! `projectionist dead-letters list|retry|discard`.
 
 use anyhow::{bail, Result};
-use projectionist::{Engine, Source, Store};
 
 use super::Ctx;
 use crate::args::DeadLetterCommand;
-use crate::backend::{with_engine, Backend, EventSource};
+use crate::backend::{CliEngine, Events};
 use crate::output;
 
 pub async fn run(ctx: &Ctx, c: DeadLetterCommand) -> Result<()> {
     let config = ctx.config_required()?;
     ctx.require_database()?;
-    let backend = Backend::open(&ctx.url).await?;
+    let db = ctx.database().await?;
     // Dead letters hold their events: retrying one reads no source.
-    with_engine!(
-        &backend,
-        &EventSource::Database,
-        Some(&config),
-        |engine| match c {
-            DeadLetterCommand::List { projection, json } =>
-                list(&engine, projection.as_deref(), json).await?,
-            DeadLetterCommand::Retry { id, all } => retry(&engine, id, all).await?,
-            DeadLetterCommand::Discard { id } => {
-                engine.discard_dead_letter(id).await?;
-                println!("discarded dead letter {id}");
-            }
+    let engine = ctx.engine(&db, &Events::database(&db), Some(&config))?;
+    match c {
+        DeadLetterCommand::List { projection, json } => list(&engine, projection.as_deref(), json).await,
+        DeadLetterCommand::Retry { id, all } => retry(&engine, id, all).await,
+        DeadLetterCommand::Discard { id } => {
+            engine.discard_dead_letter(id).await?;
+            println!("discarded dead letter {id}");
+            Ok(())
         }
-    );
-    Ok(())
+    }
 }
 
-async fn list<S: Source, St: Store>(
-    engine: &Engine<S, St>,
-    projection: Option<&str>,
-    json: bool,
-) -> Result<()> {
+async fn list(engine: &CliEngine, projection: Option<&str>, json: bool) -> Result<()> {
     let letters = engine.dead_letters(projection).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&letters)?);
@@ -86,7 +76,7 @@ async fn list<S: Source, St: Store>(
     Ok(())
 }
 
-async fn retry<S: Source, St: Store>(engine: &Engine<S, St>, id: Option<i64>, all: bool) -> Result<()> {
+async fn retry(engine: &CliEngine, id: Option<i64>, all: bool) -> Result<()> {
     let ids: Vec<i64> = match (id, all) {
         (Some(id), _) => vec![id],
         (None, _) => engine.dead_letters(None).await?.iter().map(|d| d.id).collect(),

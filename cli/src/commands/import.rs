@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
+use projectionist::{AnyStore, EventLog, StreamAppend};
 
 use super::Ctx;
 use crate::args::ImportArgs;
-use crate::backend::Backend;
 use crate::jsonl::{ImportState, Lines};
 use crate::output;
 
@@ -30,8 +30,8 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
             a.file.clone(),
         )
     };
-    let backend = Backend::open(&ctx.url).await?;
-    let (n, seconds) = import_lines(&backend, reader, len, &label).await?;
+    let db = ctx.database().await?;
+    let (n, seconds) = import_lines(&db.store, reader, len, &label).await?;
     println!(
         "imported {} events from {label} into {} in {seconds:.2} s ({} events/s)",
         output::thousands(n),
@@ -44,7 +44,7 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
 /// Imports JSON lines from `reader` with a progress bar. On failure nothing is written, and the
 /// error names the line (and, for a malformed line, the column and the reason).
 pub async fn import_lines(
-    backend: &Backend,
+    store: &AnyStore,
     reader: Box<dyn BufRead + Send>,
     len: Option<u64>,
     label: &str,
@@ -66,9 +66,14 @@ pub async fn import_lines(
         })
     };
     let started = Instant::now();
-    let result = backend
-        .import(Lines::new(reader, state.clone()), Some(progress))
-        .await;
+    let appends = Lines::new(reader, state.clone()).map(|item| {
+        item.map(|e| StreamAppend {
+            stream_id: e.stream_id,
+            expected: e.expected,
+            events: vec![e.event],
+        })
+    });
+    let result = store.import(appends, Some(progress)).await;
     bar.finish_and_clear();
     match result {
         Ok(n) => Ok((n, started.elapsed().as_secs_f64())),

@@ -3,16 +3,15 @@
 use anyhow::Result;
 
 use super::Ctx;
-use crate::backend::{with_engine, Backend, EventSource};
+use crate::backend::Events;
 
 pub async fn run(ctx: &Ctx) -> Result<()> {
     let existed = ctx.url.exists();
     let config = ctx.config_optional()?;
-    let backend = Backend::open(&ctx.url).await?;
+    let db = ctx.database().await?;
     let count = config.as_ref().map_or(0, |c| c.projections.len());
-    with_engine!(&backend, &EventSource::Database, config.as_ref(), |engine| engine
-        .prepare()
-        .await?);
+    let engine = ctx.engine(&db, &Events::database(&db), config.as_ref())?;
+    engine.prepare().await?;
     let what = if existed {
         "already set up; checked"
     } else {

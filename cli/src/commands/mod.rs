@@ -1,4 +1,4 @@
-//! One module per command. Command logic is generic over the engine's `Source` and `Store`.
+//! One module per command: plain functions over the one engine type, [`CliEngine`].
 
 mod append;
 mod bench;
@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use projectionist::declarative::Config;
-use projectionist::{Engine, Progress, ProgressFn, Source, Store, WorkerReport};
+use projectionist::{Progress, ProgressFn, WorkerReport};
 
 use crate::args::{Cli, Command};
-use crate::backend::{DatabaseUrl, EventSource};
+use crate::backend::{CliEngine, Database, DatabaseUrl, Events};
 use crate::exit::usage;
 use crate::output;
 
@@ -73,10 +73,25 @@ impl Ctx {
         })
     }
 
+    /// Opens the `--database` (creating it and the engine's tables if needed).
+    pub async fn database(&self) -> Result<Database> {
+        self.url.backend()?.open(&self.url).await
+    }
+
     /// Where events come from for the projections of `config`: `--source`, else the config's
-    /// `source`, else the database (see [`EventSource`]).
-    pub async fn event_source(&self, config: Option<&Config>) -> Result<EventSource> {
-        EventSource::open(EventSource::url(self.source_flag.as_deref(), config), config).await
+    /// `source`, else the database's events table (see [`Events`]).
+    pub async fn events(&self, db: &Database, config: Option<&Config>) -> Result<Events> {
+        Events::open(self.source_url(config), db, config).await
+    }
+
+    /// The source URL in force, if any, and where it comes from.
+    pub fn source_url<'a>(&'a self, config: Option<&'a Config>) -> Option<(&'a str, String)> {
+        Events::url(self.source_flag.as_deref(), config)
+    }
+
+    /// The engine over `db` and `events` with the projections of `config`.
+    pub fn engine(&self, db: &Database, events: &Events, config: Option<&Config>) -> Result<CliEngine> {
+        Ok(crate::backend::engine(db, events.source.clone(), config)?)
     }
 
     /// Fails unless the database exists (for commands that only make sense on one).
@@ -116,10 +131,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
 }
 
 /// Runs `names` (all when empty) to the head, concurrently, with one progress bar each.
-pub async fn catch_up_with_bars<S: Source, St: Store>(
-    engine: Arc<Engine<S, St>>,
-    names: &[String],
-) -> Result<Vec<WorkerReport>> {
+pub async fn catch_up_with_bars(engine: Arc<CliEngine>, names: &[String]) -> Result<Vec<WorkerReport>> {
     let names: Vec<String> = if names.is_empty() {
         engine.projections().iter().map(|p| p.name().to_owned()).collect()
     } else {

@@ -9,11 +9,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use projectionist::declarative::Config;
 use projectionist::workload::{order_001_story, Orders};
+use projectionist::{AnyStore, SqlStore, TextRows};
 
 use super::import::import_lines;
 use super::{catch_up_with_bars, status, Ctx};
 use crate::args::QuickstartArgs;
-use crate::backend::{with_engine, Backend, EventSource, Rows};
+use crate::backend::Events;
 use crate::exit::usage;
 use crate::output;
 
@@ -62,7 +63,7 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     );
     println!();
 
-    let backend = Backend::open(&ctx.url).await?;
+    let db = ctx.database().await?;
 
     // The bundled example: seed 002's ORDER-001 story, then the orders workload, as JSON lines
     // through the same import path as `projectionist import`.
@@ -77,7 +78,7 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
         output::thousands(a.events + 6)
     );
     let (n, secs) = import_lines(
-        &backend,
+        &db.store,
         Box::new(Cursor::new(lines)),
         Some(len),
         "the orders example",
@@ -91,30 +92,29 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     println!();
 
     println!("Running the projections to the head ...");
-    let status_table: String = with_engine!(&backend, &EventSource::Database, Some(&config), |engine| {
-        let engine = Arc::new(engine);
-        let reports = catch_up_with_bars(engine.clone(), &[]).await?;
-        for r in &reports {
-            println!(
-                "  {:<20} {:>9} events in {:.2} s ({} events/s)",
-                r.projection,
-                output::thousands(r.events),
-                r.seconds,
-                output::rate(r.events, r.seconds)
-            );
-        }
-        status::render(&engine, false).await?
-    });
+    let engine = Arc::new(ctx.engine(&db, &Events::database(&db), Some(&config))?);
+    let reports = catch_up_with_bars(engine.clone(), &[]).await?;
+    for r in &reports {
+        println!(
+            "  {:<20} {:>9} events in {:.2} s ({} events/s)",
+            r.projection,
+            output::thousands(r.events),
+            r.seconds,
+            output::rate(r.events, r.seconds)
+        );
+    }
+    let status_table = status::render(&engine, false).await?;
     println!();
     println!("Status");
     print!("{status_table}");
     println!();
 
-    print_order_001(&backend).await?;
+    print_order_001(&db.store).await?;
 
     println!("Orders per status (order_summary)");
-    let rows = backend
-        .query(
+    let rows = db
+        .store
+        .query_text(
             "SELECT status, count(*) AS orders, sum(item_count) AS items, sum(total_amount) AS total_amount \
              FROM order_summary GROUP BY status ORDER BY count(*) DESC, status",
         )
@@ -123,8 +123,9 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     println!();
 
     println!("Revenue per carrier (revenue_by_carrier)");
-    let rows = backend
-        .query(
+    let rows = db
+        .store
+        .query_text(
             "SELECT carrier, shipped, delivered, revenue FROM revenue_by_carrier ORDER BY revenue DESC, carrier",
         )
         .await?;
@@ -149,7 +150,7 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     Ok(())
 }
 
-fn show(rows: &Rows) -> String {
+fn show(rows: &TextRows) -> String {
     let headers: Vec<&str> = rows.columns.iter().map(String::as_str).collect();
     let body: Vec<Vec<String>> = rows
         .rows
@@ -175,15 +176,15 @@ fn money(cell: &str) -> String {
         .map_or_else(|_| cell.to_owned(), |x| format!("{x:.2}"))
 }
 
-async fn print_order_001(backend: &Backend) -> Result<()> {
-    let summary = backend
-        .query(
+async fn print_order_001(store: &AnyStore) -> Result<()> {
+    let summary = store
+        .query_text(
             "SELECT customer_name, customer_id, status, item_count, total_amount, carrier, tracking_number \
              FROM order_summary WHERE order_id = 'ORDER-001'",
         )
         .await?;
-    let items = backend
-        .query(
+    let items = store
+        .query_text(
             "SELECT item_name, quantity, unit_price, quantity * unit_price FROM order_items \
              WHERE order_id = 'ORDER-001' ORDER BY line",
         )

@@ -1,42 +1,33 @@
 //! `projectionist rebuild NAME [--yes] [--blue-green [--abandon]]`.
 
 use std::io::{BufRead, Write};
-use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use projectionist::{Engine, Source, Store};
+use projectionist::Source;
 
 use super::{progress_to, Ctx};
 use crate::args::RebuildArgs;
-use crate::backend::{with_engine, Backend, EventSource};
+use crate::backend::{CliEngine, Events};
 use crate::exit::usage;
 use crate::output;
 
 pub async fn run(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
     let config = ctx.config_required()?;
     ctx.require_database()?;
-    let backend = Backend::open(&ctx.url).await?;
+    let db = ctx.database().await?;
     if a.blue_green {
-        if EventSource::url(ctx.source_flag.as_deref(), Some(&config)).is_some() {
+        if ctx.source_url(Some(&config)).is_some() {
             return Err(usage(
                 "--blue-green rebuilds from the database's events table and does not read a broker source \
                  (--source or the config's `source`); run a plain rebuild instead",
             ));
         }
-        return blue_green(&backend, &config, &a).await;
+        let engine = ctx.engine(&db, &Events::database(&db), Some(&config))?;
+        return blue_green(&engine, &a).await;
     }
-    if let Some((url, origin)) = EventSource::url(ctx.source_flag.as_deref(), Some(&config)) {
-        if url.to_ascii_lowercase().starts_with("amqp") {
-            return Err(usage(format!(
-                "{origin} is a RabbitMQ queue, which cannot replay: a rebuild needs a replayable source \
-                 (NATS JetStream, or the database's events table); nothing was changed"
-            )));
-        }
-    }
-    let source = ctx.event_source(Some(&config)).await?;
-    with_engine!(&backend, &source, Some(&config), |engine| rebuild(engine, &a)
-        .await?);
-    Ok(())
+    let events = ctx.events(&db, Some(&config)).await?;
+    events.check_replay()?;
+    rebuild(ctx.engine(&db, &events, Some(&config))?, &a).await
 }
 
 fn confirm(question: &str, name: &str) -> Result<()> {
@@ -50,7 +41,7 @@ fn confirm(question: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn rebuild<S: Source, St: Store>(engine: Engine<S, St>, a: &RebuildArgs) -> Result<()> {
+async fn rebuild(engine: CliEngine, a: &RebuildArgs) -> Result<()> {
     engine.projection(&a.name)?;
     if !a.yes {
         let head = engine.source().head().await?;
@@ -63,7 +54,6 @@ async fn rebuild<S: Source, St: Store>(engine: Engine<S, St>, a: &RebuildArgs) -
             &a.name,
         )?;
     }
-    let engine = Arc::new(engine);
     let bar = output::bar(0, output::EVENTS_BAR);
     bar.set_prefix(a.name.clone());
     let report = engine.rebuild(&a.name, Some(progress_to(bar.clone()))).await;
@@ -80,39 +70,11 @@ async fn rebuild<S: Source, St: Store>(engine: Engine<S, St>, a: &RebuildArgs) -
     Ok(())
 }
 
-/// What the blue/green commands need from either backend's engine.
-struct BlueGreenOutcome {
-    events: u64,
-    seconds: f64,
-    swap_ms: f64,
-    checkpoint: String,
-    tables: Vec<String>,
-}
-
-async fn blue_green(
-    backend: &Backend,
-    config: &projectionist::declarative::Config,
-    a: &RebuildArgs,
-) -> Result<()> {
+async fn blue_green(engine: &CliEngine, a: &RebuildArgs) -> Result<()> {
     let name = a.name.as_str();
+    engine.projection(name)?;
     if a.abandon {
-        let existed = match backend {
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite(store) => {
-                crate::backend::sqlite_engine(store, Some(config))?
-                    .abandon_blue_green(name)
-                    .await?
-            }
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(store) => {
-                crate::backend::pg_engine(store, Some(config))?
-                    .abandon_blue_green(name)
-                    .await?
-            }
-            #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-            _ => unreachable!("{}", crate::backend::NO_STORE),
-        };
-        if existed {
+        if engine.abandon_blue_green(name).await? {
             println!("abandoned the blue/green rebuild of {name}; the current version is unchanged");
         } else {
             println!("no blue/green rebuild of {name} to abandon");
@@ -129,43 +91,11 @@ async fn blue_green(
     }
     let bar = output::bar(0, output::EVENTS_BAR);
     bar.set_prefix(format!("{name} (blue/green)"));
-    let progress = Some(progress_to(bar.clone()));
-    let outcome: projectionist::Result<BlueGreenOutcome> = match backend {
-        #[cfg(feature = "sqlite")]
-        Backend::Sqlite(store) => {
-            let engine = crate::backend::sqlite_engine(store, Some(config))?;
-            engine.projection(name)?;
-            engine
-                .rebuild_blue_green(name, progress)
-                .await
-                .map(|r| BlueGreenOutcome {
-                    events: r.events,
-                    seconds: r.seconds,
-                    swap_ms: r.swap_lock.as_secs_f64() * 1000.0,
-                    checkpoint: r.checkpoint.to_string(),
-                    tables: r.tables,
-                })
-        }
-        #[cfg(feature = "postgres")]
-        Backend::Postgres(store) => {
-            let engine = crate::backend::pg_engine(store, Some(config))?;
-            engine.projection(name)?;
-            engine
-                .rebuild_blue_green(name, progress)
-                .await
-                .map(|r| BlueGreenOutcome {
-                    events: r.events,
-                    seconds: r.seconds,
-                    swap_ms: r.swap_lock.as_secs_f64() * 1000.0,
-                    checkpoint: r.checkpoint.to_string(),
-                    tables: r.tables,
-                })
-        }
-        #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-        _ => unreachable!("{}", crate::backend::NO_STORE),
-    };
+    let report = engine
+        .rebuild_blue_green(name, Some(progress_to(bar.clone())))
+        .await;
     bar.finish_and_clear();
-    let r = outcome?;
+    let r = report?;
     println!(
         "rebuilt {name} blue/green: {} events in {:.2} s ({} events/s), swapped {} in one transaction \
          (locks held {:.1} ms), checkpoint {}",
@@ -173,7 +103,7 @@ async fn blue_green(
         r.seconds,
         output::rate(r.events, r.seconds),
         r.tables.join(", "),
-        r.swap_ms,
+        r.swap_lock.as_secs_f64() * 1000.0,
         r.checkpoint
     );
     Ok(())

@@ -3,35 +3,26 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use projectionist::{Engine, Source, Store};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{catch_up_with_bars, report_lines, Ctx};
 use crate::args::RunArgs;
-use crate::backend::{with_engine, Backend};
+use crate::backend::CliEngine;
 
 pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<()> {
     let config = ctx.config_required()?;
     let http_config = crate::http::HttpConfig::of(&config)?;
     let http = crate::http::Settings::resolve(&a.http, &http_config, &ctx.url, a.once)?;
-    let backend = Backend::open(&ctx.url).await?;
-    let source = ctx.event_source(Some(&config)).await?;
-    if let Some(what) = source.describe() {
+    let db = ctx.database().await?;
+    let events = ctx.events(&db, Some(&config)).await?;
+    if let Some(what) = events.describe() {
         info!(source = %what, database = %ctx.url, "reading events from the source; read models and checkpoints stay in the database");
     }
-    with_engine!(&backend, &source, Some(&config), |engine| run_engine(
-        engine, &a, http
-    )
-    .await?);
-    Ok(())
+    run_engine(ctx.engine(&db, &events, Some(&config))?, &a, http).await
 }
 
-async fn run_engine<S: Source, St: Store>(
-    engine: Engine<S, St>,
-    a: &RunArgs,
-    http: Option<crate::http::Settings>,
-) -> Result<()> {
+async fn run_engine(engine: CliEngine, a: &RunArgs, http: Option<crate::http::Settings>) -> Result<()> {
     for name in &a.projections {
         engine.projection(name)?;
     }

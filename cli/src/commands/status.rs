@@ -1,26 +1,24 @@
 //! `projectionist status [--json]`.
 
 use anyhow::Result;
-use projectionist::{Engine, Source, Store};
 
 use super::Ctx;
 use crate::args::StatusArgs;
-use crate::backend::{with_engine, Backend};
+use crate::backend::CliEngine;
 use crate::output;
 
 pub async fn run(ctx: &Ctx, a: StatusArgs) -> Result<()> {
     let config = ctx.config_required()?;
     ctx.require_database()?;
-    let backend = Backend::open(&ctx.url).await?;
-    let source = ctx.event_source(Some(&config)).await?;
-    let text: String = with_engine!(&backend, &source, Some(&config), |engine| render(&engine, a.json)
-        .await?);
-    print!("{text}");
+    let db = ctx.database().await?;
+    let events = ctx.events(&db, Some(&config)).await?;
+    let engine = ctx.engine(&db, &events, Some(&config))?;
+    print!("{}", render(&engine, a.json).await?);
     Ok(())
 }
 
 /// The status of every projection, as a table or as JSON.
-pub async fn render<S: Source, St: Store>(engine: &Engine<S, St>, json: bool) -> Result<String> {
+pub async fn render(engine: &CliEngine, json: bool) -> Result<String> {
     let statuses = engine.status().await?;
     if json {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&statuses)?));

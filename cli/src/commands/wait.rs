@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use projectionist::{Checkpoint, Engine, Source, Store};
+use projectionist::Checkpoint;
 
 use super::Ctx;
 use crate::args::WaitArgs;
-use crate::backend::{with_engine, Backend};
+use crate::backend::CliEngine;
 use crate::exit::usage;
 
 /// The exit code of a wait that timed out.
@@ -30,21 +30,13 @@ pub async fn run(ctx: &Ctx, a: WaitArgs) -> Result<()> {
     })?;
     let config = ctx.config_required()?;
     ctx.require_database()?;
-    let backend = Backend::open(&ctx.url).await?;
-    let source = ctx.event_source(Some(&config)).await?;
-    with_engine!(&backend, &source, Some(&config), |engine| wait(
-        &engine, &a.name, token, timeout
-    )
-    .await?);
-    Ok(())
+    let db = ctx.database().await?;
+    let events = ctx.events(&db, Some(&config)).await?;
+    let engine = ctx.engine(&db, &events, Some(&config))?;
+    wait(&engine, &a.name, token, timeout).await
 }
 
-async fn wait<S: Source, St: Store>(
-    engine: &Engine<S, St>,
-    name: &str,
-    token: Checkpoint,
-    timeout: Duration,
-) -> Result<()> {
+async fn wait(engine: &CliEngine, name: &str, token: Checkpoint, timeout: Duration) -> Result<()> {
     match engine.wait_for(name, token, timeout).await {
         Ok(took) => {
             println!("{name} reached {token} after {} ms", took.as_millis());

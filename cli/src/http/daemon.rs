@@ -1,22 +1,22 @@
 //! The daemon's supervisor: one live worker per projection, each with its own stop switch, so
 //! that an operator's rebuild can take a projection's live worker out of the way and put it
-//! back afterwards. The HTTP handlers reach the engine through [`Ops`], which hides the
-//! engine's backend types.
+//! back afterwards. The HTTP handlers reach the engine through [`Ops`], the actions they may
+//! take.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use projectionist::{DeadLetter, Engine, HandlerError, Source, Status, Store, WorkerReport};
+use projectionist::{DeadLetter, HandlerError, Status, WorkerReport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::backend::CliEngine;
+
 /// A boxed, sendable future.
-pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type BoxFut<'a, T> = projectionist::core::erased::BoxFuture<'a, T>;
 
 /// Why a rebuild could not start.
 #[derive(Debug)]
@@ -49,8 +49,8 @@ struct Slot {
 }
 
 /// Runs the live workers of a set of projections and the rebuilds that operators start.
-pub struct Supervisor<S: Source, St: Store> {
-    engine: Arc<Engine<S, St>>,
+pub struct Supervisor {
+    engine: Arc<CliEngine>,
     /// The projections this daemon runs live.
     live: Vec<String>,
     slots: Mutex<HashMap<String, Slot>>,
@@ -65,8 +65,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl<S: Source, St: Store> Supervisor<S, St> {
-    pub fn new(engine: Arc<Engine<S, St>>, live: Vec<String>) -> Arc<Self> {
+impl Supervisor {
+    pub fn new(engine: Arc<CliEngine>, live: Vec<String>) -> Arc<Self> {
         Arc::new(Supervisor {
             engine,
             live,
@@ -160,7 +160,7 @@ impl<S: Source, St: Store> Supervisor<S, St> {
     }
 }
 
-impl<S: Source, St: Store> Ops for Supervisor<S, St> {
+impl Ops for Supervisor {
     fn status(&self) -> BoxFut<'_, projectionist::Result<Vec<Status>>> {
         Box::pin(self.engine.status())
     }

@@ -18,13 +18,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use projectionist::{Engine, Source, Store, WorkerReport};
+use projectionist::WorkerReport;
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::args::HttpArgs;
-use crate::backend::DatabaseUrl;
+use crate::backend::{CliEngine, DatabaseUrl};
 use crate::exit::usage;
 
 pub use config::{parse_listen, HttpConfig};
@@ -228,8 +228,8 @@ async fn shut(mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Runs the projections `names` live while serving HTTP, until `shutdown` turns true.
-pub async fn serve<S: Source, St: Store>(
-    engine: Engine<S, St>,
+pub async fn serve(
+    engine: CliEngine,
     names: Vec<String>,
     settings: Settings,
     shutdown: watch::Receiver<bool>,

@@ -1,0 +1,138 @@
+//! What a backend module provides: a [`StoreBackend`] or a [`SourceBackend`], listed as a
+//! [`Kind`] in the registry (`STORES`, `SOURCES`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use projectionist::core::erased::BoxFuture;
+use projectionist::declarative::Config;
+use projectionist::{AnySource, AnyStore, EventLog, InlineAppend, ShadowStore, Source, SqlStore, SqlTx};
+
+use super::DatabaseUrl;
+use crate::bench;
+use crate::exit::usage;
+
+/// A backend in the registry: its name, the cargo feature that builds it in, the URL schemes
+/// it opens, an example URL for messages, and the backend itself when it is built in.
+pub struct Kind<B: ?Sized + 'static> {
+    pub name: &'static str,
+    pub feature: &'static str,
+    /// URL schemes, in lower case.
+    pub schemes: &'static [&'static str],
+    pub example: &'static str,
+    pub backend: Option<&'static B>,
+}
+
+impl<B: ?Sized> Kind<B> {
+    /// The backend of `scheme` (any case) in `kinds`.
+    pub fn find(kinds: &'static [Kind<B>], scheme: &str) -> Option<&'static Kind<B>> {
+        kinds
+            .iter()
+            .find(|k| k.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
+    }
+
+    /// The backend, or a usage error naming the feature that builds it in. `what` is the URL
+    /// as messages show it.
+    pub fn built(&self, what: &str) -> Result<&'static B> {
+        self.backend.ok_or_else(|| {
+            usage(format!(
+                "{what}: this build of projectionist has no {} support (build it with the `{}` feature)",
+                self.name, self.feature
+            ))
+        })
+    }
+
+    /// The example URLs of `kinds`, joined by `separator`.
+    pub fn examples(kinds: &[Kind<B>], separator: &str) -> String {
+        let examples: Vec<&str> = kinds.iter().map(|k| k.example).collect();
+        examples.join(separator)
+    }
+}
+
+/// An open database: the store of read models and checkpoints, and its own events table as a
+/// source.
+#[derive(Clone)]
+pub struct Database {
+    pub store: AnyStore,
+    pub events: AnySource,
+}
+
+impl Database {
+    /// A store that is also the source of its own events.
+    pub fn new<St>(store: St) -> Self
+    where
+        St: Source + Clone + SqlStore + EventLog + InlineAppend<St> + ShadowStore,
+        St::Tx: SqlTx + Sized,
+    {
+        Database {
+            store: AnyStore::new(store.clone()),
+            events: AnySource::new(store),
+        }
+    }
+}
+
+/// What `projectionist bench` asks of a store backend.
+pub struct BenchRun {
+    pub settings: bench::Settings,
+    /// `--batch-size`, if given.
+    pub batch_size: Option<usize>,
+    /// The results go out as JSON: no progress text.
+    pub quiet: bool,
+}
+
+/// A store backend: how its `--database` URLs open.
+pub trait StoreBackend: Sync {
+    /// Checks a URL of this backend before anything opens it (a usage error when it is wrong).
+    fn check(&self, url: &DatabaseUrl) -> Result<()>;
+
+    /// Opens the database (creating it and the engine's tables if needed).
+    fn open<'a>(&'a self, url: &'a DatabaseUrl) -> BoxFuture<'a, Result<Database>>;
+
+    /// Whether the database exists already. Default: yes (a server's database).
+    fn exists(&self, url: &DatabaseUrl) -> bool {
+        let _ = url;
+        true
+    }
+
+    /// The database's files that exist (an embedded database and its journals), which
+    /// `quickstart --force` replaces. Default: none.
+    fn files(&self, url: &DatabaseUrl) -> Vec<PathBuf> {
+        let _ = url;
+        Vec::new()
+    }
+
+    /// Runs `projectionist bench` on this database; `given` is false when `--database` was not
+    /// given (an embedded store then benches a temporary database). Default: not supported.
+    fn bench<'a>(
+        &'a self,
+        url: &'a DatabaseUrl,
+        given: bool,
+        run: &'a BenchRun,
+    ) -> BoxFuture<'a, Result<Vec<bench::Phase>>> {
+        let _ = (given, run);
+        Box::pin(async move {
+            bail!(usage(format!(
+                "--database {url}: the bench does not run on this database"
+            )))
+        })
+    }
+}
+
+/// An event source that is open, and what it reads, for logs (no credentials).
+pub struct OpenedSource {
+    pub source: AnySource,
+    pub describe: String,
+}
+
+/// An event source backend: how its URLs open.
+pub trait SourceBackend: Sync {
+    /// Opens the source at `url` for the projections of `config`. `shown` is where the URL
+    /// comes from and the URL without credentials, for messages. A bad URL or setting is a
+    /// usage error.
+    fn open<'a>(
+        &'a self,
+        url: &'a str,
+        shown: &'a str,
+        config: Option<&'a Config>,
+    ) -> BoxFuture<'a, Result<OpenedSource>>;
+}

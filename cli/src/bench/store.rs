@@ -1,0 +1,197 @@
+//! The bench's phases, written once over the library's store traits. Each backend says only
+//! what differs: its dialect's reference statement and rounding, its typed per-event handlers,
+//! and how it runs SQL text.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+use projectionist::declarative::Config;
+use projectionist::workload::{Orders, WorkloadEvent};
+use projectionist::{
+    Apply, DocumentStorage, Engine, EventLog, ExpectedVersion, Handlers, InlineAppend, ProgressFn,
+    Projection, Source, SqlStore, StreamAppend,
+};
+
+use super::orders::{declarative_config, documents};
+use super::{Mismatch, Style, REFERENCE_TABLE};
+
+/// A store the bench runs on: its events, its read models and their SQL.
+pub trait BenchStore: SqlStore + EventLog + Source + InlineAppend<Self> + Clone
+where
+    Self::Tx: DocumentStorage + Sized,
+{
+    /// `total_amount` rounded to cents, in this dialect (compared with the reference).
+    const ROUNDED_TOTAL: &'static str;
+
+    /// `order_summary` as typed per-event handlers writing `table`.
+    fn handlers(table: &str) -> Handlers<Self::Tx>;
+
+    /// SQL text that creates the reference table and fills it with one set-based statement.
+    fn reference_sql() -> String;
+
+    /// Runs SQL text (several statements) outside any projection.
+    fn execute(&self, sql: String) -> impl Future<Output = Result<()>> + Send;
+
+    /// Settles the database after the load (statistics). Default: nothing.
+    fn after_load(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Settles the database before the live phase. Default: nothing.
+    fn before_live(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// The bench on one store.
+pub struct Bench<St> {
+    store: St,
+    /// The database, without secrets.
+    describe: String,
+    batch_size: Option<usize>,
+    /// Kept alive while the bench runs (a temporary folder).
+    _keep: Option<tempfile::TempDir>,
+}
+
+/// The name of the live-latency projection.
+pub const LIVE: &str = "bench_live";
+
+impl<St> Bench<St>
+where
+    St: BenchStore,
+    St::Tx: DocumentStorage + Sized,
+{
+    pub fn new(
+        store: St,
+        describe: String,
+        batch_size: Option<usize>,
+        keep: Option<tempfile::TempDir>,
+    ) -> Self {
+        Bench {
+            store,
+            describe,
+            batch_size,
+            _keep: keep,
+        }
+    }
+
+    /// A short description of the database, without secrets.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// An engine on the store's own events with `projection`.
+    fn engine(&self, projection: Projection<dyn Apply<St::Tx>>) -> Result<Engine<St, St>> {
+        let settings = self.store.runner_settings();
+        let store = Arc::new(self.store.clone());
+        Ok(Engine::new(store.clone(), store)
+            .settings(settings)
+            .with(projection)?)
+    }
+
+    /// `p` with `--batch-size` when one is given, else with its own default.
+    fn sized(&self, p: Projection<dyn Apply<St::Tx>>) -> Projection<dyn Apply<St::Tx>> {
+        match self.batch_size {
+            Some(b) => p.batch_size(b),
+            None => p,
+        }
+    }
+
+    fn projection(&self, style: Style) -> Result<Projection<dyn Apply<St::Tx>>> {
+        let (name, table) = (style.projection(), style.table());
+        let p = match style {
+            Style::Sql => {
+                let batch_size = self.batch_size.unwrap_or(projectionist::DEFAULT_BATCH_SIZE);
+                let config = Config::parse(&declarative_config(name, table, batch_size), "bench")?;
+                let def = config
+                    .projections
+                    .first()
+                    .context("the bench config has a projection")?;
+                projectionist::declarative::projection(def)
+            }
+            Style::Documents => self.sized(Projection::new(name, documents(table))),
+            Style::Handlers => self.sized(Projection::new(name, St::handlers(table))),
+        };
+        Ok(p.error_policy(projectionist::ErrorPolicy::Stop))
+    }
+
+    /// Bulk-loads `events` (all or nothing), streaming them: memory stays flat.
+    pub async fn load(&self, events: Orders, progress: &ProgressBar) -> Result<()> {
+        let bar = progress.clone();
+        let items = events.map(|e| {
+            Ok(StreamAppend::new(
+                e.stream_id.clone(),
+                ExpectedVersion::Exact(e.stream_version - 1),
+                vec![e.to_new_event()],
+            ))
+        });
+        self.store
+            .import(items, Some(Arc::new(move |n| bar.set_position(n))))
+            .await?;
+        self.store.after_load().await
+    }
+
+    /// Computes the reference read model with one set-based statement.
+    pub async fn reference(&self) -> Result<()> {
+        self.store.execute(St::reference_sql()).await
+    }
+
+    /// Rebuilds `style`'s read model from the start; returns the events it applied.
+    pub async fn rebuild(&self, style: Style, progress: &ProgressBar) -> Result<u64> {
+        let engine = self.engine(self.projection(style)?)?;
+        let bar = progress.clone();
+        let progress: ProgressFn = Arc::new(move |p| bar.set_position(p.events));
+        let report = engine.rebuild(style.projection(), Some(progress)).await?;
+        Ok(report.events)
+    }
+
+    /// Rows of `table` that differ from the reference (both ways), and the two row counts.
+    pub async fn compare(&self, table: &str) -> Result<Mismatch> {
+        let cols = format!(
+            "order_id, customer_name, status, item_count, {}, carrier, tracking_number, version",
+            St::ROUNDED_TOTAL
+        );
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM {table}), (SELECT count(*) FROM {REFERENCE_TABLE}),
+                    (SELECT count(*) FROM (SELECT {cols} FROM {table} EXCEPT SELECT {cols} FROM {REFERENCE_TABLE}) a)
+                  + (SELECT count(*) FROM (SELECT {cols} FROM {REFERENCE_TABLE} EXCEPT SELECT {cols} FROM {table}) b)"
+        );
+        let rows = self.store.query_text(&sql).await?;
+        let row = rows.rows.first().context("the comparison returned no row")?;
+        let count = |i: usize| -> Result<u64> {
+            let cell = row.get(i).context("the comparison returned too few columns")?;
+            cell.parse()
+                .with_context(|| format!("the comparison returned {cell:?}, not a count"))
+        };
+        Ok(Mismatch {
+            rows: count(0)?,
+            reference_rows: count(1)?,
+            differing: count(2)?,
+        })
+    }
+
+    /// Appends `events` at `rate` per second while a live runner projects them; returns the
+    /// append-to-visible latency of each, and how long the appends took.
+    pub async fn live(&self, events: Vec<WorkloadEvent>, rate: u32) -> Result<(Vec<Duration>, f64)> {
+        self.store.before_live().await?;
+        let projection = self.sized(Projection::new(LIVE, St::handlers("bench_live_summary")));
+        let engine = Arc::new(self.engine(projection)?);
+        let store = self.store.clone();
+        super::live::measure(engine, events, rate, move |e| {
+            let store = store.clone();
+            async move {
+                store
+                    .append(
+                        e.stream_id.clone(),
+                        ExpectedVersion::Exact(e.stream_version - 1),
+                        vec![e.to_new_event()],
+                    )
+                    .await
+            }
+        })
+        .await
+    }
+}
