@@ -166,6 +166,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A dead letter's retry failed again: nothing was applied, and the attempt is recorded
+    /// on the dead letter.
+    #[error("dead letter {id} of projection {projection} failed again: {message}; it stays a dead letter (fix the handler or discard it)")]
+    RetryFailed {
+        id: i64,
+        projection: String,
+        message: String,
+    },
+
     /// `wait_for` ran out of time. Not a failure: the projection is behind by `lag_events`.
     #[error("timed out waiting for projection {projection} to reach {target}: it is at {checkpoint}, {lag_events} events behind")]
     Timeout {

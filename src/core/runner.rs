@@ -703,9 +703,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::core::log::EventLog;
     use crate::core::engine::Engine;
     use crate::core::event::{ExpectedVersion, NewEvent};
+    use crate::core::log::EventLog;
     use crate::core::source::Lag;
     use crate::sqlite::{SqliteHandlers, SqliteProjection, SqliteStore};
 
@@ -797,7 +797,7 @@ mod tests {
             },
         ];
         let (engine, _store) = engine(failures).await;
-        let reports = engine.catch_up(&[], None).await.unwrap();
+        let reports = engine.catch_up().await.unwrap();
         assert_eq!((reports[0].events, reports[0].checkpoint), (5, Checkpoint::at(5)));
     }
 
@@ -805,7 +805,7 @@ mod tests {
     async fn a_fatal_read_failure_ends_a_catch_up_with_that_error() {
         let failures = vec![lost_connection(), Error::Config("no such stream".into())];
         let (engine, store) = engine(failures).await;
-        let err = engine.catch_up(&[], None).await.unwrap_err();
+        let err = engine.catch_up().await.unwrap_err();
         assert!(
             matches!(&err, Error::Config(m) if m == "no such stream"),
             "{err:?}"
@@ -821,9 +821,12 @@ mod tests {
         let failures = vec![Error::Unsupported("replaying this source".into())];
         let (engine, _store) = engine(failures).await;
         let (_keep, shutdown) = watch::channel(false);
-        let outcome = tokio::time::timeout(Duration::from_secs(10), engine.run(&[], shutdown))
-            .await
-            .expect("the worker ends by itself");
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            engine.run_until(crate::when_true(shutdown)),
+        )
+        .await
+        .expect("the worker ends by itself");
         assert!(matches!(outcome, Err(Error::Unsupported(_))), "{outcome:?}");
     }
 
@@ -831,7 +834,7 @@ mod tests {
     async fn a_live_worker_retries_a_retryable_failure_and_goes_on() {
         let (engine, store) = engine(vec![lost_connection(), lost_connection()]).await;
         let (stop, shutdown) = watch::channel(false);
-        let run = tokio::spawn(async move { engine.run(&[], shutdown).await });
+        let run = tokio::spawn(async move { engine.run_until(crate::when_true(shutdown)).await });
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.record("steps", 0).await.unwrap().map(|r| r.checkpoint) != Some(Checkpoint::at(5)) {
             assert!(Instant::now() < deadline, "the worker never caught up");
@@ -846,9 +849,12 @@ mod tests {
     async fn a_partition_group_on_a_store_without_leases_ends_with_that_error() {
         let (engine, _store) = engine_with(Vec::new(), 2).await;
         let (_keep, shutdown) = watch::channel(false);
-        let outcome = tokio::time::timeout(Duration::from_secs(10), engine.run(&[], shutdown))
-            .await
-            .expect("the group ends by itself");
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            engine.run_until(crate::when_true(shutdown)),
+        )
+        .await
+        .expect("the group ends by itself");
         assert!(
             matches!(&outcome, Err(Error::Unsupported(m)) if m.contains("partitioned projections")),
             "{outcome:?}"

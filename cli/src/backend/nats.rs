@@ -1,10 +1,10 @@
 //! `nats://HOST:4222?stream=NAME`: a NATS JetStream stream as the event source.
 
 use anyhow::Result;
-use projectionist::core::erased::BoxFuture;
+use projectionist::backend::AnySource;
+use projectionist::backend::BoxFuture;
 use projectionist::declarative::Config;
 use projectionist::nats::NatsSource;
-use projectionist::AnySource;
 
 use super::registry::OpenedSource;
 use super::SourceBackend;

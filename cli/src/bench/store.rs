@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
+use projectionist::backend::{DocumentStorage, InlineAppend, Source, SqlStore};
 use projectionist::declarative::Config;
 use projectionist::workload::{Orders, WorkloadEvent};
 use projectionist::{
-    Apply, DocumentStorage, Engine, EventLog, ExpectedVersion, Handlers, InlineAppend, ProgressFn,
-    Projection, Source, SqlStore, StreamAppend,
+    Apply, Engine, EventLog, ExpectedVersion, Handlers, ProgressFn, Projection, StreamAppend,
 };
 
 use super::orders::{declarative_config, documents};
@@ -144,7 +144,7 @@ where
         let engine = self.engine(self.projection(style)?)?;
         let bar = progress.clone();
         let progress: ProgressFn = Arc::new(move |p| bar.set_position(p.events));
-        let report = engine.rebuild(style.projection(), Some(progress)).await?;
+        let report = engine.rebuild_with(style.projection(), Some(progress)).await?;
         Ok(report.events)
     }
 

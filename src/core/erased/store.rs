@@ -401,7 +401,8 @@ impl ShadowStore for AnyStore {
                 }),
             )
             .await?;
-        let out = out.ok_or_else(|| Error::Internal("the swap finished without its final catch-up".into()))?;
+        let out =
+            out.ok_or_else(|| Error::Internal("the swap finished without its final catch-up".into()))?;
         Ok((out, swapped))
     }
 
