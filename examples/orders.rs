@@ -147,7 +147,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("Processing events...\n");
     let engine = store.engine().with(order_summary())?;
-    engine.catch_up(&[], None).await?;
+    engine.catch_up().await?;
 
     println!("\n{line}\nQuerying Read Models\n{line}\n");
     let (summary, items) = store

@@ -5,8 +5,11 @@
 //! and records progress in the same transaction as the read model, so that it resumes exactly
 //! where it stopped.
 //!
-//! The [`core`] knows no database. Each backend is a module behind a cargo feature:
-//! [`sqlite`] (default) and `postgres`.
+//! The crate root holds what applications write: the [`Engine`], [`Projection`]s with
+//! [`Handlers`] or [`Documents`], error policies, events and appends. The core knows no
+//! database; each backend is a module behind a cargo feature: [`sqlite`] (default), `postgres`,
+//! `nats`, `rabbitmq`. Handlers read and write through [`SqlTx`] ([`sql`]), the same on every SQL
+//! store. Store and source implementers find their traits in [`backend`].
 //!
 //! See the README for a quickstart and the guarantees.
 
@@ -17,6 +20,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+#[doc(hidden)]
 pub mod core;
 pub mod declarative;
 pub mod workload;
@@ -33,15 +37,31 @@ pub mod nats;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 
-pub use crate::core::document::{Document, DocumentStorage, Documents};
-pub use crate::core::engine::{Engine, Status};
-pub use crate::core::erased::{AnyBody, AnyEngine, AnyProjection, AnySource, AnyStore};
+/// What store and source implementers need: the traits a backend implements and the types
+/// that cross them. Applications use the crate root.
+pub mod backend {
+    pub use crate::core::document::{quote_ident, DocumentStorage, Row};
+    pub use crate::core::erased::{AnyBody, AnyEngine, AnyProjection, AnySource, AnyStore, BoxFuture};
+    pub use crate::core::inline::InlineAppend;
+    pub use crate::core::lease::{Fence, Lease, LeaseInfo, Member, Membership};
+    pub use crate::core::shadow::{ShadowStore, Swapped};
+    pub use crate::core::source::{Batch, Filter, Lag, PartitionSlice, Source};
+    pub use crate::core::sql::{SqlStore, TextRows};
+    pub use crate::core::store::{Commit, CommitError, CommitStats, NewDeadLetter, ProjectionRecord, Store};
+}
+
+/// The backend-neutral SQL transaction that projection bodies execute and query through.
+pub mod sql {
+    pub use crate::core::sql::{column, Dialect, SqlTx, SqlValue};
+}
+
+pub use crate::core::document::{Document, Documents};
+pub use crate::core::engine::{when_true, CatchUp, Engine, Status};
 pub use crate::core::error::{BatchFailure, Error, HandlerError, HandlerErrorKind, Result};
 pub use crate::core::event::{
     Appended, Checkpoint, Event, ExpectedVersion, ImportProgress, NewEvent, StreamAppend, Upcasters,
 };
-pub use crate::core::inline::InlineAppend;
-pub use crate::core::lease::{Fence, Lease, LeaseInfo, LeaseSettings, Member, Membership};
+pub use crate::core::lease::LeaseSettings;
 pub use crate::core::log::EventLog;
 pub use crate::core::partition::{partition_of, stream_hash, MAX_PARTITIONS};
 pub use crate::core::policy::{Backoff, Decision, ErrorHandler, ErrorPolicy, Failure, Policy};
@@ -50,9 +70,6 @@ pub use crate::core::projection::{
     DEFAULT_BATCH_WIDE_SIZE,
 };
 pub use crate::core::runner::{Progress, ProgressFn, RunnerSettings, WorkerReport};
-pub use crate::core::shadow::{BlueGreenReport, ShadowStore, Swapped};
-pub use crate::core::source::{Batch, Filter, Lag, PartitionSlice, Source};
-pub use crate::core::sql::{SqlStore, SqlTx, TextRows};
-pub use crate::core::store::{
-    Commit, CommitError, CommitStats, DeadLetter, NewDeadLetter, ProjectionRecord, RunState, Store,
-};
+pub use crate::core::shadow::BlueGreenReport;
+pub use crate::core::sql::{Dialect, SqlTx, SqlValue};
+pub use crate::core::store::{DeadLetter, RunState};

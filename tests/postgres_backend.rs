@@ -9,11 +9,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use projectionist::backend::{Filter, Source};
 use projectionist::postgres::{PgHandlers, PgProjection, PgStore, StreamAppend};
 use projectionist::EventLog;
-use projectionist::{
-    Checkpoint, Error, ErrorPolicy, ExpectedVersion, Filter, NewEvent, RunState, RunnerSettings, Source,
-};
+use projectionist::{Checkpoint, Error, ErrorPolicy, ExpectedVersion, NewEvent, RunState, RunnerSettings};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -123,11 +122,11 @@ async fn append_read_stream_and_conflicts() {
             ExpectedVersion::NoStream,
             vec![ev("A", 1)],
         )),
-        Err(Error::Invalid("line 2: not JSON".into())),
+        Err(Error::InvalidInput("line 2: not JSON".into())),
     ];
     let r = store.import(items.into_iter(), None).await;
     assert!(
-        matches!(r, Err(Error::Invalid(ref m)) if m.contains("line 2")),
+        matches!(r, Err(Error::InvalidInput(ref m)) if m.contains("line 2")),
         "{r:?}"
     );
     assert_eq!(store.event_count().await.unwrap(), before);
@@ -186,7 +185,7 @@ async fn raw_inserts_get_defaults_and_are_projected() {
         .engine()
         .with(PgProjection::new("seen", common::counting_body()))
         .unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let t = common::tally(&schema, &raw, &schema).await;
     assert_eq!((t.committed, t.seen, t.duplicates, t.missing), (2, 2, 0, 0));
     let status = engine.status().await.unwrap();
@@ -308,7 +307,7 @@ async fn dead_letters_pause_resume_rebuild_and_status() {
             .await
             .unwrap();
     }
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(
         count(&raw).await,
         28,
@@ -326,13 +325,15 @@ async fn dead_letters_pause_resume_rebuild_and_status() {
     assert!(status[0].last_error.as_deref().unwrap_or("").contains("n_small"));
 
     // Retrying fails while the cause remains, and records the attempt.
-    let failed = engine.retry_dead_letter(dls[0].id).await.unwrap();
-    assert!(failed.is_err());
+    assert!(matches!(
+        engine.retry_dead_letter(dls[0].id).await,
+        Err(Error::RetryFailed { .. })
+    ));
     assert_eq!(engine.dead_letters(None).await.unwrap()[0].attempts, 2);
     raw.batch_execute("ALTER TABLE picky DROP CONSTRAINT n_small")
         .await
         .unwrap();
-    engine.retry_dead_letter(dls[0].id).await.unwrap().unwrap();
+    engine.retry_dead_letter(dls[0].id).await.unwrap();
     engine.discard_dead_letter(dls[1].id).await.unwrap();
     assert!(matches!(
         engine.discard_dead_letter(dls[1].id).await,
@@ -345,7 +346,7 @@ async fn dead_letters_pause_resume_rebuild_and_status() {
     let (stop, stop_rx) = watch::channel(false);
     let runner = tokio::spawn({
         let engine = engine.clone();
-        async move { engine.run(&[], stop_rx).await }
+        async move { engine.run_until(projectionist::when_true(stop_rx)).await }
     });
     engine.pause("picky").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -374,7 +375,7 @@ async fn dead_letters_pause_resume_rebuild_and_status() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let report = engine.rebuild("picky", None).await.unwrap();
+    let report = engine.rebuild("picky").await.unwrap();
     assert_eq!(report.state, RunState::Running);
     let after: Vec<(String, i64)> = raw
         .query("SELECT stream_id, n FROM picky ORDER BY stream_id, n", &[])
@@ -430,7 +431,7 @@ async fn events_and_read_models_in_different_databases() {
             .await
             .unwrap();
     }
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let (mc, conn) = models_config.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     let t = common::tally(&schema, &mc, "models").await;
@@ -504,7 +505,7 @@ async fn live_tail_latency_with_listen_notify_and_polling_fallback() {
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn({
         let runner = runner.clone();
-        async move { runner.run(&[], stop_rx).await }
+        async move { runner.run_until(projectionist::when_true(stop_rx)).await }
     });
     while !runner_store.is_listening() || !observer.is_listening() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -575,7 +576,7 @@ async fn live_tail_latency_with_listen_notify_and_polling_fallback() {
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn({
         let polling = polling.clone();
-        async move { polling.run(&[], stop_rx).await }
+        async move { polling.run_until(projectionist::when_true(stop_rx)).await }
     });
     for i in 0..10 {
         let t0 = Instant::now();

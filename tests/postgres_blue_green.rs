@@ -57,13 +57,13 @@ async fn readers_never_see_a_partial_model_and_the_swap_equals_a_clean_rebuild()
     });
     store.import(appends, None).await.unwrap();
     let engine = Arc::new(store.engine().with(totals()).unwrap());
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
 
     // A live runner, an appender and a reader run throughout.
     let (stop_runner, shutdown) = tokio::sync::watch::channel(false);
     let runner = {
         let e = engine.clone();
-        tokio::spawn(async move { e.run(&[], shutdown).await })
+        tokio::spawn(async move { e.run_until(projectionist::when_true(shutdown)).await })
     };
     let stop = Arc::new(AtomicBool::new(false));
     let appender = {
@@ -135,7 +135,7 @@ async fn readers_never_see_a_partial_model_and_the_swap_equals_a_clean_rebuild()
         .collect();
     assert_eq!(after.iter().map(|r| r.1).sum::<i64>(), 6_000 + appended);
     // Equal to a clean rebuild.
-    engine.rebuild("totals", None).await.unwrap();
+    engine.rebuild("totals").await.unwrap();
     let clean: Vec<(String, i64, i64)> = c
         .query("SELECT id, n, k FROM bg_totals ORDER BY id", &[])
         .await
@@ -174,7 +174,7 @@ async fn an_abandoned_shadow_leaves_the_current_version_intact() {
             .unwrap();
     }
     let engine = store.engine().with(totals()).unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     // A shadow as an interrupted build leaves it: its schema, its tables, a checkpoint.
     let c = raw(Some(&schema)).await.unwrap();
     let before: i64 = c

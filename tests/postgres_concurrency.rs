@@ -133,7 +133,7 @@ async fn torture_concurrent_writers_never_skip_or_duplicate() {
     let (stop, stop_rx) = watch::channel(false);
     let runner = tokio::spawn({
         let engine = engine.clone();
-        async move { engine.run(&[], stop_rx).await }
+        async move { engine.run_until(projectionist::when_true(stop_rx)).await }
     });
     let models = common::raw(Some(&schema)).await.unwrap();
     let started = Instant::now();
@@ -211,7 +211,7 @@ async fn terminated_backends_do_not_break_exactly_once() {
     let (stop, stop_rx) = watch::channel(false);
     let runner = tokio::spawn({
         let engine = engine.clone();
-        async move { engine.run(&[], stop_rx).await }
+        async move { engine.run_until(projectionist::when_true(stop_rx)).await }
     });
     let writing = Arc::new(AtomicBool::new(true));
     let appended = Arc::new(AtomicU64::new(0));
@@ -303,7 +303,7 @@ async fn two_runners_on_one_projection_end_exact() {
                 .with(PgProjection::new("seen", common::counting_body()).batch_size(15))
                 .unwrap();
             let stop_rx = stop_rx.clone();
-            tokio::spawn(async move { engine.run(&[], stop_rx).await })
+            tokio::spawn(async move { engine.run_until(projectionist::when_true(stop_rx)).await })
         })
         .collect();
     let writers: Vec<_> = (0..4)

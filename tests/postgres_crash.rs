@@ -11,10 +11,11 @@ mod reading;
 
 use std::time::{Duration, Instant};
 
+use projectionist::backend::Store;
 use projectionist::postgres::{PgHandlers, PgProjection, PgStore, StreamAppend};
 use projectionist::workload::Orders;
 use projectionist::EventLog;
-use projectionist::{ExpectedVersion, Store};
+use projectionist::ExpectedVersion;
 use rand::{Rng, SeedableRng};
 
 const CHILD_ENV: &str = "PROJECTIONIST_PG_CRASH_CHILD_SCHEMA";
@@ -115,10 +116,7 @@ async fn child(schema: &str) {
         // and the `customers` read model; fails on any duplicate or out-of-order event.
         .with(PgProjection::new("ledger", reading::ledger("crash_l_", "customers")).batch_size(50))
         .unwrap();
-    engine
-        .catch_up(&["orders".to_owned(), "ledger".to_owned()], None)
-        .await
-        .unwrap();
+    engine.catch_up_only(["orders", "ledger"]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +146,7 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
         .engine()
         .with(PgProjection::new("customers", reading::customers("customers")))
         .unwrap()
-        .catch_up(&[], None)
+        .catch_up()
         .await
         .unwrap();
 
@@ -192,7 +190,7 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
     let record = store.record("orders", 0).await.unwrap().unwrap();
     assert_eq!(
         record.checkpoint,
-        projectionist::Source::head(&store).await.unwrap()
+        projectionist::backend::Source::head(&store).await.unwrap()
     );
     assert_eq!(record.applied, n, "applied counter");
     let ledger = store.record("ledger", 0).await.unwrap().unwrap();
@@ -210,7 +208,7 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
         .unwrap()
         .with(PgProjection::new("ledger_clean", reading::ledger("clean_l_", "customers")).batch_size(1000))
         .unwrap();
-    clean.catch_up(&[], None).await.unwrap();
+    clean.catch_up().await.unwrap();
     let raw = common::raw(Some(&schema)).await.unwrap();
     let diff: i64 = raw
         .query_one(

@@ -191,7 +191,7 @@ async fn documents_equal_per_event_handlers_and_survive_a_rebuild() {
         .unwrap()
         .with(summary_documents("docs").batch_size(2_000))
         .unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let typed = dump(&schema, "typed_summary").await;
     assert!(typed.len() > 2_500, "{}", typed.len());
     assert_eq!(
@@ -211,10 +211,10 @@ async fn documents_equal_per_event_handlers_and_survive_a_rebuild() {
             .await
             .unwrap();
     }
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let typed = dump(&schema, "typed_summary").await;
     assert_eq!(dump(&schema, "docs_summary").await, typed, "after live appends");
-    engine.rebuild("docs", None).await.unwrap();
+    engine.rebuild("docs").await.unwrap();
     assert_eq!(dump(&schema, "docs_summary").await, typed, "rebuilt documents");
     let st = engine.status().await.unwrap();
     assert!(st.iter().all(|s| s.errors == 0 && s.lag_events == 0), "{st:?}");
@@ -267,7 +267,7 @@ async fn a_failing_fold_costs_only_its_own_event() {
         )
         .await
         .unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(
         dump(&schema, "docs_summary").await,
         vec![
@@ -317,7 +317,7 @@ async fn bulk_write_benchmark() {
             .unwrap();
         engine.prepare().await.unwrap();
         let started = Instant::now();
-        let report = engine.rebuild("order", None).await.unwrap();
+        let report = engine.rebuild("order").await.unwrap();
         let s = started.elapsed().as_secs_f64();
         eprintln!(
             "BENCH documents rebuild, {write:?}: {} events in {s:.2} s = {:.0} events/s",

@@ -110,7 +110,7 @@ async fn inline_appends_race_plain_appends_and_the_runner_without_gaps() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let runner = {
         let engine = engine.clone();
-        tokio::spawn(async move { engine.run(&[], shutdown).await })
+        tokio::spawn(async move { engine.run_until(projectionist::when_true(shutdown)).await })
     };
     let mut tasks = Vec::new();
     for w in 0..4 {
@@ -179,7 +179,7 @@ async fn wait_for_wakes_on_another_handles_commit_and_times_out_with_the_lag() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let runner = {
         let e = daemon_engine.clone();
-        tokio::spawn(async move { e.run(&[], shutdown).await })
+        tokio::spawn(async move { e.run_until(projectionist::when_true(shutdown)).await })
     };
     waiter
         .wait_for("w", token, Duration::from_secs(10))

@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postgres_common::*;
+use projectionist::backend::{CommitError, Fence, Member, Store};
 use projectionist::postgres::{PgProjection, PgStore};
 use projectionist::EventLog;
-use projectionist::{
-    partition_of, stream_hash, CommitError, ExpectedVersion, Fence, LeaseSettings, Member, NewEvent, Store,
-    StreamAppend,
-};
+use projectionist::{partition_of, stream_hash, ExpectedVersion, LeaseSettings, NewEvent, StreamAppend};
 use serde_json::json;
 
 async fn append_events(store: &PgStore, streams: usize, per_stream: usize) {
@@ -83,7 +81,7 @@ async fn a_partitioned_catch_up_equals_the_unpartitioned_one() {
     e1.register(counting("counting", 1)).expect("register");
     let mut e8 = PgStore::engine_with(&store, &split);
     e8.register(counting("counting", 8)).expect("register");
-    e1.catch_up(&[], None).await.expect("catch up whole");
+    e1.catch_up().await.expect("catch up whole");
     // Before the catch-up, each partition's lag is its own events, not the whole log's.
     e8.prepare().await.expect("prepare");
     let status = e8.status().await.expect("status");
@@ -95,7 +93,7 @@ async fn a_partitioned_catch_up_equals_the_unpartitioned_one() {
         assert_eq!(st.lag_events, streams * 25, "partition {}", st.partition);
         assert_eq!(st.partitions, 8);
     }
-    let reports = e8.catch_up(&[], None).await.expect("catch up split");
+    let reports = e8.catch_up().await.expect("catch up split");
     assert_eq!(reports.len(), 8, "one worker per partition");
 
     let admin = raw(None).await.expect("admin");
@@ -157,7 +155,7 @@ async fn a_partitioned_catch_up_equals_the_unpartitioned_one() {
     // The engine refuses another partition count on the same checkpoints.
     let mut e4 = PgStore::engine_with(&store, &split);
     e4.register(counting("counting", 4)).expect("register");
-    let err = e4.catch_up(&[], None).await.expect_err("another partition count");
+    let err = e4.catch_up().await.expect_err("another partition count");
     assert!(err.to_string().contains("Rebuild it"), "{err}");
 
     drop_schema(&whole_schema).await;
@@ -183,7 +181,7 @@ async fn leases_spread_rebalance_and_fence_commits() {
         let node = e.node().to_owned();
         let e = Arc::new(e);
         let runner = e.clone();
-        let handle = tokio::spawn(async move { runner.run(&[], rx).await });
+        let handle = tokio::spawn(async move { runner.run_until(projectionist::when_true(rx)).await });
         nodes.push((node, stop, handle));
     }
     let owners = |store: PgStore| async move {
@@ -252,7 +250,7 @@ async fn leases_spread_rebalance_and_fence_commits() {
     let lease = store.leases("counting").await.unwrap()[0].clone();
     let record = store.record("counting", 0).await.unwrap().unwrap();
     let p = counting("counting", 8);
-    let commit = projectionist::Commit {
+    let commit = projectionist::backend::Commit {
         projection: Arc::from("counting"),
         partition: 0,
         body: p.body().clone(),
@@ -308,20 +306,21 @@ async fn seen_event_ids_are_recorded_in_the_commit() {
     store.prepare("counting", 0, p.body().clone()).await.unwrap();
     let events: Arc<[projectionist::Event]> = store.read_stream("s-1").await.unwrap().into();
     let id = events[0].event_id;
-    let commit = |expected: projectionist::Checkpoint, to: projectionist::Checkpoint| projectionist::Commit {
-        projection: Arc::from("counting"),
-        partition: 0,
-        body: p.body().clone(),
-        events: events.clone(),
-        range: 0..1,
-        expected,
-        to,
-        dead_letters: vec![],
-        stats: Default::default(),
-        last_error: None,
-        fence: None,
-        record_ids: vec![id],
-    };
+    let commit =
+        |expected: projectionist::Checkpoint, to: projectionist::Checkpoint| projectionist::backend::Commit {
+            projection: Arc::from("counting"),
+            partition: 0,
+            body: p.body().clone(),
+            events: events.clone(),
+            range: 0..1,
+            expected,
+            to,
+            dead_letters: vec![],
+            stats: Default::default(),
+            last_error: None,
+            fence: None,
+            record_ids: vec![id],
+        };
     assert!(store.seen("counting", &[id]).await.unwrap().is_empty());
     let first = events[0].checkpoint();
     store

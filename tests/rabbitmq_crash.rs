@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use projectionist::backend::{Batch, Filter, Lag, PartitionSlice, Source, Store};
 use projectionist::rabbitmq::lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -26,7 +27,7 @@ use projectionist::rabbitmq::lapin::{BasicProperties, Connection, ExchangeKind};
 use projectionist::rabbitmq::{amqp_connection, Envelope, RabbitSource};
 use projectionist::sqlite::{rusqlite, SqliteStore};
 use projectionist::workload::Orders;
-use projectionist::{Batch, Checkpoint, Engine, Filter, Lag, PartitionSlice, RunnerSettings, Source, Store};
+use projectionist::{Checkpoint, Engine, RunnerSettings};
 use projectionist_testkit as kit;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -379,7 +380,10 @@ fn child(mode: &str) {
         println!("CHILD READY");
         if mode == "run" {
             let (_keep, shutdown) = watch::channel(false);
-            engine.run(&[], shutdown).await.unwrap();
+            engine
+                .run_until(projectionist::when_true(shutdown))
+                .await
+                .unwrap();
             return;
         }
         // Catch up until nothing is left in the queues or held (catch-ups end at the head
@@ -388,7 +392,7 @@ fn child(mode: &str) {
         let mut rounds = 0;
         loop {
             rounds += 1;
-            engine.catch_up(&[], None).await.unwrap();
+            engine.catch_up().await.unwrap();
             let mut left = 0;
             for p in PROJECTIONS {
                 left += source.ready(p).await.unwrap();
@@ -642,7 +646,7 @@ fn exactly_once_across_sigkills_with_redeliveries() {
         let clean = SqliteStore::open(dir.path().join("clean.db")).await.unwrap();
         load_orders(&clean, SEED, EVENTS).await;
         engine(Arc::new(clean.clone()), &clean, 1000)
-            .catch_up(&[], None)
+            .catch_up()
             .await
             .unwrap();
 
@@ -764,7 +768,7 @@ fn survives_a_lost_connection_and_refuses_replays() {
         let engine = Arc::new(engine);
         let (stop, shutdown) = watch::channel(false);
         let running = engine.clone();
-        let task = tokio::spawn(async move { running.run(&[], shutdown).await });
+        let task = tokio::spawn(async move { running.run_until(projectionist::when_true(shutdown)).await });
 
         let applied = |store: SqliteStore| async move {
             store
@@ -888,7 +892,7 @@ fn throughput_rabbitmq_to_sqlite() {
         engine.register(order_summary("orders")).unwrap();
         let t = Instant::now();
         loop {
-            engine.catch_up(&[], None).await.unwrap();
+            engine.catch_up().await.unwrap();
             if source.ready("orders").await.unwrap() == 0 && source.stats("orders").unwrap().unacknowledged == 0 {
                 break;
             }
@@ -901,7 +905,7 @@ fn throughput_rabbitmq_to_sqlite() {
         let mut engine = local.engine();
         engine.register(order_summary("orders")).unwrap();
         let t = Instant::now();
-        engine.catch_up(&[], None).await.unwrap();
+        engine.catch_up().await.unwrap();
         let table = t.elapsed();
         assert_same_rows(
             &dump(&store, "orders_summary").await,

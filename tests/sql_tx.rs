@@ -68,8 +68,8 @@ async fn sqlite_handlers_read_what_the_batch_wrote_and_another_read_model() {
         .unwrap()
         .with(SqliteProjection::new("ledger", reading::ledger("l_", "customers")).batch_size(500))
         .unwrap();
-    engine.catch_up(&["customers".to_owned()], None).await.unwrap();
-    engine.catch_up(&["ledger".to_owned()], None).await.unwrap();
+    engine.catch_up_only(["customers"]).await.unwrap();
+    engine.catch_up_only(["ledger"]).await.unwrap();
     let status = engine.status().await.unwrap();
     assert!(
         status.iter().all(|s| s.errors == 0 && s.lag_events == 0),
@@ -100,8 +100,8 @@ async fn sqlite_handlers_read_what_the_batch_wrote_and_another_read_model() {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use projectionist::core::sql::{SqlTx, SqlValue};
     use projectionist::postgres::{PgHandlers, PgProjection};
+    use projectionist::sql::{SqlTx, SqlValue};
     use projectionist::{ErrorPolicy, HandlerError, NewEvent};
     use serde_json::json;
 
@@ -119,8 +119,8 @@ mod postgres {
             .unwrap()
             .with(PgProjection::new("ledger", reading::ledger("l_", "customers")).batch_size(500))
             .unwrap();
-        engine.catch_up(&["customers".to_owned()], None).await.unwrap();
-        engine.catch_up(&["ledger".to_owned()], None).await.unwrap();
+        engine.catch_up_only(["customers"]).await.unwrap();
+        engine.catch_up_only(["ledger"]).await.unwrap();
         let status = engine.status().await.unwrap();
         assert!(
             status.iter().all(|s| s.errors == 0 && s.lag_events == 0),
@@ -179,7 +179,7 @@ mod postgres {
                 let n = v["n"].as_i64().unwrap_or(-1);
                 // Reads what the earlier events of the batch wrote.
                 let before = cx.query("SELECT count(*) AS c FROM ticks", &[])?;
-                let seen: i64 = projectionist::core::sql::column(&before[0], "c")?;
+                let seen: i64 = projectionist::sql::column(&before[0], "c")?;
                 if v["lookup"].as_bool() == Some(true) {
                     cx.query("SELECT * FROM lookup_table WHERE n = $1", &[SqlValue::Int(n)])?;
                 }
@@ -198,7 +198,7 @@ mod postgres {
                     .error_policy(ErrorPolicy::DeadLetter),
             )
             .unwrap();
-        engine.catch_up(&[], None).await.unwrap();
+        engine.catch_up().await.unwrap();
         let raw = common::raw(Some(&schema)).await.unwrap();
         let rows: Vec<(i64, i64)> = raw
             .query("SELECT n, seen FROM ticks ORDER BY n", &[])
@@ -223,7 +223,7 @@ mod postgres {
         raw.batch_execute("CREATE TABLE lookup_table (n bigint)")
             .await
             .unwrap();
-        engine.retry_dead_letter(dead[0].id).await.unwrap().unwrap();
+        engine.retry_dead_letter(dead[0].id).await.unwrap();
         let seen: i64 = raw
             .query_one("SELECT seen FROM ticks WHERE n = 4", &[])
             .await

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use projectionist::backend::Store;
 use projectionist::sqlite::{SqliteEngine, SqliteStore};
 use projectionist::workload::Orders;
 use projectionist::EventLog;
-use projectionist::{ExpectedVersion, RunState, Store};
+use projectionist::{ExpectedVersion, RunState};
 
 const CHILD_DB: &str = "PROJECTIONIST_TEST_BG_DB";
 
@@ -52,13 +53,13 @@ async fn readers_never_see_a_partial_read_model_and_the_swap_equals_a_clean_rebu
         store.append_many(appends).await.unwrap();
     }
     let engine = Arc::new(engine(&store));
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
 
     // The live projection keeps running, a writer keeps appending, a reader keeps reading.
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let live = {
         let e = engine.clone();
-        tokio::spawn(async move { e.run(&[], shutdown).await })
+        tokio::spawn(async move { e.run_until(projectionist::when_true(shutdown)).await })
     };
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -129,7 +130,7 @@ async fn readers_never_see_a_partial_read_model_and_the_swap_equals_a_clean_rebu
     stop.send(true).unwrap();
     live.await.unwrap().unwrap();
     let after_swap = dump(&store, "orders_summary").await;
-    engine.rebuild("orders", None).await.unwrap();
+    engine.rebuild("orders").await.unwrap();
     assert_same_rows(
         &after_swap,
         &dump(&store, "orders_summary").await,
@@ -160,7 +161,7 @@ fn a_crash_mid_rebuild_leaves_the_old_version_serving_and_the_rebuild_resumes() 
     let before = rt.block_on(async {
         let store = SqliteStore::open(&db).await.unwrap();
         load_orders(&store, 9, 40_000).await;
-        engine(&store).catch_up(&[], None).await.unwrap();
+        engine(&store).catch_up().await.unwrap();
         dump(&store, "orders_summary").await
     });
 

@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use projectionist::backend::Store;
 use projectionist::sqlite::{SqliteEngine, SqliteStore};
-use projectionist::{RunState, Store};
+use projectionist::RunState;
 use rand::{Rng, SeedableRng};
 
 const CHILD_DB: &str = "PROJECTIONIST_TEST_CHILD_DB";
@@ -35,10 +36,10 @@ fn child(db: &str, mode: &str) {
         println!("CHILD READY");
         match mode {
             "rebuild" => {
-                engine.rebuild("orders", None).await.unwrap();
+                engine.rebuild("orders").await.unwrap();
             }
             _ => {
-                engine.catch_up(&[], None).await.unwrap();
+                engine.catch_up().await.unwrap();
             }
         }
         println!("CHILD DONE");
@@ -177,7 +178,7 @@ fn exactly_once_across_sigkills() {
 
         // The read model equals a clean rebuild's.
         let incremental = dump(&store, "orders_summary").await;
-        engine.rebuild("orders", None).await.unwrap();
+        engine.rebuild("orders").await.unwrap();
         assert_same_rows(
             &dump(&store, "orders_summary").await,
             &incremental,
@@ -199,7 +200,7 @@ fn interrupted_rebuild_resumes() {
         let store = SqliteStore::open(&db).await.unwrap();
         load_orders(&store, 7, 30_000).await;
         let engine = engine(&store);
-        engine.catch_up(&[], None).await.unwrap();
+        engine.catch_up().await.unwrap();
         dump(&store, "orders_summary").await
     });
 
@@ -224,7 +225,7 @@ fn interrupted_rebuild_resumes() {
         let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = calls.clone();
         let progress: projectionist::ProgressFn = std::sync::Arc::new(move |p| seen.lock().unwrap().push(p));
-        let report = engine.rebuild("orders", Some(progress)).await.unwrap();
+        let report = engine.rebuild_with("orders", Some(progress)).await.unwrap();
         // It resumed: the first progress report starts from the killed run's checkpoint.
         let first = calls.lock().unwrap().first().cloned().unwrap();
         assert_eq!(first.start, resumed_from);

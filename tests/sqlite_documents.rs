@@ -96,7 +96,7 @@ async fn documents_equal_per_event_handlers_and_survive_a_rebuild() {
         .unwrap()
         .with(summary_documents("docs").batch_size(2_000))
         .unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let typed = dump(&store, "typed_summary").await;
     assert!(typed.len() > 4_000);
     assert_same_rows(
@@ -116,14 +116,14 @@ async fn documents_equal_per_event_handlers_and_survive_a_rebuild() {
             .await
             .unwrap();
     }
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let typed = dump(&store, "typed_summary").await;
     assert_same_rows(
         &dump(&store, "docs_summary").await,
         &typed,
         "documents vs handlers after live appends",
     );
-    engine.rebuild("docs", None).await.unwrap();
+    engine.rebuild("docs").await.unwrap();
     assert_same_rows(
         &dump(&store, "docs_summary").await,
         &typed,
@@ -177,7 +177,7 @@ async fn a_failing_fold_costs_only_its_own_event() {
         )
         .await
         .unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(
         dump(&store, "docs_summary").await,
         vec![

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use projectionist::backend::Store;
 use projectionist::sqlite::{rusqlite, SqliteHandlers, SqliteProjection, SqliteStore};
 use projectionist::EventLog;
 use projectionist::{
     Backoff, Checkpoint, Decision, Error, ErrorPolicy, ExpectedVersion, HandlerError, NewEvent, RunState,
-    Store,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -102,7 +102,7 @@ fn all_but(range: std::ops::Range<i64>, except: &[i64]) -> Vec<i64> {
 async fn skip_policy_skips_and_counts() {
     let (_d, store, engine, _) = setup(ErrorPolicy::Skip).await;
     append_steps(&store, "s", 0..250, &[10, 150]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(step_numbers(&store).await, all_but(0..250, &[10, 150]));
     let st = &engine.status().await.unwrap()[0];
     assert_eq!(
@@ -117,7 +117,7 @@ async fn dead_letter_policy_keeps_the_rest_of_the_batch() {
     let (_d, store, engine, broken) = setup(ErrorPolicy::DeadLetter).await;
     // One batch of 100 with a poison event in the middle: the 99 others are applied.
     append_steps(&store, "s", 0..100, &[42]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(step_numbers(&store).await, all_but(0..100, &[42]));
     let dls = engine.dead_letters(None).await.unwrap();
     assert_eq!(dls.len(), 1);
@@ -129,13 +129,15 @@ async fn dead_letter_policy_keeps_the_rest_of_the_batch() {
     assert!(dl.error.contains("step 42 is poison"), "{}", dl.error);
 
     // Retrying while still broken keeps it, with one more attempt.
-    let failed = engine.retry_dead_letter(dl.id).await.unwrap();
-    assert!(failed.is_err());
+    assert!(matches!(
+        engine.retry_dead_letter(dl.id).await,
+        Err(Error::RetryFailed { .. })
+    ));
     assert_eq!(engine.dead_letters(None).await.unwrap()[0].attempts, 2);
 
     // Fixed: the retry applies it and the dead letter is gone.
     broken.store(false, Ordering::SeqCst);
-    engine.retry_dead_letter(dl.id).await.unwrap().unwrap();
+    engine.retry_dead_letter(dl.id).await.unwrap();
     assert!(engine.dead_letters(None).await.unwrap().is_empty());
     assert_eq!(step_numbers(&store).await, (0..100).collect::<Vec<_>>());
     assert!(matches!(
@@ -148,7 +150,7 @@ async fn dead_letter_policy_keeps_the_rest_of_the_batch() {
 async fn discard_removes_a_dead_letter_without_applying_it() {
     let (_d, store, engine, _) = setup(ErrorPolicy::DeadLetter).await;
     append_steps(&store, "s", 0..10, &[3, 4]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let dls = engine.dead_letters(Some("steps")).await.unwrap();
     assert_eq!(
         dls.iter().map(|d| d.event.stream_version).collect::<Vec<_>>(),
@@ -196,7 +198,7 @@ async fn retry_heals_a_transient_failure() {
         .with(SqliteProjection::new("steps", h).error_policy(policy))
         .unwrap();
     append_steps(&store, "s", 0..50, &[20]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(step_numbers(&store).await, (0..50).collect::<Vec<_>>());
     assert_eq!(failures.load(Ordering::SeqCst), 3);
     let st = &engine.status().await.unwrap()[0];
@@ -211,7 +213,7 @@ async fn retry_exhausted_stops_the_projection_until_resumed() {
     };
     let (_d, store, engine, broken) = setup(policy).await;
     append_steps(&store, "s", 0..60, &[30]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     // Everything before the poison event is committed; the projection is stopped on it.
     assert_eq!(step_numbers(&store).await, (0..30).collect::<Vec<_>>());
     let st = &engine.status().await.unwrap()[0];
@@ -220,12 +222,12 @@ async fn retry_exhausted_stops_the_projection_until_resumed() {
     assert!(st.reason.as_deref().unwrap().contains("step 30 is poison"));
 
     // Still stopped: a catch-up does nothing.
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(step_numbers(&store).await.len(), 30);
 
     broken.store(false, Ordering::SeqCst);
     engine.resume("steps").await.unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(step_numbers(&store).await, (0..60).collect::<Vec<_>>());
     assert_eq!(engine.status().await.unwrap()[0].state, RunState::Running);
 }
@@ -234,7 +236,7 @@ async fn retry_exhausted_stops_the_projection_until_resumed() {
 async fn stop_policy_stops_at_once() {
     let (_d, store, engine, _) = setup(ErrorPolicy::Stop).await;
     append_steps(&store, "s", 0..10, &[5]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(step_numbers(&store).await, (0..5).collect::<Vec<_>>());
     let st = &engine.status().await.unwrap()[0];
     assert_eq!((st.state, st.errors, st.checkpoint), (RunState::Stopped, 1, 5));
@@ -248,7 +250,7 @@ async fn retry_then_dead_letter_records_every_attempt() {
     };
     let (_d, store, engine, _) = setup(policy).await;
     append_steps(&store, "s", 0..20, &[7]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(step_numbers(&store).await, all_but(0..20, &[7]));
     let dls = engine.dead_letters(None).await.unwrap();
     assert_eq!(dls.len(), 1);
@@ -283,7 +285,7 @@ async fn custom_policy_decides_per_failure() {
         .await
         .unwrap();
     append_steps(&store, "s", 10..15, &[]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
 
     assert_eq!(step_numbers(&store).await, vec![0, 2, 3, 4, 10, 11, 12, 13, 14]);
     let dls = engine.dead_letters(None).await.unwrap();
@@ -310,7 +312,7 @@ async fn malformed_payload_is_dead_lettered_with_the_decode_error_and_the_batch_
         .await
         .unwrap();
     append_steps(&store, "s", 10..20, &[]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(step_numbers(&store).await, (0..20).collect::<Vec<_>>());
     let dls = engine.dead_letters(None).await.unwrap();
     assert_eq!(dls.len(), 1);
@@ -329,7 +331,7 @@ async fn unknown_event_types_are_ignored_and_counted() {
         .await
         .unwrap();
     append_steps(&store, "s", 5..8, &[]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let st = &engine.status().await.unwrap()[0];
     assert_eq!(
         (st.applied, st.ignored, st.errors, st.lag_events, st.state),
@@ -465,7 +467,7 @@ async fn upcasters_and_renames_evolve_old_event_shapes() {
         )
         .await
         .unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(dump(&store, "c").await, vec!["1|Ann|EUR", "2|Bo|USD"]);
     assert_eq!(engine.status().await.unwrap()[0].ignored, 0);
 }
@@ -507,7 +509,7 @@ async fn fan_out_and_several_handlers_per_type() {
         .with(SqliteProjection::new("b", b))
         .unwrap();
     append_steps(&store, "s", 0..3, &[]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     assert_eq!(dump(&store, "fan_a").await.len(), 6);
     assert_eq!(dump(&store, "fan_b").await, vec!["b|0", "b|1", "b|2"]);
     assert!(matches!(
@@ -516,7 +518,7 @@ async fn fan_out_and_several_handlers_per_type() {
             .with(SqliteProjection::new("a", table("x")))
             .unwrap()
             .with(SqliteProjection::new("a", table("y"))),
-        Err(Error::Invalid(_))
+        Err(Error::InvalidInput(_))
     ));
 }
 
@@ -535,8 +537,8 @@ async fn two_runners_on_one_projection_are_fenced_and_the_read_model_is_exact() 
     let eb = b.engine().with(strict_counter("strict").batch_size(200)).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (ra, rb) = (shutdown.clone(), shutdown.clone());
-    let ta = tokio::spawn(async move { ea.run(&[], ra).await });
-    let tb = tokio::spawn(async move { eb.run(&[], rb).await });
+    let ta = tokio::spawn(async move { ea.run_until(projectionist::when_true(ra)).await });
+    let tb = tokio::spawn(async move { eb.run_until(projectionist::when_true(rb)).await });
     for i in 0..50 {
         let events = (0..20)
             .map(|j| NewEvent::new("OrderCreated", json!({"i": i, "j": j})))
@@ -592,7 +594,7 @@ async fn a_stale_checkpoint_is_refused_by_the_compare_and_set() {
     append_steps(&store, "s", 0..3, &[]).await;
     store.prepare("steps", 0, p.body().clone()).await.unwrap();
     let events: Arc<[projectionist::Event]> = store.read_stream("s").await.unwrap().into();
-    let commit = |expected: i64, to: i64| projectionist::Commit {
+    let commit = |expected: i64, to: i64| projectionist::backend::Commit {
         projection: Arc::from("steps"),
         partition: 0,
         body: p.body().clone(),
@@ -608,7 +610,7 @@ async fn a_stale_checkpoint_is_refused_by_the_compare_and_set() {
     };
     store.commit(commit(0, 2)).await.unwrap();
     match store.commit(commit(0, 3)).await {
-        Err(projectionist::CommitError::Fenced { actual }) => assert_eq!(actual, Checkpoint::at(2)),
+        Err(projectionist::backend::CommitError::Fenced { actual }) => assert_eq!(actual, Checkpoint::at(2)),
         other => panic!("expected a fenced commit, got {other:?}"),
     }
 }
@@ -634,13 +636,13 @@ async fn rebuild_equals_incremental_processing_and_fails_fast() {
                 .await
                 .unwrap();
         }
-        engine.catch_up(&[], None).await.unwrap();
+        engine.catch_up().await.unwrap();
     }
     let incremental = dump(&store, "orders_summary").await;
     let progress = Arc::new(std::sync::Mutex::new(Vec::new()));
     let p = progress.clone();
     let report = engine
-        .rebuild("orders", Some(Arc::new(move |x| p.lock().unwrap().push(x))))
+        .rebuild_with("orders", Some(Arc::new(move |x| p.lock().unwrap().push(x))))
         .await
         .unwrap();
     assert_eq!(report.events, 12_000);
@@ -661,7 +663,7 @@ async fn rebuild_equals_incremental_processing_and_fails_fast() {
         )
         .await
         .unwrap();
-    let err = engine.rebuild("orders", None).await.unwrap_err();
+    let err = engine.rebuild("orders").await.unwrap_err();
     assert!(
         matches!(&err, Error::RebuildFailed { projection, .. } if projection == "orders"),
         "{err}"
@@ -672,7 +674,7 @@ async fn rebuild_equals_incremental_processing_and_fails_fast() {
         RunState::Rebuilding
     );
     assert!(
-        matches!(engine.rebuild("nope", None).await, Err(Error::UnknownProjection { known, .. }) if known == vec!["orders".to_owned()])
+        matches!(engine.rebuild("nope").await, Err(Error::UnknownProjection { known, .. }) if known == vec!["orders".to_owned()])
     );
 }
 
@@ -682,7 +684,7 @@ async fn rebuild_requires_a_reset_step() {
     let store = fresh_store(dir.path()).await;
     let h = SqliteHandlers::new().on("Step", |_: &rusqlite::Connection, _, _: Step| Ok(()));
     let engine = store.engine().with(SqliteProjection::new("noreset", h)).unwrap();
-    let err = engine.rebuild("noreset", None).await.unwrap_err();
+    let err = engine.rebuild("noreset").await.unwrap_err();
     assert!(err.to_string().contains("no reset step"), "{err}");
 }
 
@@ -696,7 +698,7 @@ async fn pause_resume_wait_for_and_graceful_shutdown() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let runner = {
         let engine = engine.clone();
-        tokio::spawn(async move { engine.run(&[], shutdown).await })
+        tokio::spawn(async move { engine.run_until(projectionist::when_true(shutdown)).await })
     };
 
     // Live: an append wakes the runner, and wait_for gives read-your-writes.
@@ -793,7 +795,7 @@ async fn priority_serves_higher_backlogs_first_without_starving_lower_ones() {
         .unwrap();
     engine.prepare().await.unwrap();
     append_steps(&store, "s", 0..600, &[]).await;
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
 
     let order: Vec<String> = store
         .read(|db| {

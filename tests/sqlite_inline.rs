@@ -161,7 +161,7 @@ async fn inline_projections_also_catch_up_on_events_appended_elsewhere() {
     // A runner on the same projection and inline appends interleave without double counting.
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let e = engine.clone();
-    let runner = tokio::spawn(async move { e.run(&[], shutdown).await });
+    let runner = tokio::spawn(async move { e.run_until(projectionist::when_true(shutdown)).await });
     for i in 0..100 {
         if i % 2 == 0 {
             engine

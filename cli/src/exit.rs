@@ -26,23 +26,93 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
 
 /// The exit code for an error: 2 for usage and configuration errors (bad arguments, a bad
 /// config file or SQL in it that the database rejects at setup, an unknown projection, an
-/// unsupported database URL), 1 for everything else.
+/// unsupported database URL, a setting the database or broker cannot honour), 1 for
+/// everything else.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<Usage>() || cause.is::<ConfigError>() {
             return USAGE;
         }
-        match cause.downcast_ref::<projectionist::Error>() {
-            Some(projectionist::Error::UnknownProjection { .. }) => return USAGE,
-            // The config's setup SQL (or a handler statement checked at setup) is wrong.
-            Some(projectionist::Error::Lifecycle { step: "setup", .. }) => return USAGE,
-            _ => {}
+        if let Some(e) = cause.downcast_ref::<projectionist::Error>() {
+            if is_usage(e) {
+                return USAGE;
+            }
         }
     }
     FAILURE
 }
 
+/// Whether the library's error is the user's to fix in the command line or the config.
+fn is_usage(e: &projectionist::Error) -> bool {
+    use projectionist::Error;
+    match e {
+        Error::UnknownProjection { .. }
+        | Error::InvalidInput(_)
+        | Error::Config(_)
+        | Error::Unsupported(_) => true,
+        // The config's setup SQL (or a handler statement checked at setup) is wrong.
+        Error::Lifecycle { step, .. } => *step == "setup",
+        _ => false,
+    }
+}
+
 /// The error and its causes, one `: ` apart.
 pub fn render(err: &anyhow::Error) -> String {
     format!("{err:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projectionist::Error;
+
+    #[test]
+    fn the_library_errors_that_are_the_users_to_fix_exit_2() {
+        let code = |e: Error| code_of(&anyhow::Error::new(e).context("cannot open the database x"));
+        assert_eq!(
+            code(Error::InvalidInput("stream_id must not be empty".into())),
+            USAGE
+        );
+        assert_eq!(
+            code(Error::Config("invalid PostgreSQL schema name".into())),
+            USAGE
+        );
+        assert_eq!(
+            code(Error::Unsupported("partitions need PostgreSQL".into())),
+            USAGE
+        );
+        assert_eq!(
+            code(Error::UnknownProjection {
+                name: "x".into(),
+                known: Vec::new()
+            }),
+            USAGE
+        );
+        let lifecycle = |step| Error::Lifecycle {
+            projection: "p".into(),
+            step,
+            message: "m".into(),
+        };
+        assert_eq!(code(lifecycle("setup")), USAGE);
+        assert_eq!(code(lifecycle("reset")), FAILURE);
+        assert_eq!(
+            code(Error::Database {
+                op: "connecting",
+                message: "refused".into(),
+                retryable: true,
+                cause: None
+            }),
+            FAILURE
+        );
+        assert_eq!(
+            code(Error::Broker {
+                broker: "NATS JetStream",
+                message: "cannot connect".into(),
+                retryable: true
+            }),
+            FAILURE
+        );
+        assert_eq!(code(Error::Internal("a task panicked".into())), FAILURE);
+        assert_eq!(code(Error::UnknownDeadLetter(9)), FAILURE);
+    }
 }

@@ -268,14 +268,14 @@ impl<R: BufRead> Iterator for Lines<R> {
                             if let Ok(mut slot) = self.state.error.lock() {
                                 *slot = Some(le);
                             }
-                            return Some(Err(projectionist::Error::Invalid(shown)));
+                            return Some(Err(projectionist::Error::InvalidInput(shown)));
                         }
                     }
                 }
                 Err(e) => {
-                    return Some(Err(projectionist::Error::Invalid(format!(
-                        "cannot read line {}: {e}",
-                        self.line + 1
+                    return Some(Err(projectionist::Error::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot read line {}: {e}", self.line + 1),
                     ))))
                 }
             }

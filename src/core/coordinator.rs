@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::error::{Error, Result};
 use super::event::Checkpoint;
@@ -91,6 +91,9 @@ impl<S: Source, St: Store> Coordinator<S, St> {
         info!(projection = %name, node = %self.node, partitions = count, takeover = ?self.leases.takeover, "joining the partition group");
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
         let mut reports: BTreeMap<u32, WorkerReport> = BTreeMap::new();
+        // An error that retrying cannot fix (a store without leases, a worker that ended on
+        // one): the group ends with it.
+        let mut fatal: Option<Error> = None;
         loop {
             // Workers that ended on their own: their lease was lost, or they failed.
             let ended: Vec<u32> = running
@@ -100,11 +103,11 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                 .collect();
             for p in ended {
                 if let Some(r) = running.remove(&p) {
-                    collect(&mut reports, &name, r.handle.await);
+                    collect(&mut reports, &mut fatal, &name, r.handle.await);
                 }
             }
 
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || fatal.is_some() {
                 break;
             }
             match self.store.heartbeat(&member).await {
@@ -120,7 +123,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                         if let Some(r) = running.remove(&p) {
                             warn!(projection = %name, partition = p, "lease lost; stopping its worker");
                             let _ = r.stop.send(true);
-                            collect(&mut reports, &name, r.handle.await);
+                            collect(&mut reports, &mut fatal, &name, r.handle.await);
                         }
                     }
                     // Leases held with no worker (a worker that ended): give them back.
@@ -144,7 +147,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                         for p in extra {
                             if let Some(r) = running.remove(&p) {
                                 let _ = r.stop.send(true);
-                                collect(&mut reports, &name, r.handle.await);
+                                collect(&mut reports, &mut fatal, &name, r.handle.await);
                                 released.push(r.lease);
                             }
                         }
@@ -160,13 +163,21 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                                     info!(projection = %name, partition = lease.partition, token = lease.token, "took partition");
                                     if let Some(old) = running.insert(lease.partition, self.spawn(lease)) {
                                         let _ = old.stop.send(true);
-                                        collect(&mut reports, &name, old.handle.await);
+                                        collect(&mut reports, &mut fatal, &name, old.handle.await);
                                     }
                                 }
+                            }
+                            Err(e) if e.is_fatal() => {
+                                fatal = Some(e);
+                                break;
                             }
                             Err(e) => warn!(projection = %name, error = %e, "cannot acquire leases"),
                         }
                     }
+                }
+                Err(e) if e.is_fatal() => {
+                    fatal = Some(e);
+                    break;
                 }
                 Err(e) => {
                     warn!(projection = %name, error = %e, "heartbeat failed; leases expire if it keeps failing, and the fence refuses commits after a takeover");
@@ -183,24 +194,32 @@ impl<S: Source, St: Store> Coordinator<S, St> {
             let _ = r.stop.send(true);
         }
         for (_, r) in std::mem::take(&mut running) {
-            collect(&mut reports, &name, r.handle.await);
+            collect(&mut reports, &mut fatal, &name, r.handle.await);
         }
         if let Err(e) = self.store.leave(&member).await {
             warn!(projection = %name, error = %e, "cannot release leases on shutdown; they expire instead");
         }
         super::metrics::partitions_owned(&name, 0);
         info!(projection = %name, node = %self.node, "left the partition group");
+        if let Some(e) = fatal {
+            error!(projection = %name, error = %e, "the partition group stops: retrying cannot fix this error");
+            return Err(e);
+        }
         Ok(reports.into_values().collect())
     }
 }
 
+/// Records how a worker ended; a worker that ended on a fatal error (or panicked) leaves its
+/// error in `fatal`, and the group stops.
 fn collect(
     reports: &mut BTreeMap<u32, WorkerReport>,
+    fatal: &mut Option<Error>,
     name: &str,
     joined: std::result::Result<Result<WorkerReport>, tokio::task::JoinError>,
 ) {
-    match joined {
-        Ok(Ok(r)) => {
+    let joined = joined.map_err(|e| Error::task("a partition worker", e));
+    match joined.and_then(|r| r) {
+        Ok(r) => {
             reports
                 .entry(r.partition)
                 .and_modify(|prev| {
@@ -211,8 +230,10 @@ fn collect(
                 })
                 .or_insert(r);
         }
-        Ok(Err(e)) => warn!(projection = name, error = %e, "a partition worker failed"),
-        Err(e) => warn!(projection = name, error = %e, "a partition worker panicked"),
+        Err(e) if e.is_fatal() => {
+            fatal.get_or_insert(e);
+        }
+        Err(e) => warn!(projection = name, error = %e, "a partition worker failed"),
     }
 }
 
@@ -242,7 +263,7 @@ pub(crate) async fn check_partitioning<S: Source, St: Store>(
         return Ok(());
     }
     if !source.supports_partitions() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Unsupported(format!(
             "projection {} has partitions = {count}, which needs a source that filters partitions \
              in the database (PostgreSQL); remove `partitions` or use PostgreSQL",
             p.name()
@@ -259,7 +280,7 @@ pub(crate) async fn check_partitioning<S: Source, St: Store>(
     let inside = records.iter().filter(|r| r.partition < count).count() as u32;
     let partial = inside < count && records.iter().any(progressed);
     if beyond || partial {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "projection {} has checkpoints for another partition count than {count}; its read model \
              was built with different partitions. Rebuild it: projectionist rebuild {}",
             p.name(),

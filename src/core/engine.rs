@@ -2,6 +2,7 @@
 //! that users and operators run (run, catch up, rebuild, pause, resume, status, dead letters,
 //! wait-for).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use tokio::task::JoinSet;
 use tracing::info;
 
 use super::coordinator::{check_partitioning, prepare_partitions, Coordinator};
-use super::error::{Error, HandlerError, Result};
+use super::error::{Error, Result};
 use super::event::Checkpoint;
 use super::lease::{node_id, LeaseSettings};
 use super::projection::Projection;
@@ -48,6 +49,53 @@ pub struct Status {
     pub partitions: u32,
     /// The node whose live lease holds this partition (partitioned projections only).
     pub owner: Option<String>,
+}
+
+/// Completes when `flag` turns true, or when its sender is gone: a shutdown for
+/// [`Engine::run_until`] driven by a `watch` channel.
+pub async fn when_true(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// Which projections a catch-up runs, and who hears of its progress.
+#[derive(Clone, Default)]
+pub struct CatchUp {
+    only: Vec<String>,
+    progress: Option<ProgressFn>,
+}
+
+impl CatchUp {
+    /// Every registered projection.
+    pub fn all() -> Self {
+        CatchUp::default()
+    }
+
+    /// The projections named in `names` (all when empty).
+    pub fn only<I, N>(names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        CatchUp {
+            only: names.into_iter().map(Into::into).collect(),
+            progress: None,
+        }
+    }
+
+    /// Calls `progress` after each commit of each projection.
+    pub fn progress(mut self, progress: ProgressFn) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
+impl std::fmt::Debug for CatchUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatchUp")
+            .field("only", &self.only)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 /// Rates older than this are shown as 0: the runner is idle or gone.
@@ -93,8 +141,8 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// Adds a projection. Names are unique.
     pub fn register(&mut self, projection: Projection<St::Body>) -> Result<&mut Self> {
         if self.projections.iter().any(|p| p.name() == projection.name()) {
-            return Err(Error::Invalid(format!(
-                "projection {:?} is registered twice",
+            return Err(Error::InvalidInput(format!(
+                "projection {:?} is registered twice; give each projection its own name",
                 projection.name()
             )));
         }
@@ -188,9 +236,44 @@ impl<S: Source, St: Store> Engine<S, St> {
             .collect()
     }
 
-    /// Runs the projections named in `only` (all when empty) live until `shutdown` turns true.
-    /// Each batch is committed whole or not at all, so shutting down loses nothing.
-    pub async fn run(&self, only: &[String], shutdown: watch::Receiver<bool>) -> Result<Vec<WorkerReport>> {
+    /// Runs every projection live until `shutdown` completes (a signal, a cancellation, a
+    /// channel), then stops after each worker's current batch. Each batch is committed whole
+    /// or not at all, so shutting down loses nothing.
+    ///
+    /// ```ignore
+    /// engine.run_until(tokio::signal::ctrl_c()).await?;
+    /// ```
+    pub async fn run_until<F>(&self, shutdown: F) -> Result<Vec<WorkerReport>>
+    where
+        F: Future + Send,
+    {
+        self.run_only_until(Vec::<String>::new(), shutdown).await
+    }
+
+    /// Runs the projections named in `names` (all when empty) live until `shutdown` completes.
+    pub async fn run_only_until<I, N, F>(&self, names: I, shutdown: F) -> Result<Vec<WorkerReport>>
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+        F: Future + Send,
+    {
+        let only: Vec<String> = names.into_iter().map(Into::into).collect();
+        let (stop, stopped) = watch::channel(false);
+        let run = self.run_selected(&only, stopped);
+        tokio::pin!(run);
+        tokio::select! {
+            done = &mut run => return done,
+            _ = shutdown => {}
+        }
+        let _ = stop.send(true);
+        run.await
+    }
+
+    async fn run_selected(
+        &self,
+        only: &[String],
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Vec<WorkerReport>> {
         let selected = self.selected(only)?;
         let mut set = JoinSet::new();
         let mut groups = JoinSet::new();
@@ -214,7 +297,7 @@ impl<S: Source, St: Store> Engine<S, St> {
         let mut reports = join_all(set).await;
         while let Some(joined) = groups.join_next().await {
             let group = joined
-                .map_err(|e| Error::Invalid(format!("a partition coordinator panicked: {e}")))
+                .map_err(|e| Error::task("a partition coordinator", e))
                 .and_then(|r| r);
             match (&mut reports, group) {
                 (Ok(all), Ok(more)) => all.extend(more),
@@ -228,10 +311,26 @@ impl<S: Source, St: Store> Engine<S, St> {
         })
     }
 
-    /// Runs the projections named in `only` (all when empty) up to the head as it is now,
-    /// then returns. `progress` is called after each commit of each projection.
-    pub async fn catch_up(&self, only: &[String], progress: Option<ProgressFn>) -> Result<Vec<WorkerReport>> {
-        let selected = self.selected(only)?;
+    /// Runs every projection up to the head as it is now, then returns: the deterministic
+    /// "caught up" point for tests and one-shot jobs.
+    pub async fn catch_up(&self) -> Result<Vec<WorkerReport>> {
+        self.catch_up_with(CatchUp::all()).await
+    }
+
+    /// Runs the projections named in `names` up to the head as it is now, then returns.
+    pub async fn catch_up_only<I, N>(&self, names: I) -> Result<Vec<WorkerReport>>
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        self.catch_up_with(CatchUp::only(names)).await
+    }
+
+    /// Runs the chosen projections up to the head as it is now, reporting progress after each
+    /// commit: `engine.catch_up_with(CatchUp::only(["orders"]).progress(bar))`.
+    pub async fn catch_up_with(&self, options: CatchUp) -> Result<Vec<WorkerReport>> {
+        let CatchUp { only, progress } = options;
+        let selected = self.selected(&only)?;
         for p in &selected {
             check_partitioning(self.source.as_ref(), self.store.as_ref(), p).await?;
         }
@@ -251,7 +350,12 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// replay to the head, committing per batch. When the projection is already rebuilding
     /// (an earlier rebuild was interrupted), the rebuild resumes from its checkpoint instead.
     /// Fails fast on the first failing event unless the projection says otherwise.
-    pub async fn rebuild(&self, name: &str, progress: Option<ProgressFn>) -> Result<WorkerReport> {
+    pub async fn rebuild(&self, name: &str) -> Result<WorkerReport> {
+        self.rebuild_with(name, None).await
+    }
+
+    /// [`rebuild`](Self::rebuild), calling `progress` after each commit.
+    pub async fn rebuild_with(&self, name: &str, progress: Option<ProgressFn>) -> Result<WorkerReport> {
         let p = self.projection(name)?.clone();
         self.check_replay(name)?;
         let record = prepare_partitions(self.store.as_ref(), &p).await?;
@@ -287,7 +391,7 @@ impl<S: Source, St: Store> Engine<S, St> {
             m.partition = 0;
             m.state = RunState::Running;
         }
-        merged.ok_or_else(|| Error::Invalid(format!("rebuild of {name} ran no worker")))
+        merged.ok_or_else(|| Error::Internal(format!("rebuild of {name} ran no worker")))
     }
 
     /// Fails, before anything changes, unless the source can replay: rebuilding `name` reads
@@ -296,7 +400,7 @@ impl<S: Source, St: Store> Engine<S, St> {
         if self.source.can_replay() {
             return Ok(());
         }
-        Err(Error::Invalid(format!(
+        Err(Error::Unsupported(format!(
             "projection {name} cannot be rebuilt from its source, which cannot replay (it deletes what \
              was acknowledged): a rebuild needs a replayable source, such as NATS JetStream or the \
              database's events table; nothing was changed"
@@ -368,10 +472,20 @@ impl<S: Source, St: Store> Engine<S, St> {
     }
 
     /// Applies a dead letter's event again; on success the dead letter is gone.
-    pub async fn retry_dead_letter(&self, id: i64) -> Result<Result<(), HandlerError>> {
+    ///
+    /// When the handler fails again, nothing is applied, the attempt is recorded on the dead
+    /// letter, and the error is [`Error::RetryFailed`].
+    pub async fn retry_dead_letter(&self, id: i64) -> Result<()> {
         let dl = self.find_dead_letter(id).await?;
         let p = self.projection(&dl.projection)?;
-        self.store.retry_dead_letter(id, p.body().clone()).await
+        self.store
+            .retry_dead_letter(id, p.body().clone())
+            .await?
+            .map_err(|e| Error::RetryFailed {
+                id,
+                projection: dl.projection.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// Deletes a dead letter without applying it.
@@ -478,7 +592,7 @@ async fn join_all(mut set: JoinSet<Result<WorkerReport>>) -> Result<Vec<WorkerRe
                 first_error.get_or_insert(e);
             }
             Err(e) => {
-                first_error.get_or_insert(Error::Invalid(format!("a projection worker panicked: {e}")));
+                first_error.get_or_insert(Error::task("a projection worker", e));
             }
         }
     }

@@ -279,8 +279,9 @@ type UpcastFn = dyn Fn(Value) -> Result<Value, HandlerError> + Send + Sync;
 impl Appended {
     /// The result of a one-stream append made through a many-streams append.
     pub(crate) fn only(mut out: Vec<Appended>) -> crate::core::error::Result<Appended> {
-        out.pop()
-            .ok_or_else(|| crate::core::error::Error::Invalid("nothing was appended".into()))
+        out.pop().ok_or_else(|| {
+            crate::core::error::Error::Internal("an append of one stream returned no result".into())
+        })
     }
 }
 

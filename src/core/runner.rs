@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
@@ -221,19 +221,37 @@ impl<S: Source, St: Store> Worker<S, St> {
     }
 
     /// Runs until shutdown (live), or until the target is reached.
+    ///
+    /// A failure that [is retryable](Error::is_retryable) (a lost connection, a busy
+    /// database, an unreachable broker) is retried with backoff, in every mode; a
+    /// [fatal](Error::is_fatal) one ends the worker with that error.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<WorkerReport> {
         let started = Instant::now();
-        let record = self
-            .store
-            .prepare(self.name(), self.partition, self.projection.body().clone())
-            .await?;
+        let mut retry = self.settings.retry_min;
+        let record = loop {
+            match self
+                .store
+                .prepare(self.name(), self.partition, self.projection.body().clone())
+                .await
+            {
+                Ok(record) => break record,
+                Err(e) if e.is_retryable() => {
+                    warn!(projection = self.name(), error = %e, retry_in = ?retry, "preparing the projection failed; retrying");
+                    if sleep_or_shutdown(retry, &mut shutdown).await {
+                        return Err(Error::Shutdown);
+                    }
+                    retry = (retry * 2).min(self.settings.retry_max);
+                }
+                Err(e) => return Err(self.fatal(e)),
+            }
+        };
+        retry = self.settings.retry_min;
         self.checkpoint = record.checkpoint;
         let mut state = record.state;
         let start = self.checkpoint;
         let mut changes = self.source.changes();
         let mut checkpoint_changes = self.store.checkpoint_changes();
         let mut idle = self.settings.poll_min;
-        let mut retry = self.settings.retry_min;
         info!(projection = self.name(), partition = self.partition, checkpoint = %self.checkpoint, %state, "worker started");
 
         loop {
@@ -279,9 +297,10 @@ impl<S: Source, St: Store> Worker<S, St> {
                     retry = self.settings.retry_min;
                     b
                 }
-                // A catch-up or rebuild that can never read (a source that cannot replay, a
-                // wrong configuration) fails instead of retrying for ever.
-                Err(e @ Error::Invalid(_)) if self.mode.target().is_some() => return Err(e),
+                Err(Error::Shutdown) => break,
+                // A source that can never read (it cannot replay, the configuration is
+                // wrong): retrying would not help.
+                Err(e) if e.is_fatal() => return Err(self.fatal(e)),
                 Err(e) => {
                     warn!(projection = self.name(), error = %e, retry_in = ?retry, "reading events failed; retrying");
                     if sleep_or_shutdown(retry, &mut shutdown).await {
@@ -369,7 +388,9 @@ impl<S: Source, St: Store> Worker<S, St> {
                     break;
                 }
                 Err(Error::Shutdown) => break,
-                Err(e @ Error::RebuildFailed { .. }) => return Err(e),
+                // A rebuild that met a failing event, a store that cannot do what the
+                // projection needs, a broken invariant: retrying would not help.
+                Err(e) if e.is_fatal() => return Err(self.fatal(e)),
                 Err(e) => {
                     warn!(projection = self.name(), error = %e, retry_in = ?retry, "commit failed; retrying");
                     if sleep_or_shutdown(retry, &mut shutdown).await {
@@ -398,6 +419,15 @@ impl<S: Source, St: Store> Worker<S, St> {
             events: self.events,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Ends the worker with a fatal error. A live worker says so at once: its error reaches
+    /// the caller of `Engine::run` only when every other worker has stopped too.
+    fn fatal(&self, e: Error) -> Error {
+        if matches!(self.mode, Mode::Live) {
+            error!(projection = self.name(), partition = self.partition, error = %e, "the projection's worker stops: retrying cannot fix this error; fix the cause, then start it again");
+        }
+        e
     }
 
     async fn finish_rebuild(&self) {
@@ -538,8 +568,8 @@ impl<S: Source, St: Store> Worker<S, St> {
                 Ok(Step::LeaseLost)
             }
             CommitError::Store(e) => Err(e),
-            CommitError::Handler(f) => Err(Error::Invalid(format!(
-                "store reported a failure at index {} outside the committed range",
+            CommitError::Handler(f) => Err(Error::Internal(format!(
+                "the store reported a failure at index {} outside the committed range",
                 f.index
             ))),
         }
@@ -662,5 +692,172 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
     tokio::select! {
         _ = tokio::time::sleep(d) => *shutdown.borrow(),
         r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::engine::Engine;
+    use crate::core::event::{ExpectedVersion, NewEvent};
+    use crate::core::log::EventLog;
+    use crate::core::source::Lag;
+    use crate::sqlite::{SqliteHandlers, SqliteProjection, SqliteStore};
+
+    /// The store's own events, with failures served first by `read`.
+    struct Flaky {
+        store: SqliteStore,
+        failures: Mutex<VecDeque<Error>>,
+        partitions: bool,
+    }
+
+    impl Source for Flaky {
+        async fn read(&self, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
+            let failure = self.failures.lock().map_or(None, |mut f| f.pop_front());
+            match failure {
+                Some(e) => Err(e),
+                None => Source::read(&self.store, after, limit, filter).await,
+            }
+        }
+
+        async fn head(&self) -> Result<Checkpoint> {
+            Source::head(&self.store).await
+        }
+
+        async fn lag(&self, after: Checkpoint) -> Result<Lag> {
+            Source::lag(&self.store, after).await
+        }
+
+        fn changes(&self) -> watch::Receiver<u64> {
+            Source::changes(&self.store)
+        }
+
+        fn supports_partitions(&self) -> bool {
+            self.partitions
+        }
+    }
+
+    async fn engine(failures: Vec<Error>) -> (Engine<Flaky, SqliteStore>, SqliteStore) {
+        engine_with(failures, 1).await
+    }
+
+    async fn engine_with(failures: Vec<Error>, partitions: u32) -> (Engine<Flaky, SqliteStore>, SqliteStore) {
+        let store = SqliteStore::in_memory().unwrap();
+        let events = (0..5).map(|n| NewEvent::new("Step", json!({ "n": n }))).collect();
+        store.append("s", ExpectedVersion::Any, events).await.unwrap();
+        let handlers = SqliteHandlers::new()
+            .setup(|db| {
+                db.execute_batch("CREATE TABLE IF NOT EXISTS steps (n INTEGER PRIMARY KEY)")?;
+                Ok(())
+            })
+            .on_json("Step", |db, _, v| {
+                db.execute("INSERT INTO steps (n) VALUES (?1)", [v["n"].as_i64()])?;
+                Ok(())
+            });
+        let source = Flaky {
+            store: store.clone(),
+            failures: Mutex::new(failures.into()),
+            partitions: partitions > 1,
+        };
+        let engine = Engine::new(Arc::new(source), Arc::new(store.clone()))
+            .settings(RunnerSettings {
+                poll_min: Duration::from_millis(1),
+                poll_max: Duration::from_millis(5),
+                retry_min: Duration::from_millis(1),
+                retry_max: Duration::from_millis(5),
+                concurrency: 1,
+            })
+            .with(SqliteProjection::new("steps", handlers).partitions(partitions))
+            .unwrap();
+        (engine, store)
+    }
+
+    fn lost_connection() -> Error {
+        Error::Database {
+            op: "reading events",
+            message: "connection lost".into(),
+            retryable: true,
+            cause: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn retryable_read_failures_are_retried_until_they_pass() {
+        let failures = vec![
+            lost_connection(),
+            Error::Broker {
+                broker: "NATS JetStream",
+                message: "no servers".into(),
+                retryable: true,
+            },
+        ];
+        let (engine, _store) = engine(failures).await;
+        let reports = engine.catch_up().await.unwrap();
+        assert_eq!((reports[0].events, reports[0].checkpoint), (5, Checkpoint::at(5)));
+    }
+
+    #[tokio::test]
+    async fn a_fatal_read_failure_ends_a_catch_up_with_that_error() {
+        let failures = vec![lost_connection(), Error::Config("no such stream".into())];
+        let (engine, store) = engine(failures).await;
+        let err = engine.catch_up().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m == "no such stream"),
+            "{err:?}"
+        );
+        assert_eq!(
+            store.record("steps", 0).await.unwrap().unwrap().checkpoint,
+            Checkpoint::START
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fatal_failure_ends_a_live_worker_instead_of_retrying_for_ever() {
+        let failures = vec![Error::Unsupported("replaying this source".into())];
+        let (engine, _store) = engine(failures).await;
+        let (_keep, shutdown) = watch::channel(false);
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            engine.run_until(crate::when_true(shutdown)),
+        )
+        .await
+        .expect("the worker ends by itself");
+        assert!(matches!(outcome, Err(Error::Unsupported(_))), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn a_live_worker_retries_a_retryable_failure_and_goes_on() {
+        let (engine, store) = engine(vec![lost_connection(), lost_connection()]).await;
+        let (stop, shutdown) = watch::channel(false);
+        let run = tokio::spawn(async move { engine.run_until(crate::when_true(shutdown)).await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.record("steps", 0).await.unwrap().map(|r| r.checkpoint) != Some(Checkpoint::at(5)) {
+            assert!(Instant::now() < deadline, "the worker never caught up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+        let reports = run.await.unwrap().unwrap();
+        assert_eq!(reports[0].checkpoint, Checkpoint::at(5));
+    }
+
+    #[tokio::test]
+    async fn a_partition_group_on_a_store_without_leases_ends_with_that_error() {
+        let (engine, _store) = engine_with(Vec::new(), 2).await;
+        let (_keep, shutdown) = watch::channel(false);
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            engine.run_until(crate::when_true(shutdown)),
+        )
+        .await
+        .expect("the group ends by itself");
+        assert!(
+            matches!(&outcome, Err(Error::Unsupported(m)) if m.contains("partitioned projections")),
+            "{outcome:?}"
+        );
     }
 }

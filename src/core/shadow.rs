@@ -90,7 +90,7 @@ impl<S: Source, St: ShadowStore> Engine<S, St> {
         let started = Instant::now();
         let projection = self.projection(name)?.clone();
         if projection.is_partitioned() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Unsupported(format!(
                 "projection {name} is partitioned; blue/green rebuilds do not support partitions yet: \
                  use `projectionist rebuild {name}` (in place)"
             )));

@@ -241,7 +241,7 @@ pub struct TextRows {
 /// Converts a `query` row's column to a Rust value.
 ///
 /// ```
-/// # use projectionist::core::sql::column;
+/// # use projectionist::sql::column;
 /// let row = serde_json::json!({"n": 3, "name": "x"}).as_object().cloned().unwrap_or_default();
 /// let n: i64 = column(&row, "n").unwrap_or_default();
 /// assert_eq!(n, 3);

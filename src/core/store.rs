@@ -42,19 +42,49 @@ impl RunState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
+    /// The state named `s` (as [`as_str`](Self::as_str) writes it). Any other text is an
+    /// [`Error::InvalidInput`] naming it: a stored state is never guessed.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
             "running" => RunState::Running,
             "paused" => RunState::Paused,
             "stopped" => RunState::Stopped,
             "rebuilding" => RunState::Rebuilding,
-            _ => return None,
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown run state {s:?}: expected running, paused, stopped or rebuilding"
+                )))
+            }
+        })
+    }
+
+    /// The state stored as `text` in the checkpoint row of `projection`'s `partition`. Unknown
+    /// text is a (non-retryable) [`Error::Database`] naming the row, the value and the fix.
+    pub(crate) fn stored(projection: &str, partition: u32, text: &str) -> Result<Self> {
+        RunState::parse(text).map_err(|_| Error::Database {
+            op: "reading a projection's run state",
+            message: format!(
+                "projection {projection} partition {partition} has the unknown run state {text:?} in its \
+                 checkpoint row (projectionist knows running, paused, stopped and rebuilding; was it \
+                 written by hand, or by a newer version?); set a known one with `projectionist pause \
+                 {projection}` or `projectionist resume {projection}`"
+            ),
+            retryable: false,
+            cause: None,
         })
     }
 
     /// Whether a runner applies events in this state.
     pub fn is_active(self) -> bool {
         matches!(self, RunState::Running | RunState::Rebuilding)
+    }
+}
+
+impl std::str::FromStr for RunState {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        RunState::parse(s)
     }
 }
 
@@ -287,7 +317,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 fn unsupported(what: &str) -> Error {
-    Error::Invalid(format!(
+    Error::Unsupported(format!(
         "{what} need a store that supports it (PostgreSQL); this store does not"
     ))
 }

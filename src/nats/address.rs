@@ -36,7 +36,7 @@ impl std::fmt::Debug for Address {
 }
 
 fn invalid(message: String) -> Error {
-    Error::Invalid(message)
+    Error::Config(message)
 }
 
 impl Address {

@@ -54,7 +54,8 @@ pub const DEFAULT_CONSUMER_PREFIX: &str = "projectionist-";
 /// The metric counting malformed envelopes, labelled by projection.
 pub const METRIC_MALFORMED: &str = "projectionist_nats_malformed_total";
 
-/// A broker failure, as an I/O error naming the operation.
+/// A broker failure during `op` (retryable: the client reconnects, and the operation is
+/// tried again).
 pub(crate) fn broker(op: impl std::fmt::Display, err: impl std::fmt::Display) -> Error {
     let message = err.to_string();
     let hint = if message.contains("no responders") {
@@ -62,9 +63,11 @@ pub(crate) fn broker(op: impl std::fmt::Display, err: impl std::fmt::Display) ->
     } else {
         ""
     };
-    Error::Io(std::io::Error::other(format!(
-        "NATS JetStream: {op}: {message}{hint}"
-    )))
+    Error::Broker {
+        broker: "NATS JetStream",
+        message: format!("NATS JetStream: {op}: {message}{hint}"),
+        retryable: true,
+    }
 }
 
 /// A JetStream stream as a [`Source`]. Cheap to clone; clones share the connection and the
@@ -192,13 +195,13 @@ impl NatsSourceBuilder {
 
     fn check(&self) -> Result<(String, String)> {
         let stream = self.address.stream.clone().ok_or_else(|| {
-            Error::Invalid(
+            Error::Config(
                 "no JetStream stream named: add ?stream=NAME to the NATS source URL (e.g. nats://127.0.0.1:4222?stream=EVENTS)"
                     .into(),
             )
         })?;
         if !valid_name(&stream) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Config(format!(
                 "{stream:?} cannot name a JetStream stream: no whitespace, '.', '*', '>' or path separators"
             )));
         }
@@ -208,7 +211,7 @@ impl NatsSourceBuilder {
             .clone()
             .unwrap_or_else(|| DEFAULT_CONSUMER_PREFIX.to_owned());
         if !prefix.is_empty() && !valid_name(&prefix) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Config(format!(
                 "consumer prefix {prefix:?} cannot start a consumer name: no whitespace, '.', '*', '>' or path separators"
             )));
         }
@@ -222,7 +225,7 @@ impl NatsSourceBuilder {
                 let whose = projection.map_or("the default subject".to_owned(), |p| {
                     format!("projection {p}'s subject")
                 });
-                return Err(Error::Invalid(format!(
+                return Err(Error::Config(format!(
                     "{whose} {subject:?} is not a NATS subject filter: dot-separated tokens without spaces, \
                      `*` for one token and `>` as the last one, e.g. \"orders.>\""
                 )));
@@ -267,7 +270,7 @@ impl NatsSourceBuilder {
             .or_else(|| self.address.creds.as_ref().map(PathBuf::from));
         if let Some(path) = creds {
             options = options.credentials_file(&path).await.map_err(|e| {
-                Error::Invalid(format!(
+                Error::Config(format!(
                     "cannot use the NATS credentials file {}: {e}",
                     path.display()
                 ))
@@ -279,7 +282,7 @@ impl NatsSourceBuilder {
             .iter()
             .map(|s| {
                 s.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| Error::Invalid(format!("bad NATS server address {s}: {e}")))
+                    .map_err(|e| Error::Config(format!("bad NATS server address {s}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
         let client = options
@@ -293,7 +296,7 @@ impl NatsSourceBuilder {
                 GetStreamErrorKind::JetStream(js)
                     if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    Error::Invalid(format!(
+                    Error::Config(format!(
                         "NATS at {} has no JetStream stream {stream_name}; create it (for example \
                          `nats stream add {stream_name} --subjects 'events.>'`) or name another with ?stream=NAME",
                         self.address.servers.join(",")
@@ -316,7 +319,7 @@ impl NatsSourceBuilder {
                 )
             {
                 if !stream_subjects.iter().any(|s| subject_within(subject, s)) {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Config(format!(
                         "{whose} {subject:?} is not within the subjects of stream {stream_name} ({}); \
                          its consumer would never see a message",
                         stream_subjects.join(", ")
@@ -503,13 +506,13 @@ fn position(checkpoint: Checkpoint) -> u64 {
 impl Source for NatsSource {
     async fn read(&self, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
         let Some(projection) = filter.projection.as_ref() else {
-            return Err(Error::Invalid(
+            return Err(Error::InvalidInput(
                 "a NATS source reads for a named projection (Filter::projection), whose durable consumer it keeps"
                     .into(),
             ));
         };
         if let Some(p) = filter.partition.filter(|p| p.count > 1) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Unsupported(format!(
                 "projection {projection} has {} partitions, and a NATS source does not partition: set partitions = 1 \
                  (scale out with one process per projection instead)",
                 p.count

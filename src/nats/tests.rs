@@ -371,7 +371,7 @@ async fn an_engine_over_nats_and_sqlite_catches_up_exactly() {
         .unwrap()
         .with(counter("odd"))
         .unwrap();
-    let reports = engine.catch_up(&[], None).await.expect("catch up");
+    let reports = engine.catch_up().await.expect("catch up");
     assert!(
         reports.iter().all(|r| r.checkpoint == Checkpoint::at(n)),
         "{reports:?}"
@@ -398,7 +398,7 @@ async fn an_engine_over_nats_and_sqlite_catches_up_exactly() {
     );
 
     // A rebuild replays from the start through a recreated consumer.
-    let report = engine.rebuild("odd", None).await.expect("rebuild");
+    let report = engine.rebuild("odd").await.expect("rebuild");
     assert_eq!(report.checkpoint, Checkpoint::at(n));
     assert_eq!(count("SELECT count(*) FROM odd_rows").await, n / 2);
 }

@@ -47,7 +47,7 @@ impl EventLog for PgStore {
                 (it, chunk)
             })
             .await
-            .map_err(|e| Error::Invalid(format!("reading the import panicked: {e}")))?;
+            .map_err(|e| Error::task("reading the import", e))?;
             if chunk.is_empty() {
                 break;
             }
@@ -74,7 +74,7 @@ impl EventLog for PgStore {
                             .and_then(|id| Uuid::parse_str(id).ok())
                             .unwrap_or_default(),
                     },
-                    _ => db("importing events", &e),
+                    _ => db("importing events", e),
                 }
             })?;
             n += rows.len() as u64;
@@ -114,6 +114,7 @@ impl PgStore {
                         op: "appending events",
                         message: "concurrent appends kept taking the same stream versions; try again".into(),
                         retryable: true,
+                        cause: None,
                     })
                 }
                 Err(AppendError::Fail(e)) => return Err(e),
@@ -206,10 +207,10 @@ impl PgStore {
         read: &HashMap<String, i64>,
     ) -> AppendError {
         let Some(dbe) = e.as_db_error() else {
-            return AppendError::Fail(db("appending events", &e));
+            return AppendError::Fail(db("appending events", e));
         };
         if dbe.code() != &tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
-            return AppendError::Fail(db("appending events", &e));
+            return AppendError::Fail(db("appending events", e));
         }
         if dbe.constraint() == Some("events_event_id_key") {
             let event_id = dbe
@@ -270,17 +271,20 @@ impl AppendError {
     fn into_error(self) -> Error {
         match self {
             AppendError::Fail(e) => e,
-            AppendError::Race => Error::Invalid("a concurrent append raced the import".into()),
+            AppendError::Race => Error::Internal(
+                "a concurrent append took a stream version while the import held the events table's lock"
+                    .into(),
+            ),
         }
     }
 }
 
 fn validate(a: &StreamAppend) -> Result<()> {
     if a.stream_id.is_empty() {
-        return Err(Error::Invalid("stream_id must not be empty".into()));
+        return Err(Error::InvalidInput("stream_id must not be empty".into()));
     }
     if a.events.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "nothing to append to stream {}",
             a.stream_id
         )));

@@ -94,7 +94,7 @@ impl<'t, 'c> Flusher<'t, 'c> {
                 Some(request) = requests.recv() => self.serve(batch, request).await,
                 joined = &mut task => {
                     batch.set_reader(None);
-                    return joined.map_err(|e| Error::Invalid(format!("a projection body panicked: {e}")));
+                    return joined.map_err(|e| Error::task("a projection body", e));
                 }
             }
         }
@@ -214,7 +214,10 @@ pub(crate) async fn batch_wide(
 ) -> Result<Result<Applied, BatchFailure>, Error> {
     let start = range.start;
     let Some(slice) = events.get(range.clone()) else {
-        return Err(Error::Invalid("commit range outside its events".into()));
+        return Err(Error::InvalidInput(format!(
+            "commit range {range:?} is outside its {} events",
+            events.len()
+        )));
     };
     if slice.is_empty() {
         return Ok(Ok(Applied::default()));
@@ -264,14 +267,14 @@ impl Flusher<'_, '_> {
                     error::describe(&e)
                 ))))
             }
-            Err(e) => return Err(PrefetchError::Store(error::db("loading documents", &e))),
+            Err(e) => return Err(PrefetchError::Store(error::db("loading documents", e))),
         };
         let mut loaded = Vec::with_capacity(rows.len());
         for r in &rows {
             match r.try_get::<_, serde_json::Value>(0) {
                 Ok(serde_json::Value::Object(m)) => loaded.push(m),
                 Ok(_) => {}
-                Err(e) => return Err(PrefetchError::Store(error::db("loading documents", &e))),
+                Err(e) => return Err(PrefetchError::Store(error::db("loading documents", e))),
             }
         }
         Ok(loaded)

@@ -47,9 +47,11 @@ impl PgStore {
             ],
         );
         if c.events.get(c.range.clone()).is_none() {
-            return Err(CommitError::Store(Error::Invalid(
-                "commit range outside its events".into(),
-            )));
+            return Err(CommitError::Store(Error::InvalidInput(format!(
+                "commit range {:?} is outside its {} events",
+                c.range,
+                c.events.len()
+            ))));
         }
         let batch = Arc::new(batch);
         let mut client = self.client_for("beginning a batch").await?;
@@ -66,12 +68,13 @@ impl PgStore {
         )
         .await
         .map_err(CommitError::Store)?;
-        if early_failure.is_some() {
+        let seen = if early_failure.is_some() {
             // Only check the checkpoint: a fenced or paused runner hears that first.
             flusher.keep_through(&batch, cas);
+            None
         } else {
-            self.queue_commit_tail(&batch, &c, partition, applied);
-        }
+            self.queue_commit_tail(&batch, &c, partition, applied)
+        };
         let outcome = flusher.finish(&batch).await;
         let cas_moved = match &outcome {
             Ok(counts) => counts.get(cas).copied().unwrap_or(0) > 0,
@@ -95,7 +98,7 @@ impl PgStore {
             }
             Err(PipelineError { error, index, .. }) if index <= cas => {
                 drop(tx);
-                Err(CommitError::Store(db("moving the checkpoint", &error)))
+                Err(CommitError::Store(db("moving the checkpoint", error)))
             }
             _ if !cas_moved => {
                 let _ = tx.rollback().await;
@@ -112,6 +115,10 @@ impl PgStore {
                     Ok(())
                 }
             },
+            Err(f) if Some(f.index) == seen && is_unique_violation(&f.error) => {
+                let _ = tx.rollback().await;
+                Err(CommitError::Store(already_seen(&c.projection, f.error)))
+            }
             Err(f) => {
                 let _ = tx.rollback().await;
                 let message = f.message();
@@ -123,15 +130,22 @@ impl PgStore {
                             error: HandlerError::msg(message),
                         }))
                     }
-                    Origin::Event(_) => Err(CommitError::Store(db("applying a batch", &error))),
-                    _ => Err(CommitError::Store(db("committing a batch", &error))),
+                    Origin::Event(_) => Err(CommitError::Store(db("applying a batch", error))),
+                    _ => Err(CommitError::Store(db("committing a batch", error))),
                 }
             }
         }
     }
 
-    /// Queues what every commit ends with: dead letters, counters and the notification.
-    fn queue_commit_tail(&self, batch: &PgBatch, c: &Commit<PgBody>, partition: i32, applied: Applied) {
+    /// Queues what every commit ends with: dead letters, seen event ids, counters and the
+    /// notification. Returns the index of the statement recording the seen ids, if any.
+    fn queue_commit_tail(
+        &self,
+        batch: &PgBatch,
+        c: &Commit<PgBody>,
+        partition: i32,
+        applied: Applied,
+    ) -> Option<usize> {
         let sql = &self.inner.sql;
         for dl in &c.dead_letters {
             let e = &dl.event;
@@ -155,12 +169,12 @@ impl PgStore {
                 ],
             );
         }
-        if !c.record_ids.is_empty() {
+        let seen = (!c.record_ids.is_empty()).then(|| {
             batch.store(
                 sql.record_seen.clone(),
                 params![c.projection.to_string(), c.record_ids.clone()],
-            );
-        }
+            )
+        });
         batch.store(
             sql.counters.clone(),
             params![
@@ -177,6 +191,7 @@ impl PgStore {
             "SELECT pg_notify($1, '')",
             params![sql.checkpoints_channel.clone()],
         );
+        seen
     }
 
     /// A commit of a body that sees the whole batch at once (a document projection): in one
@@ -204,7 +219,7 @@ impl PgStore {
                     let _ = tx.rollback().await;
                     return Err(CommitError::LeaseLost);
                 }
-                Err(e) => return Err(CommitError::Store(db("checking the partition's lease", &e))),
+                Err(e) => return Err(CommitError::Store(db("checking the partition's lease", e))),
             }
             let st = tx.prepare_cached(&sql.mark_owner).await.map_err(&cas_err)?;
             tx.execute(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
@@ -249,12 +264,16 @@ impl PgStore {
                 return Err(CommitError::Handler(f));
             }
         };
-        self.queue_commit_tail(&batch, &c, partition, applied);
+        let seen = self.queue_commit_tail(&batch, &c, partition, applied);
         match flusher.finish(&batch).await {
             Ok(_) => {
                 tx.commit().await.map_err(db_err("committing a batch"))?;
                 bump(&self.inner.checkpoints);
                 Ok(())
+            }
+            Err(f) if Some(f.index) == seen && is_unique_violation(&f.error) => {
+                drop(tx);
+                Err(CommitError::Store(already_seen(&c.projection, f.error)))
             }
             Err(f) => {
                 drop(tx);
@@ -265,7 +284,7 @@ impl PgStore {
                             error: HandlerError::msg(f.message()),
                         }))
                     }
-                    _ => Err(CommitError::Store(db("committing a batch", &f.error))),
+                    _ => Err(CommitError::Store(db("committing a batch", f.error))),
                 }
             }
         }
@@ -275,11 +294,109 @@ impl PgStore {
     async fn diagnose(&self, client: &deadpool_postgres::Object, name: &str, partition: i32) -> CommitError {
         match self.load_record(client, name, partition).await {
             Err(e) => CommitError::Store(e),
-            Ok(None) => CommitError::Store(Error::Invalid(format!(
+            Ok(None) => CommitError::Store(Error::InvalidInput(format!(
                 "projection {name} partition {partition} has no checkpoint; prepare it first"
             ))),
             Ok(Some(r)) if !r.state.is_active() => CommitError::NotActive { state: r.state },
             Ok(Some(r)) => CommitError::Fenced { actual: r.checkpoint },
         }
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+/// A commit recorded an event id that an earlier commit of the projection had recorded: a
+/// redelivered event reached a commit. Retryable: nothing of the commit was written, and the
+/// runner's re-read drops the event.
+fn already_seen(projection: &str, e: tokio_postgres::Error) -> Error {
+    Error::Database {
+        op: "recording seen event ids",
+        message: format!(
+            "{}: an event id is already recorded as applied by projection {projection}: a redelivered \
+             event reached a commit (another runner applied it first, or it came twice in one batch); \
+             nothing of this commit was written, and a re-read drops it",
+            error::describe(&e)
+        ),
+        retryable: true,
+        cause: Some(Box::new(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use uuid::Uuid;
+
+    use crate::core::event::{Checkpoint, Event};
+    use crate::core::store::{Commit, CommitError, Store};
+    use crate::postgres::{PgBody, PgHandlers, PgProjection, PgStore};
+
+    fn commit(body: &Arc<PgBody>, position: i64, id: Uuid) -> Commit<PgBody> {
+        let event = Event {
+            position,
+            txid: 0,
+            stream_id: "s".into(),
+            stream_version: position,
+            event_type: "T".into(),
+            event_id: id,
+            data: Arc::from("{}"),
+            metadata: Arc::from("{}"),
+            recorded_at: chrono::Utc::now(),
+        };
+        Commit {
+            projection: Arc::from("p"),
+            partition: 0,
+            body: body.clone(),
+            events: Arc::from(vec![event]),
+            range: 0..1,
+            expected: Checkpoint::at(position - 1),
+            to: Checkpoint::at(position),
+            dead_letters: Vec::new(),
+            stats: Default::default(),
+            last_error: None,
+            fence: None,
+            record_ids: vec![id],
+        }
+    }
+
+    #[tokio::test]
+    async fn an_id_recorded_again_fails_the_commit_whole_and_retryably() {
+        let Some((schema, admin)) =
+            projectionist_testkit::postgres::fresh_schema("seen_twice", "pt_unit").await
+        else {
+            return;
+        };
+        let store = PgStore::builder(&projectionist_testkit::postgres_url())
+            .unwrap()
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap();
+        let body = PgProjection::new("p", PgHandlers::new()).body().clone();
+        store.prepare("p", 0, body.clone()).await.unwrap();
+        let id = Uuid::new_v4();
+        store.commit(commit(&body, 1, id)).await.unwrap();
+        match store.commit(commit(&body, 2, id)).await {
+            Err(CommitError::Store(e)) => {
+                let text = e.to_string();
+                assert!(e.is_retryable(), "{e:?}");
+                assert!(
+                    text.contains("already recorded") && text.contains("23505"),
+                    "{text}"
+                );
+                assert_eq!((e.sqlstate(), e.sqlite_code()), (Some("23505"), None));
+            }
+            other => panic!("expected a retryable store error, got {other:?}"),
+        }
+        let record = store.record("p", 0).await.unwrap().unwrap();
+        assert_eq!(
+            record.checkpoint,
+            Checkpoint::at(1),
+            "nothing of the second commit"
+        );
+        projectionist_testkit::postgres::drop_schema(&admin, &schema).await;
     }
 }

@@ -173,7 +173,7 @@ impl PgBuilder {
     /// Connects, creates the engine's tables (idempotently), and starts listening.
     pub async fn connect(self) -> Result<PgStore> {
         if !valid_schema(&self.schema) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Config(format!(
                 "invalid PostgreSQL schema name {:?}: use lower-case letters, digits and _, at most 48 characters",
                 self.schema
             )));
@@ -215,7 +215,7 @@ impl PgBuilder {
             .create_timeout(Some(Duration::from_secs(10)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
-            .map_err(|e| Error::Invalid(format!("cannot build the PostgreSQL connection pool: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot build the PostgreSQL connection pool: {e}")))?;
 
         let connect_err = |e: deadpool_postgres::PoolError| {
             let mut e = pool_err("connecting", e);
@@ -232,7 +232,7 @@ impl PgBuilder {
                 .and_then(|r| r.try_get(0))
                 .map_err(db_err("checking the server version"))?;
             if version < 130_000 {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Unsupported(format!(
                     "PostgreSQL at {location} is version {version}; projectionist needs 13 or later \
                      (for pg_current_xact_id and gen_random_uuid)"
                 )));
@@ -319,7 +319,7 @@ impl PgStore {
     pub fn builder(url: &str) -> Result<PgBuilder> {
         let (url, schema) = split_schema_param(url);
         let config = tokio_postgres::Config::from_str(&url).map_err(|e| {
-            Error::Invalid(format!(
+            Error::Config(format!(
                 "invalid PostgreSQL URL: {e}; expected postgres://user[:password]@host[:port]/database[?schema=NAME]"
             ))
         })?;

@@ -92,7 +92,7 @@ impl PgStore {
                                 ..
                             },
                         ) if !error::retryable(&f.error) => Some(HandlerError::msg(f.message())),
-                        Err(f) => return Err(db("retrying a dead letter", &f.error)),
+                        Err(f) => return Err(db("retrying a dead letter", f.error)),
                     }
                 }
             }

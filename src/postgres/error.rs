@@ -47,10 +47,11 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A database error during `op`.
-pub(crate) fn db(op: &'static str, e: &tokio_postgres::Error) -> Error {
-    let retryable = retryable(e);
-    let mut message = describe(e);
+/// A database error during `op`, keeping `e` (and so its SQLSTATE, see
+/// [`Error::sqlstate`]).
+pub(crate) fn db(op: &'static str, e: tokio_postgres::Error) -> Error {
+    let retryable = retryable(&e);
+    let mut message = describe(&e);
     if retryable {
         message.push_str("; the operation is retried with backoff once the database is reachable again");
     }
@@ -58,36 +59,36 @@ pub(crate) fn db(op: &'static str, e: &tokio_postgres::Error) -> Error {
         op,
         message,
         retryable,
+        cause: Some(Box::new(e)),
     }
 }
 
 /// `db(op, e)` as a closure for `map_err`.
 pub(crate) fn db_err(op: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
-    move |e| db(op, &e)
+    move |e| db(op, e)
 }
 
 /// A pool error during `op` (no connection could be had).
 pub(crate) fn pool(op: &'static str, e: deadpool_postgres::PoolError) -> Error {
     use deadpool_postgres::PoolError;
-    match e {
-        PoolError::Backend(e) => db(op, &e),
-        PoolError::Timeout(t) => Error::Database {
-            op,
-            message: format!(
+    if let PoolError::Backend(e) = e {
+        return db(op, e);
+    }
+    let (message, retryable) = match &e {
+        PoolError::Timeout(t) => (
+            format!(
                 "timed out waiting for a PostgreSQL connection ({t:?}); check that the database is \
                  reachable and that the pool is large enough"
             ),
-            retryable: true,
-        },
-        PoolError::Closed => Error::Database {
-            op,
-            message: "the connection pool is closed".into(),
-            retryable: false,
-        },
-        other => Error::Database {
-            op,
-            message: format!("cannot get a PostgreSQL connection: {other}"),
-            retryable: true,
-        },
+            true,
+        ),
+        PoolError::Closed => ("the connection pool is closed".to_owned(), false),
+        other => (format!("cannot get a PostgreSQL connection: {other}"), true),
+    };
+    Error::Database {
+        op,
+        message,
+        retryable,
+        cause: Some(Box::new(e)),
     }
 }

@@ -60,7 +60,7 @@ impl InlineAppend<PgStore> for PgStore {
         if !Arc::ptr_eq(&log.inner, &self.inner)
             && (log.location() != self.location() || log.schema() != self.schema())
         {
-            return Err(Error::Invalid(
+            return Err(Error::Config(
                 "inline projections need the events and the read models in the same PostgreSQL database and schema"
                     .into(),
             ));
@@ -103,6 +103,7 @@ impl PgStore {
                         OLDER_TX_WAIT
                     ),
                     retryable: true,
+                    cause: None,
                 });
             }
             tokio::time::sleep(pause).await;
@@ -158,7 +159,7 @@ impl PgStore {
         }
         let Some(row) = row else { return Ok(()) };
         let state: String = row.try_get(2).map_err(&err)?;
-        if RunState::parse(&state) != Some(RunState::Running) {
+        if RunState::stored(name, 0, &state)? != RunState::Running {
             // Paused, stopped or rebuilding: its runner catches up later.
             return Ok(());
         }
@@ -247,7 +248,7 @@ impl PgStore {
         .map_err(|f| failed(f.index, f.error.to_string()))?;
         flusher.finish(&b).await.map_err(|f| match f.origin {
             Origin::Event(i) if !error::retryable(&f.error) => failed(i, f.message()),
-            _ => db("applying an inline projection", &f.error),
+            _ => db("applying an inline projection", f.error),
         })?;
         Ok(applied)
     }

@@ -27,7 +27,9 @@ impl PgStore {
             .await
             .map_err(&err)?;
         let row = client.query_opt(&st, &[&name, &partition]).await.map_err(&err)?;
-        row.as_ref().map(record_from_row).transpose().map_err(&err)
+        row.as_ref()
+            .map(|r| record_from_row(r, "reading the checkpoint"))
+            .transpose()
     }
 
     /// Every checkpoint record (`Store::records`).
@@ -39,7 +41,9 @@ impl PgStore {
             .await
             .map_err(&err)?;
         let rows = client.query(&st, &[]).await.map_err(&err)?;
-        rows.iter().map(|r| record_from_row(r).map_err(&err)).collect()
+        rows.iter()
+            .map(|r| record_from_row(r, "reading checkpoints"))
+            .collect()
     }
 
     /// Runs the body's `setup` and makes sure the checkpoint row exists (`Store::prepare`).
@@ -63,7 +67,7 @@ impl PgStore {
             .await?;
         self.load_record(&client, name, p)
             .await?
-            .ok_or_else(|| Error::Invalid(format!("checkpoint of {name} vanished during setup")))
+            .ok_or_else(|| Error::Internal(format!("checkpoint of {name} vanished during setup")))
     }
 
     /// Runs the body's `reset` and rewinds the checkpoint (`Store::reset`).
@@ -120,7 +124,7 @@ impl PgStore {
             .map_err(db_err("changing the projection state"))?;
         batch::run(&tx, &queued)
             .await
-            .map_err(|f| db("changing the projection state", &f.error))?;
+            .map_err(|f| db("changing the projection state", f.error))?;
         tx.commit().await.map_err(db_err("committing a state change"))?;
         bump(&self.inner.checkpoints);
         Ok(())
@@ -166,7 +170,7 @@ impl PgStore {
                     step,
                     message: f.message(),
                 },
-                _ => db("changing a projection", &f.error),
+                _ => db("changing a projection", f.error),
             });
         }
         // Statements the body asked to check (declarative handlers): prepare each, inside a
@@ -193,7 +197,7 @@ impl PgStore {
                         });
                     }
                 }
-                Err(e) if error::retryable(&e) => return Err(db("checking a projection's statements", &e)),
+                Err(e) if error::retryable(&e) => return Err(db("checking a projection's statements", e)),
                 Err(e) => {
                     let ambiguous = e
                         .code()

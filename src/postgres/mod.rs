@@ -142,7 +142,7 @@ impl std::fmt::Debug for PgStore {
 
 fn partition_i32(partition: u32) -> Result<i32> {
     i32::try_from(partition).map_err(|_| {
-        Error::Invalid(format!(
+        Error::InvalidInput(format!(
             "partition {partition} is too large for PostgreSQL (max {})",
             i32::MAX
         ))

@@ -47,7 +47,7 @@ fn seconds(d: Duration) -> f64 {
 /// Refuses a partition that does not exist.
 fn check_slice(slice: PartitionSlice) -> Result<()> {
     if slice.count == 0 || slice.index >= slice.count {
-        return Err(Error::Invalid(format!(
+        return Err(Error::InvalidInput(format!(
             "partition {} of {} does not exist",
             slice.index, slice.count
         )));
@@ -385,7 +385,7 @@ impl PgStore {
                 &[&m.projection.as_ref(), &m.node.as_ref(), &partitions, &tokens],
             )
             .await
-            .map_err(|e| db("releasing leases", &e))?;
+            .map_err(|e| db("releasing leases", e))?;
         Ok(())
     }
 
@@ -445,5 +445,5 @@ impl PgStore {
 }
 
 fn poisoned() -> Error {
-    Error::Invalid("an internal lock was poisoned by a panic; restart the process".into())
+    Error::Internal("an internal lock was poisoned by a panic; restart the process".into())
 }

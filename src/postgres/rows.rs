@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::error::db_err;
+use crate::core::error::Error;
 use crate::core::event::{Checkpoint, Event};
 use crate::core::store::{DeadLetter, ProjectionRecord, RunState};
 
@@ -25,27 +27,36 @@ pub(super) fn event_from_row(r: &Row) -> Result<Event, tokio_postgres::Error> {
     })
 }
 
-pub(super) fn record_from_row(r: &Row) -> Result<ProjectionRecord, tokio_postgres::Error> {
-    let state: String = r.try_get(4)?;
+/// A checkpoint record; `op` names the reading operation in errors. An unknown run state is
+/// an error naming it, never a guess.
+pub(super) fn record_from_row(r: &Row, op: &'static str) -> Result<ProjectionRecord, Error> {
+    let err = db_err(op);
+    let name: String = r.try_get(0).map_err(&err)?;
+    let partition = r.try_get::<_, i32>(1).map_err(&err)?.max(0) as u32;
+    let state: String = r.try_get(4).map_err(&err)?;
+    let state = RunState::stored(&name, partition, &state)?;
     let count =
         |i: usize| -> Result<u64, tokio_postgres::Error> { Ok(r.try_get::<_, i64>(i)?.max(0) as u64) };
-    Ok(ProjectionRecord {
-        name: r.try_get(0)?,
-        partition: r.try_get::<_, i32>(1)?.max(0) as u32,
-        checkpoint: Checkpoint {
-            txid: r.try_get(2)?,
-            position: r.try_get(3)?,
-        },
-        state: RunState::parse(&state).unwrap_or(RunState::Stopped),
-        reason: r.try_get(5)?,
-        applied: count(6)?,
-        ignored: count(7)?,
-        errors: count(8)?,
-        events_per_second: r.try_get(9)?,
-        last_error: r.try_get(10)?,
-        updated_at: r.try_get(11)?,
-        dead_letters: count(12)?,
-    })
+    let rest = move || -> Result<ProjectionRecord, tokio_postgres::Error> {
+        Ok(ProjectionRecord {
+            name,
+            partition,
+            checkpoint: Checkpoint {
+                txid: r.try_get(2)?,
+                position: r.try_get(3)?,
+            },
+            state,
+            reason: r.try_get(5)?,
+            applied: count(6)?,
+            ignored: count(7)?,
+            errors: count(8)?,
+            events_per_second: r.try_get(9)?,
+            last_error: r.try_get(10)?,
+            updated_at: r.try_get(11)?,
+            dead_letters: count(12)?,
+        })
+    };
+    rest().map_err(&err)
 }
 
 pub(super) fn dead_letter_from_row(r: &Row) -> Result<DeadLetter, tokio_postgres::Error> {

@@ -4,9 +4,13 @@ use crate::core::error::Error;
 
 /// What can go wrong with a [`RabbitSource`](super::RabbitSource).
 ///
-/// The [`Source`](crate::Source) methods return the engine's [`Error`]: broker failures become
-/// retryable [`Error::Database`] errors (the runner retries them with backoff), the others
-/// [`Error::Invalid`], with the same message.
+/// The [`Source`](crate::Source) methods return the engine's [`Error`], with the same message:
+/// broker failures ([`Connect`](RabbitError::Connect), [`Broker`](RabbitError::Broker),
+/// [`QueueInUse`](RabbitError::QueueInUse)) become retryable [`Error::Broker`] errors (the
+/// runner retries them with backoff), [`Config`](RabbitError::Config) becomes
+/// [`Error::Config`], [`NoReplay`](RabbitError::NoReplay) and
+/// [`Partitioned`](RabbitError::Partitioned) [`Error::Unsupported`], and
+/// [`NoProjection`](RabbitError::NoProjection) [`Error::InvalidInput`].
 #[derive(Debug, thiserror::Error)]
 pub enum RabbitError {
     /// The URL or an option is not valid.
@@ -55,16 +59,72 @@ impl RabbitError {
 
 impl From<RabbitError> for Error {
     fn from(e: RabbitError) -> Self {
-        let op = match &e {
-            RabbitError::Connect { .. } => "connecting to RabbitMQ",
-            RabbitError::QueueInUse { .. } => "consuming from RabbitMQ",
-            RabbitError::Broker { .. } => "talking to RabbitMQ",
-            _ => return Error::Invalid(e.to_string()),
-        };
-        Error::Database {
-            op,
-            message: e.to_string(),
-            retryable: true,
+        let message = e.to_string();
+        match e {
+            RabbitError::Connect { .. } | RabbitError::Broker { .. } | RabbitError::QueueInUse { .. } => {
+                Error::Broker {
+                    broker: "RabbitMQ",
+                    message,
+                    retryable: true,
+                }
+            }
+            RabbitError::Config { .. } => Error::Config(message),
+            RabbitError::NoReplay { .. } | RabbitError::Partitioned { .. } => Error::Unsupported(message),
+            RabbitError::NoProjection => Error::InvalidInput(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rabbit_error_keeps_its_message_under_the_engine_error_of_its_kind() {
+        let cases = [
+            RabbitError::Connect {
+                url: "amqp://h".into(),
+                message: "refused".into(),
+            },
+            RabbitError::QueueInUse {
+                projection: "p".into(),
+                queue: "q".into(),
+            },
+            RabbitError::Config {
+                url: "amqp://h".into(),
+                message: "bad prefetch".into(),
+            },
+            RabbitError::NoReplay {
+                projection: "p".into(),
+                queue: "q".into(),
+                after: 0,
+                acknowledged: 3,
+            },
+            RabbitError::NoProjection,
+        ];
+        for e in cases {
+            let (text, retryable) = (e.to_string(), e.is_retryable());
+            let ours = Error::from(e);
+            assert_eq!(ours.to_string(), text);
+            assert_eq!(ours.is_retryable(), retryable, "{ours:?}");
+            assert_eq!(ours.is_fatal(), !retryable, "{ours:?}");
+        }
+        assert!(matches!(
+            Error::from(RabbitError::Partitioned {
+                projection: "p".into()
+            }),
+            Error::Unsupported(_)
+        ));
+        assert!(matches!(
+            Error::from(RabbitError::Broker {
+                op: "publishing".into(),
+                message: "channel closed".into()
+            }),
+            Error::Broker {
+                broker: "RabbitMQ",
+                retryable: true,
+                ..
+            }
+        ));
     }
 }

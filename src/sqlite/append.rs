@@ -120,13 +120,13 @@ impl Versions {
     /// Validates an append and returns its stream's current version.
     fn check(&mut self, tx: &Connection, a: &StreamAppend) -> Result<i64> {
         if a.events.is_empty() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::InvalidInput(format!(
                 "nothing to append to stream {}",
                 a.stream_id
             )));
         }
         if a.stream_id.is_empty() {
-            return Err(Error::Invalid("stream_id must not be empty".into()));
+            return Err(Error::InvalidInput("stream_id must not be empty".into()));
         }
         let current = match self.known.get(&a.stream_id) {
             Some(v) => *v,

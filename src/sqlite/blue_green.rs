@@ -24,7 +24,7 @@ use crate::core::shadow::{ShadowStore, Swapped};
 
 fn shadow_path(main: &str, projection: &str) -> Result<PathBuf> {
     if main == ":memory:" {
-        return Err(Error::Invalid(
+        return Err(Error::Unsupported(
             "blue/green rebuilds need a database file, not an in-memory database".into(),
         ));
     }
@@ -71,7 +71,7 @@ impl ShadowStore for SqliteStore {
         let main = PathBuf::from(self.location());
         let name = projection.to_owned();
         let swapper = tokio::task::spawn_blocking(move || swap(&main, &shadow, &name, locked_tx, go_rx));
-        let panicked = |e: tokio::task::JoinError| Error::Invalid(format!("the swap task panicked: {e}"));
+        let panicked = |e: tokio::task::JoinError| Error::task("the swap task", e);
         if locked_rx.await.is_err() {
             // The swapper failed before it held the lock; its error says why.
             return Err(swapper.await.map_err(panicked)?.err().unwrap_or(Error::Shutdown));
@@ -119,7 +119,7 @@ fn swap(
     let err = db_err("swapping in the rebuilt read model");
     let shadow_str = shadow
         .to_str()
-        .ok_or_else(|| Error::Invalid(format!("shadow path {} is not UTF-8", shadow.display())))?;
+        .ok_or_else(|| Error::Unsupported(format!("shadow path {} is not UTF-8", shadow.display())))?;
     let mut conn = Connection::open(main).map_err(&err)?;
     configure(&conn)?;
     conn.execute("ATTACH DATABASE ?1 AS shadow", [shadow_str])

@@ -18,7 +18,7 @@ impl SqliteStore {
         let records_ids = !commit.record_ids.is_empty();
         let res = tokio::task::spawn_blocking(move || commit_blocking(&inner, commit))
             .await
-            .map_err(|e| CommitError::Store(Error::Invalid(format!("a commit task panicked: {e}"))))?;
+            .map_err(|e| CommitError::Store(Error::task("a commit task", e)))?;
         if res.is_ok() {
             Inner::bump(&self.inner.checkpoints);
             if records_ids {
@@ -65,7 +65,7 @@ pub(super) fn commit_in(tx: &Connection, c: &Commit<SqliteBody>) -> Result<(), C
     if moved == 0 {
         let record = load_record(tx, &c.projection, c.partition).map_err(&err)?;
         return Err(match record {
-            None => CommitError::Store(Error::Invalid(format!(
+            None => CommitError::Store(Error::InvalidInput(format!(
                 "projection {} partition {} has no checkpoint; prepare it first",
                 c.projection, c.partition
             ))),
@@ -78,10 +78,13 @@ pub(super) fn commit_in(tx: &Connection, c: &Commit<SqliteBody>) -> Result<(), C
     }
     let mut applied = crate::core::projection::Applied::default();
     if !c.range.is_empty() {
-        let events = c
-            .events
-            .get(c.range.clone())
-            .ok_or_else(|| CommitError::Store(Error::Invalid("commit range outside its events".into())))?;
+        let events = c.events.get(c.range.clone()).ok_or_else(|| {
+            CommitError::Store(Error::InvalidInput(format!(
+                "commit range {:?} is outside its {} events",
+                c.range,
+                c.events.len()
+            )))
+        })?;
         applied = c.body.apply(tx, events).map_err(|f| {
             CommitError::Handler(BatchFailure {
                 index: c.range.start + f.index,

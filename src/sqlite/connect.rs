@@ -72,7 +72,7 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         tokio::task::spawn_blocking(move || Self::open_blocking(&path))
             .await
-            .map_err(|e| Error::Invalid(format!("opening the database panicked: {e}")))?
+            .map_err(|e| Error::task("opening the database", e))?
     }
 
     /// [`open`](Self::open), for code that is not async.
@@ -83,6 +83,7 @@ impl SqliteStore {
                 op: what,
                 message: format!("cannot open SQLite database {location}: {e}"),
                 retryable: false,
+                cause: Some(Box::new(e)),
             })
         };
         let writer = open("opening the database")?;

@@ -27,7 +27,7 @@ impl InlineAppend<SqliteStore> for SqliteStore {
         let same = Arc::ptr_eq(&log.inner, &self.inner)
             || (log.location() == self.location() && self.location() != ":memory:");
         if !inline.is_empty() && !same {
-            return Err(Error::Invalid(
+            return Err(Error::Config(
                 "inline projections need the events and the read models in the same SQLite database".into(),
             ));
         }
@@ -88,9 +88,10 @@ pub(super) fn apply_inline(tx: &Connection, p: &SqliteProjection) -> Result<()> 
                 })
             }
             Err(CommitError::Store(e)) => return Err(e),
+            // The append holds the write lock from reading the checkpoint to this commit.
             Err(CommitError::Fenced { actual }) => {
-                return Err(Error::Invalid(format!(
-                    "inline projection {name}: checkpoint moved to {actual} inside the append"
+                return Err(Error::Internal(format!(
+                    "inline projection {name}: its checkpoint moved to {actual} inside the append, which holds the write lock"
                 )))
             }
             // Inline commits carry no lease.

@@ -65,7 +65,7 @@ impl SqliteStore {
             .map_err(db_err("creating the checkpoint"))?;
             let record = load_record(&tx, &name, partition).map_err(db_err("reading the checkpoint"))?;
             tx.commit().map_err(db_err("committing setup"))?;
-            record.ok_or_else(|| Error::Invalid(format!("checkpoint of {name} vanished during setup")))
+            record.ok_or_else(|| Error::Internal(format!("checkpoint of {name} vanished during setup")))
         })
         .await
     }

@@ -120,8 +120,18 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// A database error during `op`. A row decoder's own error (an unknown stored value) travels
+/// inside rusqlite's conversion error, and comes out as itself.
 fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| {
+        let e = match e {
+            rusqlite::Error::FromSqlConversionFailure(column, kind, cause) => match cause.downcast::<Error>()
+            {
+                Ok(ours) => return *ours,
+                Err(cause) => rusqlite::Error::FromSqlConversionFailure(column, kind, cause),
+            },
+            other => other,
+        };
         let retryable = matches!(
             e.sqlite_error_code(),
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
@@ -130,6 +140,7 @@ fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
             op,
             message: e.to_string(),
             retryable,
+            cause: Some(Box::new(e)),
         }
     }
 }
@@ -154,7 +165,7 @@ impl SqliteStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| Error::Invalid(format!("a database task panicked: {e}")))?
+            .map_err(|e| Error::task("a database task", e))?
     }
 
     /// Runs `f` on the read connection (for queries on read models). Not in a transaction.

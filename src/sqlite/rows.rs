@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use rusqlite::types::Type;
 use rusqlite::Row;
 use uuid::Uuid;
 
@@ -23,6 +24,17 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
         .ok()
         .map(|n| n.and_utc())
+}
+
+/// A timestamp projectionist stored in `column`; unreadable text is an error naming it.
+fn stored_time(column: usize, text: &str) -> rusqlite::Result<DateTime<Utc>> {
+    parse_time(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            Type::Text,
+            format!("{text:?} is not a timestamp (expected RFC 3339, or YYYY-MM-DD HH:MM:SS)").into(),
+        )
+    })
 }
 
 pub(super) const EVENT_COLUMNS: &str =
@@ -56,25 +68,31 @@ pub(super) const RECORD_COLUMNS: &str = "c.projection, c.partition, c.txid, c.po
      c.events_per_second, c.last_error, c.updated_at, \
      (SELECT count(*) FROM projection_dead_letters d WHERE d.projection = c.projection AND d.partition = c.partition)";
 
+/// A checkpoint record. An unknown run state or an unreadable timestamp is an error naming
+/// it, never a guess.
 pub(super) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<ProjectionRecord> {
+    let name: String = row.get(0)?;
+    let partition: u32 = row.get(1)?;
     let state: String = row.get(4)?;
+    let state = RunState::stored(&name, partition, &state)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(4, Type::Text, Box::new(e)))?;
     let updated: Option<String> = row.get(11)?;
     let count = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
     Ok(ProjectionRecord {
-        name: row.get(0)?,
-        partition: row.get(1)?,
+        name,
+        partition,
         checkpoint: Checkpoint {
             txid: row.get(2)?,
             position: row.get(3)?,
         },
-        state: RunState::parse(&state).unwrap_or(RunState::Stopped),
+        state,
         reason: row.get(5)?,
         applied: count(6)?,
         ignored: count(7)?,
         errors: count(8)?,
         events_per_second: row.get(9)?,
         last_error: row.get(10)?,
-        updated_at: updated.as_deref().and_then(parse_time),
+        updated_at: updated.as_deref().map(|t| stored_time(11, t)).transpose()?,
         dead_letters: count(12)?,
     })
 }
@@ -95,7 +113,7 @@ pub(super) fn dead_letter_from_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter
         event,
         error: row.get(11)?,
         attempts: row.get(12)?,
-        first_failed_at: parse_time(&first).unwrap_or_default(),
-        last_failed_at: parse_time(&last).unwrap_or_default(),
+        first_failed_at: stored_time(13, &first)?,
+        last_failed_at: stored_time(14, &last)?,
     })
 }

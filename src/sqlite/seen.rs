@@ -74,6 +74,7 @@ pub(super) fn record_seen(
                          batch); nothing of this commit was written, and a re-read drops it"
                     ),
                     retryable: true,
+                    cause: Some(Box::new(e)),
                 }))
             }
             Err(e) => return Err(CommitError::Store(db_err("recording seen event ids")(e))),

@@ -252,3 +252,62 @@ async fn reset_forgets_the_projections_seen_ids() {
         "other projections keep theirs"
     );
 }
+
+#[tokio::test]
+async fn an_unknown_stored_state_is_an_error_naming_it_not_a_guess() {
+    let store = SqliteStore::in_memory().unwrap();
+    store.prepare("p", 0, body()).await.unwrap();
+    store
+        .write(|db| db.execute("UPDATE projection_checkpoints SET state = 'halted'", []))
+        .await
+        .unwrap();
+    for outcome in [
+        store.record("p", 0).await.map(|_| ()),
+        store.records().await.map(|_| ()),
+    ] {
+        let err = outcome.unwrap_err();
+        assert!(
+            matches!(&err, Error::Database { retryable: false, .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("projection p partition 0") && text.contains("\"halted\""),
+            "{text}"
+        );
+    }
+    // Setting a known state is the way out.
+    store.set_state("p", None, RunState::Paused, None).await.unwrap();
+    assert_eq!(
+        store.record("p", 0).await.unwrap().unwrap().state,
+        RunState::Paused
+    );
+}
+
+#[tokio::test]
+async fn a_database_error_keeps_sqlites_extended_code() {
+    let store = SqliteStore::in_memory().unwrap();
+    store
+        .write(|db| db.execute_batch("CREATE TABLE u (x TEXT UNIQUE); INSERT INTO u VALUES ('a')"))
+        .await
+        .unwrap();
+    let err = store
+        .write(|db| db.execute("INSERT INTO u VALUES ('a')", []))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Database {
+                op: "writing",
+                retryable: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.sqlite_code(), Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE));
+    assert_eq!(err.sqlstate(), None);
+    assert!(err.database_cause().is_some_and(|c| c.is::<rusqlite::Error>()));
+    assert!(err.to_string().contains("UNIQUE constraint failed: u.x"), "{err}");
+}

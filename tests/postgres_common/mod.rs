@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use projectionist::backend::Store;
 use projectionist::postgres::{PgHandlers, PgStore};
-use projectionist::{Checkpoint, Store};
+use projectionist::Checkpoint;
 use projectionist_testkit::postgres as kit;
 
 pub fn url() -> String {

@@ -9,7 +9,7 @@
 //!   out-of-order event fails the handler.
 #![allow(dead_code)]
 
-use projectionist::core::sql::{column, Dialect, SqlTx, SqlValue};
+use projectionist::sql::{column, Dialect, SqlTx, SqlValue};
 use projectionist::{Event, HandlerError, Handlers};
 use serde_json::Value;
 

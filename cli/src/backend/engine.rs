@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use projectionist::backend::{AnyEngine, AnySource, Store};
 use projectionist::declarative::Config;
-use projectionist::{AnyEngine, AnySource, Store};
 
 use super::Database;
 

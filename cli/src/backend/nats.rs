@@ -1,10 +1,10 @@
 //! `nats://HOST:4222?stream=NAME`: a NATS JetStream stream as the event source.
 
 use anyhow::Result;
-use projectionist::core::erased::BoxFuture;
+use projectionist::backend::AnySource;
+use projectionist::backend::BoxFuture;
 use projectionist::declarative::Config;
 use projectionist::nats::NatsSource;
-use projectionist::AnySource;
 
 use super::registry::OpenedSource;
 use super::SourceBackend;
@@ -33,7 +33,10 @@ impl SourceBackend for Nats {
                     describe: format!("NATS JetStream {}", source.location()),
                     source: AnySource::new(source),
                 }),
-                Err(projectionist::Error::Invalid(m)) => Err(usage(format!("{shown}: {m}"))),
+                // A missing stream, a subject outside it, bad credentials: the user's to fix.
+                Err(e @ (projectionist::Error::Config(_) | projectionist::Error::Unsupported(_))) => {
+                    Err(usage(format!("{shown}: {e}")))
+                }
                 Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
             }
         })

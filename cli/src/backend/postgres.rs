@@ -1,7 +1,7 @@
 //! `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME]`: a PostgreSQL store.
 
 use anyhow::{Context, Result};
-use projectionist::core::erased::BoxFuture;
+use projectionist::backend::BoxFuture;
 use projectionist::postgres::PgStore;
 
 use super::{BenchRun, Database, DatabaseUrl, StoreBackend};

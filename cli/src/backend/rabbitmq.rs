@@ -2,10 +2,10 @@
 //! event source.
 
 use anyhow::Result;
-use projectionist::core::erased::BoxFuture;
+use projectionist::backend::AnySource;
+use projectionist::backend::BoxFuture;
 use projectionist::declarative::Config;
 use projectionist::rabbitmq::{RabbitError, RabbitSource};
-use projectionist::AnySource;
 
 use super::registry::OpenedSource;
 use super::SourceBackend;

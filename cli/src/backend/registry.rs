@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use projectionist::core::erased::BoxFuture;
+use projectionist::backend::BoxFuture;
+use projectionist::backend::{AnySource, AnyStore, InlineAppend, ShadowStore, Source, SqlStore};
 use projectionist::declarative::Config;
-use projectionist::{AnySource, AnyStore, EventLog, InlineAppend, ShadowStore, Source, SqlStore, SqlTx};
+use projectionist::{EventLog, SqlTx};
 
 use super::DatabaseUrl;
 use crate::bench;

@@ -1,8 +1,8 @@
 //! Where events come from: `--source`, the config's `source`, or the database.
 
 use anyhow::Result;
+use projectionist::backend::{AnySource, Source};
 use projectionist::declarative::Config;
-use projectionist::{AnySource, Source};
 
 use super::{redact, Database, Kind, SOURCES};
 use crate::exit::usage;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use projectionist::core::erased::BoxFuture;
+use projectionist::backend::BoxFuture;
 use projectionist::sqlite::SqliteStore;
 
 use super::{BenchRun, Database, DatabaseUrl, StoreBackend};

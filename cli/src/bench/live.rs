@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use projectionist::backend::{Source, Store};
 use projectionist::workload::WorkloadEvent;
-use projectionist::{Appended, Checkpoint, Engine, Source, Store};
+use projectionist::{Appended, Checkpoint, Engine};
 
 use super::store::LIVE;
 
@@ -26,11 +27,11 @@ where
     F: Fn(WorkloadEvent) -> Fut,
     Fut: std::future::Future<Output = projectionist::Result<Appended>>,
 {
-    engine.catch_up(&[], None).await?;
+    engine.catch_up().await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let runner = {
         let engine = engine.clone();
-        tokio::spawn(async move { engine.run(&[], shutdown).await })
+        tokio::spawn(async move { engine.run_until(projectionist::when_true(shutdown)).await })
     };
     // Appended tokens waiting to become visible, with when their append started.
     let pending: Arc<Mutex<BTreeMap<Checkpoint, Instant>>> = Arc::default();

@@ -27,8 +27,8 @@ mod store;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use projectionist::backend::DocumentStorage;
 use projectionist::workload::{Orders, WorkloadEvent};
-use projectionist::DocumentStorage;
 use serde::Serialize;
 
 use crate::output;

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
+use projectionist::backend::{
+    AnyEngine, AnySource, AnyStore, DocumentStorage, InlineAppend, ShadowStore, Source, SqlStore, Store,
+};
 use projectionist::declarative::Config;
 use projectionist::workload::{Orders, WorkloadEvent};
 use projectionist::{
-    AnyEngine, AnySource, AnyStore, Apply, DocumentStorage, Engine, EventLog, ExpectedVersion, Handlers,
-    InlineAppend, ProgressFn, Projection, ShadowStore, Source, SqlStore, Store, StreamAppend,
+    Apply, Engine, EventLog, ExpectedVersion, Handlers, ProgressFn, Projection, StreamAppend,
 };
 
 use super::orders::{declarative_config, documents};
@@ -157,10 +159,14 @@ where
         let bar = progress.clone();
         let progress: Option<ProgressFn> = Some(Arc::new(move |p| bar.set_position(p.events)));
         let report = match style {
-            Style::Sql => self.declarative()?.rebuild(style.projection(), progress).await?,
+            Style::Sql => {
+                self.declarative()?
+                    .rebuild_with(style.projection(), progress)
+                    .await?
+            }
             _ => {
                 let engine = self.engine(self.typed(style))?;
-                engine.rebuild(style.projection(), progress).await?
+                engine.rebuild_with(style.projection(), progress).await?
             }
         };
         Ok(report.events)

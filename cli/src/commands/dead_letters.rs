@@ -87,12 +87,13 @@ async fn retry(engine: &CliEngine, id: Option<i64>, all: bool) -> Result<()> {
     }
     let mut failed = 0;
     for id in &ids {
-        match engine.retry_dead_letter(*id).await? {
+        match engine.retry_dead_letter(*id).await {
             Ok(()) => println!("dead letter {id}: applied and removed"),
-            Err(e) => {
+            Err(projectionist::Error::RetryFailed { message, .. }) => {
                 failed += 1;
-                println!("dead letter {id}: still failing: {e}");
+                println!("dead letter {id}: still failing: {message}");
             }
+            Err(e) => return Err(e.into()),
         }
     }
     if failed > 0 {

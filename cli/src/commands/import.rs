@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use projectionist::{AnyStore, EventLog, StreamAppend};
+use projectionist::backend::AnyStore;
+use projectionist::{EventLog, StreamAppend};
 
 use super::Ctx;
 use crate::args::ImportArgs;

@@ -147,7 +147,9 @@ pub async fn catch_up_with_bars(engine: Arc<CliEngine>, names: &[String]) -> Res
         let engine = engine.clone();
         set.spawn(async move {
             let report = engine
-                .catch_up(std::slice::from_ref(&name), Some(progress_to(bar.clone())))
+                .catch_up_with(
+                    projectionist::CatchUp::only([name.clone()]).progress(progress_to(bar.clone())),
+                )
                 .await;
             bar.finish();
             report

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use projectionist::backend::{AnyStore, SqlStore, TextRows};
 use projectionist::declarative::Config;
 use projectionist::workload::{order_001_story, Orders};
-use projectionist::{AnyStore, SqlStore, TextRows};
 
 use super::import::import_lines;
 use super::{catch_up_with_bars, status, Ctx};

@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{bail, Result};
-use projectionist::Source;
+use projectionist::backend::Source;
 
 use super::{progress_to, Ctx};
 use crate::args::RebuildArgs;
@@ -56,7 +56,7 @@ async fn rebuild(engine: CliEngine, a: &RebuildArgs) -> Result<()> {
     }
     let bar = output::bar(0, output::EVENTS_BAR);
     bar.set_prefix(a.name.clone());
-    let report = engine.rebuild(&a.name, Some(progress_to(bar.clone()))).await;
+    let report = engine.rebuild_with(&a.name, Some(progress_to(bar.clone()))).await;
     bar.finish_and_clear();
     let report = report?;
     println!(

@@ -43,7 +43,11 @@ async fn run_engine(engine: CliEngine, a: &RunArgs, http: Option<crate::http::Se
     info!(projections = %names.join(", "), "running; stop with Ctrl-C or SIGTERM");
     let reports = match http {
         Some(http) => crate::http::serve(engine, names, http, shutdown).await?,
-        None => engine.run(&a.projections, shutdown).await?,
+        None => {
+            engine
+                .run_only_until(a.projections.clone(), projectionist::when_true(shutdown))
+                .await?
+        }
     };
     info!("stopped");
     print!("{}", report_lines(&reports));

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::backend::CliEngine;
 
 /// A boxed, sendable future.
-pub type BoxFut<'a, T> = projectionist::core::erased::BoxFuture<'a, T>;
+pub type BoxFut<'a, T> = projectionist::backend::BoxFuture<'a, T>;
 
 /// Why a rebuild could not start.
 #[derive(Debug)]
@@ -100,7 +100,10 @@ impl Supervisor {
         let me = self.clone();
         let owned = name.to_owned();
         let task = tokio::spawn(async move {
-            let result = me.engine.run(std::slice::from_ref(&owned), rx).await;
+            let result = me
+                .engine
+                .run_only_until([owned.clone()], projectionist::when_true(rx))
+                .await;
             match result {
                 Ok(reports) => lock(&me.reports).extend(reports),
                 Err(e) => {
@@ -209,7 +212,7 @@ impl Ops for Supervisor {
             let was_live = me.stop(&owned).await;
             info!(projection = %owned, "rebuild started through the API");
             let started = Instant::now();
-            match me.engine.rebuild(&owned, None).await {
+            match me.engine.rebuild(&owned).await {
                 Ok(report) => {
                     info!(
                         projection = %owned,
@@ -235,7 +238,11 @@ impl Ops for Supervisor {
 
     fn retry(&self, id: i64) -> BoxFut<'_, projectionist::Result<Result<(), HandlerError>>> {
         Box::pin(async move {
-            let outcome = self.engine.retry_dead_letter(id).await?;
+            let outcome = match self.engine.retry_dead_letter(id).await {
+                Ok(()) => Ok(()),
+                Err(projectionist::Error::RetryFailed { message, .. }) => Err(HandlerError::msg(message)),
+                Err(e) => return Err(e),
+            };
             match &outcome {
                 Ok(()) => info!(dead_letter = id, "dead letter retried through the API: applied"),
                 Err(e) => {

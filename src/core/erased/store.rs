@@ -199,7 +199,7 @@ where
         let inline: Vec<_> = inline.iter().map(concrete_projection).collect();
         Box::pin(async move {
             let log = log.downcast_ref::<St>().ok_or_else(|| {
-                Error::Invalid(
+                Error::Unsupported(
                     "appending through the engine needs its source to be the store's own events table \
                      (inline projections apply in the append's transaction); this engine reads another source"
                         .into(),
@@ -401,7 +401,8 @@ impl ShadowStore for AnyStore {
                 }),
             )
             .await?;
-        let out = out.ok_or_else(|| Error::Invalid("the swap finished without its final catch-up".into()))?;
+        let out =
+            out.ok_or_else(|| Error::Internal("the swap finished without its final catch-up".into()))?;
         Ok((out, swapped))
     }
 

@@ -88,7 +88,7 @@ async fn an_any_engine_imports_runs_rebuilds_and_queries() {
     let engine = engine(&sqlite).with(totals()).unwrap();
     let store = engine.store().clone();
     assert_eq!(store.import(counted(20, 5), None).await.unwrap(), 100);
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     let rows = store
         .query_text("SELECT count(*) AS streams, sum(n) AS events FROM totals")
         .await
@@ -96,7 +96,7 @@ async fn an_any_engine_imports_runs_rebuilds_and_queries() {
     assert_eq!(rows.columns, ["streams", "events"]);
     assert_eq!(rows.rows, [["20", "100"]]);
 
-    let report = engine.rebuild("totals", None).await.unwrap();
+    let report = engine.rebuild("totals").await.unwrap();
     assert_eq!(report.events, 100);
     assert_eq!(cell(&store, "SELECT sum(n) FROM totals").await, "100");
 
@@ -199,9 +199,9 @@ async fn a_source_that_cannot_replay_refuses_rebuilds_and_changes_nothing() {
         .unwrap();
     assert!(!engine.source().can_replay());
     store.import(counted(3, 2), None).await.unwrap();
-    engine.catch_up(&[], None).await.unwrap();
+    engine.catch_up().await.unwrap();
     for err in [
-        engine.rebuild("totals", None).await.unwrap_err(),
+        engine.rebuild("totals").await.unwrap_err(),
         engine.rebuild_blue_green("totals", None).await.unwrap_err(),
     ] {
         assert!(err.to_string().contains("cannot replay"), "{err}");
