@@ -196,6 +196,11 @@ impl<D: Document, C: DocumentStorage + ?Sized + 'static> Apply<C> for Documents<
         true
     }
 
+    /// Documents read only what they prefetch.
+    fn reads(&self) -> bool {
+        false
+    }
+
     fn apply(&self, cx: &C, events: &[Event]) -> Result<Applied, BatchFailure> {
         let at_batch = |error: HandlerError| BatchFailure { index: 0, error };
         // 1. Group by key, keeping the batch order within each key.

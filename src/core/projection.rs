@@ -44,6 +44,13 @@ pub trait Apply<C: ?Sized>: Send + Sync + 'static {
     fn batch_wide(&self) -> bool {
         false
     }
+
+    /// Whether `apply` may query its context (read rows back) beyond its `prefetch`. A store
+    /// whose context reads through a hand-over to another thread (PostgreSQL) runs a body that
+    /// says `false` in place, without one; a query from it then fails. Default: `true`.
+    fn reads(&self) -> bool {
+        true
+    }
 }
 
 /// Rows of `table` whose `key_column` is one of `keys`, to load before a batch is applied.

@@ -227,6 +227,11 @@ impl<C: SqlTx + ?Sized + 'static> Apply<C> for SqlBody {
         self.run_script(cx, "reset", &self.def.reset)
     }
 
+    /// Declarative statements only write.
+    fn reads(&self) -> bool {
+        false
+    }
+
     fn apply(&self, cx: &C, events: &[Event]) -> Result<Applied, BatchFailure> {
         let mut applied = Applied::default();
         for (index, event) in events.iter().enumerate() {

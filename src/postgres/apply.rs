@@ -80,6 +80,24 @@ impl<'t, 'c> Flusher<'t, 'c> {
         R: Send + 'static,
         F: FnOnce(&PgBatch) -> R + Send + 'static,
     {
+        self.apply_reading(batch, true, body).await
+    }
+
+    /// [`apply`](Self::apply); a body that does not read (`reads == false`) runs in place,
+    /// without a hand-over to a blocking thread (its queries would fail).
+    pub(crate) async fn apply_reading<R, F>(
+        &mut self,
+        batch: &Arc<PgBatch>,
+        reads: bool,
+        body: F,
+    ) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&PgBatch) -> R + Send + 'static,
+    {
+        if !reads {
+            return Ok(body(batch));
+        }
         let (reader, mut requests) = tokio::sync::mpsc::unbounded_channel::<ReadRequest>();
         batch.set_reader(Some(reader));
         let b = batch.clone();
@@ -178,8 +196,9 @@ pub(crate) async fn per_event(
     events: Arc<[Event]>,
     range: Range<usize>,
 ) -> Result<(Applied, Option<BatchFailure>), Error> {
+    let reads = body.reads();
     flusher
-        .apply(batch, move |b| {
+        .apply_reading(batch, reads, move |b| {
             let mut applied = Applied::default();
             for index in range {
                 let Some(ev) = events.get(index) else { break };
@@ -230,8 +249,9 @@ pub(crate) async fn batch_wide(
         }
     }
     let len = slice.len();
+    let reads = body.reads();
     flusher
-        .apply(batch, move |b| {
+        .apply_reading(batch, reads, move |b| {
             b.set_origin(Origin::Event(start));
             let slice = events.get(range).unwrap_or_default();
             body.apply(b, slice).map_err(|f| BatchFailure {

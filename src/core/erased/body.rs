@@ -36,6 +36,10 @@ impl<C: SqlTx + 'static> Apply<C> for Neutral {
     fn batch_wide(&self) -> bool {
         self.0.batch_wide()
     }
+
+    fn reads(&self) -> bool {
+        self.0.reads()
+    }
 }
 
 /// `body` as a body of a store whose context is `C`.
