@@ -270,14 +270,20 @@ pub(crate) enum PrefetchError {
     Store(Error),
 }
 
+/// The query that loads the rows of `table` whose `key_column` is one of `$1` (a text array),
+/// each as one `jsonb` object: a prefetch, or a body's read of rows it did not prefetch.
+pub(crate) fn prefetch_sql(table: &str, key_column: &str) -> String {
+    format!(
+        "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
+        quote_ident(table),
+        quote_ident(key_column)
+    )
+}
+
 impl Flusher<'_, '_> {
     /// The rows of one prefetch, as JSON objects, read in this transaction.
     pub(crate) async fn load(&mut self, p: &Prefetch) -> Result<Vec<Row>, PrefetchError> {
-        let q = format!(
-            "SELECT to_jsonb(t) FROM {} t WHERE t.{} = ANY($1)",
-            quote_ident(&p.table),
-            quote_ident(&p.key_column)
-        );
+        let q = prefetch_sql(&p.table, &p.key_column);
         let rows = match self.tx.query(&q, &[&p.keys]).await {
             Ok(rows) => rows,
             Err(e) if !error::retryable(&e) => {

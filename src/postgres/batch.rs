@@ -567,12 +567,7 @@ impl crate::core::document::DocumentStorage for PgBatch {
         let Some(rows) = prefetched.get(table) else {
             drop(prefetched);
             // Not prefetched: read them now, in the batch's transaction.
-            use crate::core::document::quote_ident;
-            let sql = format!(
-                "SELECT to_jsonb(t) AS row FROM {} t WHERE t.{} = ANY($1)",
-                quote_ident(table),
-                quote_ident(key_column)
-            );
+            let sql = super::apply::prefetch_sql(table, key_column);
             let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
             let rows = self.read_raw(sql, vec![Box::new(keys) as PgParam])?;
             return Ok(rows);
