@@ -7,7 +7,8 @@
 //!   tell it to return after a loud `SKIP` line. Under `CI=true`, and when the test script runs
 //!   the tests (`PROJECTIONIST_TEST_NO_SKIP=1`), nothing may be skipped: a missing service
 //!   fails the test;
-//! - fresh PostgreSQL schemas and databases: [`postgres`];
+//! - fresh PostgreSQL schemas and databases: [`postgres`]; throwaway clusters of a test's own
+//!   (started late, stopped, their server log read): [`pg_cluster`];
 //! - the binary runner: [`binary!`] and [`Binary`], the one way a test finds and starts the
 //!   `projectionist` binary.
 //!
@@ -19,6 +20,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod pg_cluster;
 pub mod postgres;
 
 /// The variable that turns skipping off outside CI (the test script sets it).
