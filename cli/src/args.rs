@@ -82,6 +82,9 @@ pub enum Command {
     /// Measure throughput, latency and memory on the orders workload, as ratios to the
     /// database's own set-based SQL (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Run projection tests (*.test.toml): given events, expected rows, dead letters or errors,
+    /// each in a throwaway database; exit code 1 when one fails.
+    Test(TestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -274,4 +277,18 @@ pub struct BenchArgs {
     /// Appends per second in the latency phase.
     #[arg(long, default_value_t = 1_000)]
     pub live_rate: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files, or folders searched for *.test.toml (default: the current folder).
+    #[arg(value_name = "FILE|DIR")]
+    pub paths: Vec<PathBuf>,
+    /// Also write the results as JUnit XML to FILE, for CI systems.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Record the actual rows into the test file where an expectation has none or differs
+    /// (snapshot style); review them before committing.
+    #[arg(long)]
+    pub update: bool,
 }

@@ -11,6 +11,7 @@ mod quickstart;
 mod rebuild;
 mod run;
 mod status;
+mod test;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -127,6 +128,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Wait(a) => wait::run(&ctx, a).await,
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(&ctx, a).await,
+        Command::Test(a) => test::run(&ctx, a).await,
     }
 }
 
