@@ -85,6 +85,10 @@ pub enum Command {
     /// Run projection tests (*.test.toml): given events, expected rows, dead letters or errors,
     /// each in a throwaway database; exit code 1 when one fails.
     Test(TestArgs),
+    /// Check the projections file without running anything: its keys, every statement
+    /// prepared on a throwaway database of the --database's kind, the event types handled;
+    /// exit code 2 with each problem named.
+    Check,
 }
 
 #[derive(Debug, Args)]

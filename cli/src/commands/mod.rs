@@ -2,6 +2,7 @@
 
 mod append;
 mod bench;
+mod check;
 mod dead_letters;
 mod generate;
 mod import;
@@ -129,6 +130,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(&ctx, a).await,
         Command::Test(a) => test::run(&ctx, a).await,
+        Command::Check => check::run(&ctx).await,
     }
 }
 

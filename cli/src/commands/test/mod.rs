@@ -23,6 +23,7 @@ use crate::args::TestArgs;
 use crate::exit::usage;
 use junit::CaseResult;
 use run_case::indent;
+pub use run_case::only_projection;
 use spec::TestFile;
 use update::Recording;
 
