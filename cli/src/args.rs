@@ -89,6 +89,9 @@ pub enum Command {
     /// prepared on a throwaway database of the --database's kind, the event types handled;
     /// exit code 2 with each problem named.
     Check,
+    /// Show the events table: filter by stream, type, position and time; a table or JSON
+    /// lines; --follow to tail it live.
+    Events(EventsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -295,4 +298,35 @@ pub struct TestArgs {
     /// (snapshot style); review them before committing.
     #[arg(long)]
     pub update: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this stream's events (repeatable).
+    #[arg(long = "stream", value_name = "S")]
+    pub streams: Vec<String>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "T")]
+    pub types: Vec<String>,
+    /// Only events at this position or after.
+    #[arg(long, value_name = "POSITION")]
+    pub from: Option<i64>,
+    /// Only events at this position or before.
+    #[arg(long, value_name = "POSITION")]
+    pub to: Option<i64>,
+    /// Only events recorded at this time or after (RFC 3339, or a date in UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events recorded before this time (RFC 3339, or a date in UTC).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Stop after N events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Keep printing new events as they are appended (until Ctrl-C).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -4,6 +4,7 @@ mod append;
 mod bench;
 mod check;
 mod dead_letters;
+mod events;
 mod generate;
 mod import;
 mod init;
@@ -131,6 +132,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&ctx, a).await,
         Command::Test(a) => test::run(&ctx, a).await,
         Command::Check => check::run(&ctx).await,
+        Command::Events(a) => events::run(&ctx, a).await,
     }
 }
 
