@@ -92,6 +92,10 @@ pub enum Command {
     /// Show the events table: filter by stream, type, position and time; a table or JSON
     /// lines; --follow to tail it live.
     Events(EventsArgs),
+    /// Print a shell completion script: source it from your shell's startup file.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a folder with --dir.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -329,4 +333,18 @@ pub struct EventsArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write projectionist.1 and one page per command (projectionist-test.1, …) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

@@ -3,11 +3,13 @@
 mod append;
 mod bench;
 mod check;
+mod completions;
 mod dead_letters;
 mod events;
 mod generate;
 mod import;
 mod init;
+mod man;
 mod pause;
 mod quickstart;
 mod rebuild;
@@ -133,6 +135,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Test(a) => test::run(&ctx, a).await,
         Command::Check => check::run(&ctx).await,
         Command::Events(a) => events::run(&ctx, a).await,
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => man::run(a),
     }
 }
 
