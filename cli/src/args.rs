@@ -92,6 +92,8 @@ pub enum Command {
     /// Show the events table: filter by stream, type, position and time; a table or JSON
     /// lines; --follow to tail it live.
     Events(EventsArgs),
+    /// Print the JSON Schema of projectionist.toml, for editors (see docs/config.md).
+    Schema,
     /// Print a shell completion script: source it from your shell's startup file.
     Completions(CompletionsArgs),
     /// Print the man page (roff), or write one page per command into a folder with --dir.

@@ -46,7 +46,16 @@ fn zsh_and_fish_scripts_name_every_command() {
     let zsh = output(&["completions", "zsh"]);
     assert!(zsh.starts_with("#compdef projectionist\n"), "{zsh}");
     let fish = output(&["completions", "fish"]);
-    for command in ["test", "check", "events", "completions", "man", "run", "status"] {
+    for command in [
+        "test",
+        "check",
+        "events",
+        "schema",
+        "completions",
+        "man",
+        "run",
+        "status",
+    ] {
         assert!(zsh.contains(&format!("'{command}:")), "zsh lacks {command}");
         assert!(
             fish.contains(&format!("-a \"{command}\"")),

@@ -14,6 +14,7 @@ mod pause;
 mod quickstart;
 mod rebuild;
 mod run;
+mod schema;
 mod status;
 mod test;
 mod wait;
@@ -135,6 +136,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Test(a) => test::run(&ctx, a).await,
         Command::Check => check::run(&ctx).await,
         Command::Events(a) => events::run(&ctx, a).await,
+        Command::Schema => schema::run(),
         Command::Completions(a) => completions::run(a),
         Command::Man(a) => man::run(a),
     }
