@@ -24,7 +24,7 @@ mod rabbitmq;
 mod sqlite;
 
 pub use engine::{engine, CliEngine};
-pub use registry::{BenchRun, Database, Kind, Scratch, SourceBackend, StoreBackend};
+pub use registry::{BenchRun, Database, Kind, SourceBackend, StoreBackend};
 pub use source::Events;
 pub use url::{redact, DatabaseUrl};
 

@@ -4,7 +4,8 @@ use anyhow::{Context, Result};
 use projectionist::backend::BoxFuture;
 use projectionist::postgres::PgStore;
 
-use super::{BenchRun, Database, DatabaseUrl, Scratch, StoreBackend};
+use super::registry::Scratch;
+use super::{BenchRun, Database, DatabaseUrl, StoreBackend};
 use crate::bench;
 use crate::exit::usage;
 

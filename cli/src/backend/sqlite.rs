@@ -6,7 +6,8 @@ use anyhow::{bail, Context, Result};
 use projectionist::backend::BoxFuture;
 use projectionist::sqlite::SqliteStore;
 
-use super::{BenchRun, Database, DatabaseUrl, Scratch, StoreBackend};
+use super::registry::Scratch;
+use super::{BenchRun, Database, DatabaseUrl, StoreBackend};
 use crate::bench;
 use crate::exit::usage;
 
