@@ -78,6 +78,10 @@ fn statements_the_database_rejects_are_named_by_file_projection_key_and_statemen
             "INSERT INTO order_summry (order_id,",
         )
         .replace(
+            "SET status = 'shipped', carrier",
+            "SET status = 'shipped', carier",
+        )
+        .replace(
             "UPDATE orders_by_customer SET delivered = delivered + 1",
             "UPDATE orders_by_customer SET delivered = delivred + 1",
         )
@@ -108,9 +112,9 @@ fn statements_the_database_rejects_are_named_by_file_projection_key_and_statemen
         stdout.contains("problem: projectionist.toml: projection revenue_by_carrier: key `setup`: setup statement 1 of 2 failed\n    CREATE TABLE IF NOT EXISTS revenue_by_carrier ((\n"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("problem: ").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("problem: ").count(), 4, "{stdout}");
     assert!(
-        stderr.contains("error: 3 problem(s) found; nothing was run"),
+        stderr.contains("error: 4 problem(s) found; nothing was run"),
         "{stderr}"
     );
 }

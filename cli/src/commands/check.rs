@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use projectionist::backend::SqlStore;
-use projectionist::declarative::{Config, ConfigError};
+use projectionist::declarative::{Config, ConfigError, ProjectionDef};
 
 use super::test::only_projection;
 use super::Ctx;
+use crate::backend::Database;
 use crate::exit::usage;
 use crate::output;
 
@@ -25,24 +26,60 @@ fn key_of(step: &str, message: &str) -> String {
         .map_or_else(|| step.to_owned(), |t| format!("handlers.{t}"))
 }
 
+/// Prepares `config` (one projection) on `db`: `Ok(None)` when it prepares, else the failing
+/// step and message.
+async fn prepare(db: &Database, config: &Config) -> Result<Option<(&'static str, String)>> {
+    let engine = crate::backend::engine(db, db.events.clone(), Some(config))?;
+    match engine.prepare().await {
+        Ok(()) => Ok(None),
+        Err(projectionist::Error::Lifecycle { step, message, .. }) => Ok(Some((step, message))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The problems of one projection: its setup's, or each failing handler's (each handler is
+/// prepared on its own once the whole projection fails, so that every one is named).
+async fn problems_of(db: &Database, config: &Config, def: &ProjectionDef) -> Result<Vec<String>> {
+    let only = only_projection(config, &def.name).map_err(usage)?;
+    let problem = |step: &str, message: &str| {
+        format!(
+            "{}: projection {}: key `{}`: {message}",
+            config.file,
+            def.name,
+            key_of(step, message)
+        )
+    };
+    let Some((step, message)) = prepare(db, &only).await? else {
+        return Ok(Vec::new());
+    };
+    if key_of(step, &message) == step {
+        return Ok(vec![problem(step, &message)]);
+    }
+    let mut problems = Vec::new();
+    for (event_type, statements) in &def.handlers {
+        let mut one = def.clone();
+        one.handlers = [(event_type.clone(), statements.clone())].into();
+        let single = Config {
+            projections: vec![one],
+            ..only.clone()
+        };
+        if let Some((step, message)) = prepare(db, &single).await? {
+            problems.push(problem(step, &message));
+        }
+    }
+    Ok(problems)
+}
+
 /// Each projection's setup and handler statements, on a throwaway database: the problems.
 async fn prepare_all(ctx: &Ctx, config: &Config) -> Result<Vec<String>> {
     let scratch = ctx.url.backend()?.scratch(&ctx.url).await?;
     let mut problems = Vec::new();
     for def in &config.projections {
-        let only = only_projection(config, &def.name).map_err(usage)?;
-        let engine = crate::backend::engine(&scratch.db, scratch.db.events.clone(), Some(&only))?;
-        match engine.prepare().await {
-            Ok(()) => {}
-            Err(projectionist::Error::Lifecycle { step, message, .. }) => problems.push(format!(
-                "{}: projection {}: key `{}`: {message}",
-                config.file,
-                def.name,
-                key_of(step, &message)
-            )),
+        match problems_of(&scratch.db, config, def).await {
+            Ok(found) => problems.extend(found),
             Err(e) => {
                 let _ = scratch.close().await;
-                return Err(e.into());
+                return Err(e);
             }
         }
     }
