@@ -82,6 +82,22 @@ pub enum Command {
     /// Measure throughput, latency and memory on the orders workload, as ratios to the
     /// database's own set-based SQL (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Run projection tests (*.test.toml): given events, expected rows, dead letters or errors,
+    /// each in a throwaway database; exit code 1 when one fails.
+    Test(TestArgs),
+    /// Check the projections file without running anything: its keys, every statement
+    /// prepared on a throwaway database of the --database's kind, the event types handled;
+    /// exit code 2 with each problem named.
+    Check,
+    /// Show the events table: filter by stream, type, position and time; a table or JSON
+    /// lines; --follow to tail it live.
+    Events(EventsArgs),
+    /// Print the JSON Schema of projectionist.toml, for editors (see docs/config.md).
+    Schema,
+    /// Print a shell completion script: source it from your shell's startup file.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a folder with --dir.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -274,4 +290,63 @@ pub struct BenchArgs {
     /// Appends per second in the latency phase.
     #[arg(long, default_value_t = 1_000)]
     pub live_rate: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files, or folders searched for *.test.toml (default: the current folder).
+    #[arg(value_name = "FILE|DIR")]
+    pub paths: Vec<PathBuf>,
+    /// Also write the results as JUnit XML to FILE, for CI systems.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Record the actual rows into the test file where an expectation has none or differs
+    /// (snapshot style); review them before committing.
+    #[arg(long)]
+    pub update: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this stream's events (repeatable).
+    #[arg(long = "stream", value_name = "S")]
+    pub streams: Vec<String>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "T")]
+    pub types: Vec<String>,
+    /// Only events at this position or after.
+    #[arg(long, value_name = "POSITION")]
+    pub from: Option<i64>,
+    /// Only events at this position or before.
+    #[arg(long, value_name = "POSITION")]
+    pub to: Option<i64>,
+    /// Only events recorded at this time or after (RFC 3339, or a date in UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events recorded before this time (RFC 3339, or a date in UTC).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Stop after N events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Keep printing new events as they are appended (until Ctrl-C).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write projectionist.1 and one page per command (projectionist-test.1, …) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

@@ -28,6 +28,8 @@ fn init_logging(cli: &Cli) {
     // The daemon logs what it does; one-shot commands only warn.
     let default = match cli.command {
         Command::Run(_) => "info",
+        // Dead letters and errors are what tests expect: the report shows them.
+        Command::Test(_) => "error",
         _ => "warn",
     };
     let filter = EnvFilter::try_from_env("PROJECTIONIST_LOG")

@@ -98,3 +98,14 @@ pub fn replay_bar(multi: &MultiProgress, prefix: &str) -> ProgressBar {
     pb.set_prefix(prefix.to_owned());
     pb
 }
+
+/// Writes `bytes` to standard output; a reader that stops early (`… | head`) closing the pipe
+/// is not an error.
+pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}

@@ -34,6 +34,7 @@ mod rows;
 mod schema;
 mod seen;
 mod sql_tx;
+pub mod testing;
 
 pub use crate::core::shadow::BlueGreenReport;
 

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use projectionist::backend::BoxFuture;
 use projectionist::postgres::PgStore;
 
+use super::registry::Scratch;
 use super::{BenchRun, Database, DatabaseUrl, StoreBackend};
 use crate::bench;
 use crate::exit::usage;
@@ -28,6 +29,37 @@ impl StoreBackend for Postgres {
                 .await
                 .with_context(|| format!("cannot open the database {url}"))?;
             Ok(Database::new(store))
+        })
+    }
+
+    /// A fresh schema of its own on the same server, dropped by `Scratch::close`.
+    fn scratch<'a>(&'a self, url: &'a DatabaseUrl) -> BoxFuture<'a, Result<Scratch>> {
+        Box::pin(async move {
+            let schema = format!(
+                "projectionist_test_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..16]
+            );
+            let store = PgStore::builder(url.expose())
+                .map_err(|e| usage(format!("--database {url}: {e}")))?
+                .schema(schema.clone())
+                .application_name("projectionist test")
+                .connect()
+                .await
+                .with_context(|| format!("cannot create a test schema in the database {url}"))?;
+            let dropper = store.clone();
+            let remove = Box::pin(async move {
+                let client = dropper.client().await?;
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .await
+                    .with_context(|| format!("cannot drop the test schema {schema}"))?;
+                Ok(())
+            });
+            Ok(Scratch {
+                db: Database::new(store),
+                keep: None,
+                remove: Some(remove),
+            })
         })
     }
 

@@ -72,6 +72,29 @@ impl Database {
     }
 }
 
+/// A throwaway database for `projectionist test` and `check`: a temporary SQLite file, or a
+/// fresh PostgreSQL schema. [`Scratch::close`] removes it (a SQLite file also goes when the
+/// value is dropped).
+pub struct Scratch {
+    pub db: Database,
+    /// Keeps a temporary folder alive until the scratch database is dropped.
+    pub keep: Option<tempfile::TempDir>,
+    /// Removes the database (drops a PostgreSQL schema); runs only when awaited.
+    pub remove: Option<BoxFuture<'static, Result<()>>>,
+}
+
+impl Scratch {
+    /// Removes the throwaway database.
+    pub async fn close(self) -> Result<()> {
+        drop(self.db);
+        if let Some(remove) = self.remove {
+            remove.await?;
+        }
+        drop(self.keep);
+        Ok(())
+    }
+}
+
 /// What `projectionist bench` asks of a store backend.
 pub struct BenchRun {
     pub settings: bench::Settings,
@@ -100,6 +123,16 @@ pub trait StoreBackend: Sync {
     fn files(&self, url: &DatabaseUrl) -> Vec<PathBuf> {
         let _ = url;
         Vec::new()
+    }
+
+    /// A throwaway database of this backend, beside `url` (same server), that nothing else
+    /// uses. Default: not supported.
+    fn scratch<'a>(&'a self, url: &'a DatabaseUrl) -> BoxFuture<'a, Result<Scratch>> {
+        Box::pin(async move {
+            bail!(usage(format!(
+                "--database {url}: this database cannot give a throwaway copy for tests"
+            )))
+        })
     }
 
     /// Runs `projectionist bench` on this database; `given` is false when `--database` was not

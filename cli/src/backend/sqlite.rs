@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use projectionist::backend::BoxFuture;
 use projectionist::sqlite::SqliteStore;
 
+use super::registry::Scratch;
 use super::{BenchRun, Database, DatabaseUrl, StoreBackend};
 use crate::bench;
 use crate::exit::usage;
@@ -90,6 +91,21 @@ impl StoreBackend for Sqlite {
             Ok(Target::File(p)) => files(&p).into_iter().filter(|f| f.exists()).collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// A database file in a temporary folder (whatever `url` names is never touched).
+    fn scratch<'a>(&'a self, _url: &'a DatabaseUrl) -> BoxFuture<'a, Result<Scratch>> {
+        Box::pin(async move {
+            let dir = tempfile::tempdir().context("cannot create a temporary folder for a test database")?;
+            let store = SqliteStore::open(&dir.path().join("test.db"))
+                .await
+                .context("cannot create a temporary SQLite database")?;
+            Ok(Scratch {
+                db: Database::new(store),
+                keep: Some(dir),
+                remove: None,
+            })
+        })
     }
 
     /// Benches a fresh database file: the one given, or a temporary one.

@@ -149,6 +149,11 @@ impl DatabaseUrl {
         self.url.expose()
     }
 
+    /// The name of the store the URL names ("SQLite", "PostgreSQL").
+    pub fn backend_name(&self) -> &'static str {
+        self.kind.name
+    }
+
     /// The backend (built in: `parse` checked).
     pub fn backend(&self) -> Result<&'static dyn StoreBackend> {
         self.kind.built(&format!("--database {self}"))

@@ -2,15 +2,21 @@
 
 mod append;
 mod bench;
+mod check;
+mod completions;
 mod dead_letters;
+mod events;
 mod generate;
 mod import;
 mod init;
+mod man;
 mod pause;
 mod quickstart;
 mod rebuild;
 mod run;
+mod schema;
 mod status;
+mod test;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -127,6 +133,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Wait(a) => wait::run(&ctx, a).await,
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(&ctx, a).await,
+        Command::Test(a) => test::run(&ctx, a).await,
+        Command::Check => check::run(&ctx).await,
+        Command::Events(a) => events::run(&ctx, a).await,
+        Command::Schema => schema::run(),
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => man::run(a),
     }
 }
 

@@ -21,6 +21,17 @@ use crate::output;
 /// The example projections (also in the repository as examples/projectionist.toml).
 pub const EXAMPLE_CONFIG: &str = include_str!("../../../examples/projectionist.toml");
 
+/// Tests of the example projections (examples/projectionist.test.toml), for `projectionist test`.
+pub const EXAMPLE_TESTS: &str = include_str!("../../../examples/projectionist.test.toml");
+
+/// Where the quickstart writes the example tests: beside the projections file.
+fn tests_path(config_path: &std::path::Path) -> std::path::PathBuf {
+    config_path
+        .parent()
+        .unwrap_or(std::path::Path::new(""))
+        .join("projectionist.test.toml")
+}
+
 pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     let started = Instant::now();
     let config_path = ctx.config_path().to_path_buf();
@@ -32,6 +43,10 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
         .collect();
     if config_path.exists() {
         existing.push(config_path.display().to_string());
+    }
+    let tests_path = tests_path(&config_path);
+    if tests_path.exists() {
+        existing.push(tests_path.display().to_string());
     }
     if !existing.is_empty() && !a.force {
         return Err(usage(format!(
@@ -47,6 +62,8 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     }
     std::fs::write(&config_path, EXAMPLE_CONFIG)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
+    std::fs::write(&tests_path, EXAMPLE_TESTS)
+        .with_context(|| format!("cannot write {}", tests_path.display()))?;
     let config = Config::parse(EXAMPLE_CONFIG, &config_path.display().to_string())?;
 
     println!("Projectionist quickstart");
@@ -60,6 +77,10 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
             .map(|p| p.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "  tests        {} (run them with `projectionist test`)",
+        tests_path.display()
     );
     println!();
 
@@ -142,6 +163,7 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
     );
     println!("  projectionist run                     # keep the read models current (Ctrl-C stops)");
     println!("  projectionist rebuild order_summary   # replay one projection from scratch");
+    println!("  projectionist test                    # run the projections' tests (docs/testing.md)");
     println!("  sqlite3 projectionist.db 'SELECT * FROM orders_by_customer'");
     println!(
         "Edit {} to change the projections (see docs/config.md).",
