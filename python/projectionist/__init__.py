@@ -282,12 +282,12 @@ class Store:
 
     def append_many(self, appends: Iterable[Tuple[str, Sequence[EventLike], Optional[int]]]) -> List[Token]:
         """Appends to several streams in one transaction: `(stream_id, events, expected_version)`."""
-        return self._inner.append_many([(s, _events(ev, self.registry), x) for s, ev, x in appends])
+        return self._inner.append_many([(s, x, _events(ev, self.registry)) for s, ev, x in appends])
 
     def import_(self, appends: Iterable[Tuple[str, Sequence[EventLike], Optional[int]]]) -> int:
         """Imports an iterable of `(stream_id, events, expected_version)` in one transaction:
         all or nothing. Returns the number of events."""
-        return self._inner.import_((s, _events(ev, self.registry), x) for s, ev, x in appends)
+        return self._inner.import_((s, x, _events(ev, self.registry)) for s, ev, x in appends)
 
     # `import` is a keyword; `store.import_` is the spelling, this the alias.
     locals()["import"] = import_
@@ -381,4 +381,4 @@ class Engine:
         return self._inner.append(stream_id, _events(events, self.store.registry), expected_version)
 
     def append_many(self, appends: Iterable[Tuple[str, Sequence[EventLike], Optional[int]]]) -> List[Token]:
-        return self._inner.append_many([(s, _events(ev, self.store.registry), x) for s, ev, x in appends])
+        return self._inner.append_many([(s, x, _events(ev, self.store.registry)) for s, ev, x in appends])
