@@ -93,6 +93,9 @@ impl Apply<dyn SqlTx> for PyBody {
     }
 
     fn apply(&self, cx: &dyn SqlTx, events: &[projectionist::Event]) -> Result<Applied, BatchFailure> {
+        // Handlers' statements are only known once they run: keep room for them in the
+        // store's prepared-statement cache (SQLite's is 16 statements by default).
+        cx.reserve_statements(self.statements.count());
         Python::with_gil(|py| {
             let lent = Lent::new(py, cx, self.statements.clone()).map_err(|e| BatchFailure {
                 index: 0,

@@ -29,6 +29,11 @@ pub struct Parsed {
 pub struct Statements(Mutex<HashMap<String, Arc<Parsed>>>);
 
 impl Statements {
+    /// How many distinct statements handlers have run so far.
+    pub fn count(&self) -> usize {
+        self.0.lock().map_or(0, |c| c.len())
+    }
+
     fn get(&self, sql: &str) -> PyResult<Arc<Parsed>> {
         let mut cache = self
             .0
