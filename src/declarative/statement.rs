@@ -4,23 +4,46 @@
 use super::lex::{has_content, lex, Kind};
 use super::{ParamSource, SqlError};
 
-/// One handler statement, with its named parameters turned into positional slots.
+/// One statement, with its named parameters turned into positional slots. `P` is what a
+/// parameter names: an event field ([`ParamSource`], the declarative handlers) or any name
+/// (`String`, bound from a map of values: [`Statement::parse_named`]).
 ///
 /// `pieces` interleave with the parameter occurrences: piece 0, slot 0, piece 1, slot 1, …,
 /// last piece. `slots[k]` is an index into `params`, which lists each distinct parameter once,
 /// in order of first appearance; placeholders are numbered from 1 in that order.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Statement {
+pub struct Statement<P = ParamSource> {
     text: String,
     pieces: Vec<String>,
     slots: Vec<usize>,
-    params: Vec<ParamSource>,
+    params: Vec<P>,
 }
 
 impl Statement {
-    /// Parses one statement. Colons in `::` casts, string literals, quoted identifiers and
-    /// comments are not parameters. A trailing semicolon is allowed; a second statement is not.
+    /// Parses one declarative handler statement: its parameters must be event fields
+    /// (`:stream_id`, `:data.x`, …). Colons in `::` casts, string literals, quoted identifiers
+    /// and comments are not parameters. A trailing semicolon is allowed; a second statement is
+    /// not.
     pub fn parse(sql: &str) -> Result<Self, SqlError> {
+        Statement::parse_with(sql, |name| {
+            ParamSource::parse(name).ok_or_else(|| SqlError::UnknownParameter {
+                name: name.to_owned(),
+            })
+        })
+    }
+}
+
+impl Statement<String> {
+    /// Parses one statement whose `:name` parameters may be any name (letters, digits, `_`
+    /// and `.`), as a handler binds them from a map of values. The same lexing as
+    /// [`Statement::parse`].
+    pub fn parse_named(sql: &str) -> Result<Self, SqlError> {
+        Statement::parse_with(sql, |name| Ok(name.to_owned()))
+    }
+}
+
+impl<P: PartialEq> Statement<P> {
+    fn parse_with(sql: &str, resolve: impl Fn(&str) -> Result<P, SqlError>) -> Result<Self, SqlError> {
         let segs = lex(sql)?;
         if !has_content(sql, &segs) {
             return Err(SqlError::Empty);
@@ -36,7 +59,7 @@ impl Statement {
         }
         let mut pieces = Vec::new();
         let mut slots = Vec::new();
-        let mut params: Vec<ParamSource> = Vec::new();
+        let mut params: Vec<P> = Vec::new();
         let mut current = String::new();
         for s in &segs {
             let text = &sql[s.start..s.end];
@@ -44,10 +67,7 @@ impl Statement {
                 current.push_str(text);
                 continue;
             }
-            let name = &text[1..];
-            let p = ParamSource::parse(name).ok_or_else(|| SqlError::UnknownParameter {
-                name: name.to_owned(),
-            })?;
+            let p = resolve(&text[1..])?;
             let slot = match params.iter().position(|q| *q == p) {
                 Some(k) => k,
                 None => {
@@ -67,13 +87,13 @@ impl Statement {
         })
     }
 
-    /// The statement as written in the config.
+    /// The statement as written.
     pub fn text(&self) -> &str {
         &self.text
     }
 
     /// The distinct parameters, in placeholder order (the first is placeholder 1).
-    pub fn params(&self) -> &[ParamSource] {
+    pub fn params(&self) -> &[P] {
         &self.params
     }
 
@@ -98,7 +118,9 @@ impl Statement {
     pub fn render_postgres(&self) -> String {
         self.render(|n| format!("${n}"))
     }
+}
 
+impl Statement {
     /// Whether any parameter needs the decoded payload.
     pub fn needs_data(&self) -> bool {
         self.params.iter().any(ParamSource::needs_data)

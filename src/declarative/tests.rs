@@ -273,3 +273,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn named_statements_take_any_name_once_each_in_order_of_first_use() {
+    let st = Statement::parse_named(
+        "INSERT INTO t (a, b, c) VALUES (:order_id, :total, :order_id) -- :not_me\n ON CONFLICT DO NOTHING /* :nor_me */ RETURNING ':no', x::text",
+    )
+    .unwrap();
+    assert_eq!(st.params(), ["order_id".to_owned(), "total".to_owned()]);
+    assert_eq!(
+        st.render_sqlite(),
+        "INSERT INTO t (a, b, c) VALUES (?1, ?2, ?1) -- :not_me\n ON CONFLICT DO NOTHING /* :nor_me */ RETURNING ':no', x::text"
+    );
+    assert!(matches!(
+        Statement::parse_named("SELECT 1; SELECT 2"),
+        Err(SqlError::MultipleStatements { .. })
+    ));
+}
