@@ -3,61 +3,16 @@
 //! events table, and a daemon SIGKILLed five times at random moments ends with the read model
 //! of a clean rebuild.
 
-use std::path::Path;
-use std::process::{Output, Stdio};
+mod models_support;
+
+use std::process::Stdio;
 use std::time::Duration;
 
-use assert_cmd::Command;
-use projectionist::postgres::tokio_postgres;
+use models_support::{bin, example_dir, ok, pg_all, TABLES};
 use projectionist_testkit as kit;
 use rand::{Rng, SeedableRng};
-use tempfile::TempDir;
 
 const EVENTS: &str = "20000";
-
-/// The tables of the example config, as sorted text rows.
-const TABLES: &[(&str, &str)] = &[
-    (
-        "order_summary",
-        "order_id, customer_id, customer_name, status, item_count, round(total_amount::numeric, 6), carrier, tracking_number, version",
-    ),
-    ("order_items", "order_id, line, item_name, quantity, round(unit_price::numeric, 6)"),
-    (
-        "orders_by_customer",
-        "customer_id, customer_name, orders, delivered, cancelled, round(ordered_value::numeric, 6)",
-    ),
-    ("revenue_by_carrier", "carrier, shipped, delivered, round(revenue::numeric, 6)"),
-];
-
-fn bin(dir: &Path) -> Command {
-    let mut c = Command::from_std(kit::binary!().command(dir));
-    c.timeout(Duration::from_secs(300));
-    c
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-async fn rows(client: &tokio_postgres::Client, schema: &str) -> Vec<Vec<String>> {
-    let mut all = Vec::new();
-    for (table, cols) in TABLES {
-        let sql = format!("SELECT '{table}', {cols} FROM {schema}.{table} ORDER BY 2, 3");
-        for m in client.simple_query(&sql).await.expect("query") {
-            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                all.push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect());
-            }
-        }
-    }
-    all
-}
 
 /// `postgres://…?schema=S` for a schema of read models.
 fn db(schema: &str) -> String {
@@ -69,13 +24,8 @@ async fn a_foreign_table_projects_like_the_events_table_and_survives_sigkills() 
     let Some((src, client)) = kit::postgres::fresh_schema("table_src", "pcli").await else {
         return;
     };
-    let dir = TempDir::new().expect("tempdir");
+    let dir = example_dir();
     let d = dir.path();
-    std::fs::write(
-        d.join("projectionist.toml"),
-        include_str!("../../examples/projectionist.toml"),
-    )
-    .expect("config");
 
     // The orders workload in Projectionist's own events table, then copied into a table of the
     // app's own shape: payload as text holding JSON, its own column names, a bigserial.
@@ -128,7 +78,7 @@ async fn a_foreign_table_projects_like_the_events_table_and_survives_sigkills() 
         ))
         .await
         .expect("keep the reference");
-    let expected = rows(&client, &reference).await;
+    let expected = pg_all(&client, &reference).await;
     assert!(
         expected.len() > 1000,
         "the reference read model is too small: {}",
@@ -144,7 +94,7 @@ async fn a_foreign_table_projects_like_the_events_table_and_survives_sigkills() 
         .output()
         .expect("run on the foreign table"));
     assert_eq!(
-        rows(&client, &clean).await,
+        pg_all(&client, &clean).await,
         expected,
         "foreign table vs events table"
     );
@@ -181,7 +131,7 @@ async fn a_foreign_table_projects_like_the_events_table_and_survives_sigkills() 
         .output()
         .expect("finish"));
     assert_eq!(
-        rows(&client, &crash).await,
+        pg_all(&client, &crash).await,
         expected,
         "after 5 SIGKILLs vs a clean run"
     );

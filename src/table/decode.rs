@@ -111,7 +111,13 @@ impl Decoder {
                     Raw::Null => return Err("the state is NULL".into()),
                 };
                 let bytes = es.decrypt(bytes)?;
-                let bytes = inflate(bytes, self.compression)?;
+                let bytes = inflate(bytes, self.compression).map_err(|e| {
+                    if es.encrypts() {
+                        e
+                    } else {
+                        format!("{e}; if the application encrypts its events (CIPHER_KEY), give cipher_key=…")
+                    }
+                })?;
                 es.unwrap_state(&bytes)
             }
             None => Ok((self.json_text(raw)?, None)),

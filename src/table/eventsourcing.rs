@@ -87,6 +87,11 @@ impl Eventsourcing {
         Cow::Borrowed(class.rsplit_once('.').map_or(class, |(_, last)| last))
     }
 
+    /// Whether a cipher key was given.
+    pub fn encrypts(&self) -> bool {
+        self.cipher.is_some()
+    }
+
     /// The state decrypted, when the application encrypts.
     pub fn decrypt(&self, bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
         let Some(cipher) = &self.cipher else {
