@@ -144,6 +144,84 @@ async fn a_foreign_table_projects_like_the_events_table_and_survives_sigkills() 
     for p in status.as_array().expect("array") {
         assert_eq!(p["lag_events"], 0, "{p}");
     }
+
+    // Rebuilds replay the foreign table: in place, and blue/green.
+    ok(&bin(d)
+        .args([
+            "rebuild",
+            "order_summary",
+            "--yes",
+            "--database",
+            &db(&crash),
+            "--source",
+            &source,
+        ])
+        .output()
+        .expect("rebuild"));
+    ok(&bin(d)
+        .args([
+            "rebuild",
+            "orders_by_customer",
+            "--blue-green",
+            "--yes",
+            "--database",
+            &db(&crash),
+            "--source",
+            &source,
+        ])
+        .output()
+        .expect("blue/green rebuild"));
+    assert_eq!(pg_all(&client, &crash).await, expected, "after the rebuilds");
+
+    // A new row of the app's: a daemon picks it up, and `wait` sees it applied.
+    let mut daemon = kit::binary!()
+        .command(d)
+        .args(["run", "--database", &db(&crash), "--source", &source])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let position: i64 = client
+        .query_one(
+            &format!(
+                "INSERT INTO {src}.app_events (aggregate_id, aggregate_version, name, payload, created_at) \
+                 VALUES ('ORDER-NEW', 1, 'OrderCreated', \
+                   '{{\"order_id\": \"ORDER-NEW\", \"customer_id\": \"C-1\", \"customer_name\": \"Ada\"}}', now()) \
+                 RETURNING seq"
+            ),
+            &[],
+        )
+        .await
+        .expect("insert")
+        .get(0);
+    let waited = bin(d)
+        .args([
+            "wait",
+            "order_summary",
+            "--position",
+            &position.to_string(),
+            "--timeout",
+            "20s",
+            "--database",
+            &db(&crash),
+            "--source",
+            &source,
+        ])
+        .output()
+        .expect("wait");
+    daemon.kill().expect("stop the daemon");
+    let _ = daemon.wait();
+    ok(&waited);
+    let name: String = client
+        .query_one(
+            &format!("SELECT customer_name FROM {crash}.order_summary WHERE order_id = 'ORDER-NEW'"),
+            &[],
+        )
+        .await
+        .expect("the new order")
+        .get(0);
+    assert_eq!(name, "Ada");
+
     for schema in [&src, &reference, &clean, &crash] {
         kit::postgres::drop_schema(&client, schema).await;
     }

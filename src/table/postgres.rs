@@ -420,6 +420,10 @@ impl Source for PgTableSource {
     fn supports_partitions(&self) -> bool {
         true
     }
+
+    fn reads_beside(&self) -> bool {
+        true
+    }
 }
 
 impl PgTableSource {

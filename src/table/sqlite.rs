@@ -272,4 +272,8 @@ impl Source for SqliteTableSource {
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
+
+    fn reads_beside(&self) -> bool {
+        true
+    }
 }
