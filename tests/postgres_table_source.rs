@@ -339,3 +339,80 @@ async fn the_same_read_model_as_the_events_table_and_partitions_split_it() {
     common::drop_schema(&schema).await;
     common::drop_schema(&other).await;
 }
+
+#[tokio::test]
+async fn failing_events_of_a_table_source_become_dead_letters_and_retry_once() {
+    let Some(schema) = common::schema("table_dead").await else {
+        return;
+    };
+    let raw = foreign(&schema).await;
+    raw.batch_execute(
+        "INSERT INTO ledger (aggregate, version, kind, body) \
+         SELECT 'S-' || i, 1, 'A', jsonb_build_object('n', i, 'bad', i % 10 = 3) FROM generate_series(1, 100) i",
+    )
+    .await
+    .expect("rows");
+    let source = Arc::new(open(&source_url(&schema, "")).await.expect("open"));
+    let store = common::store(&schema, "pt-table-dead").await;
+    // Fails on the events marked bad while the `fixed` table is empty.
+    let body = projectionist::postgres::PgHandlers::new()
+        .setup(|cx| {
+            cx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS applied (n int PRIMARY KEY); CREATE TABLE IF NOT EXISTS fixed (x int)",
+            );
+            Ok(())
+        })
+        .reset(|cx| {
+            cx.batch_execute("TRUNCATE applied");
+            Ok(())
+        })
+        .on_json("A", |cx, _ev, v| {
+            let n = v["n"].as_i64().unwrap_or_default() as i32;
+            if v["bad"] == true {
+                cx.execute(
+                    "INSERT INTO applied (n) VALUES ($1 + 0 * (1 / (SELECT count(*)::int FROM fixed)))",
+                    (n,),
+                );
+            } else {
+                cx.execute("INSERT INTO applied (n) VALUES ($1)", (n,));
+            }
+            Ok(())
+        });
+    let engine = Engine::new(source, Arc::new(store))
+        .with(PgProjection::new("dead", body).error_policy(projectionist::ErrorPolicy::DeadLetter))
+        .expect("projection");
+    engine.catch_up().await.expect("catch up");
+    let count = |sql: &'static str| {
+        let raw = &raw;
+        async move { raw.query_one(sql, &[]).await.expect(sql).get::<_, i64>(0) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM applied").await,
+        90,
+        "the rest of each batch is applied"
+    );
+    let dead = engine.dead_letters(Some("dead")).await.expect("dead letters");
+    assert_eq!(dead.len(), 10);
+    assert!(
+        dead.iter().all(|d| d.error.contains("division by zero")),
+        "{:?}",
+        dead[0].error
+    );
+    raw.batch_execute("INSERT INTO fixed VALUES (1)")
+        .await
+        .expect("fix");
+    for d in &dead {
+        engine.retry_dead_letter(d.id).await.expect("retry");
+    }
+    assert_eq!(
+        count("SELECT count(*) FROM applied").await,
+        100,
+        "each dead letter applied once"
+    );
+    assert!(engine
+        .dead_letters(Some("dead"))
+        .await
+        .expect("dead letters")
+        .is_empty());
+    common::drop_schema(&schema).await;
+}
