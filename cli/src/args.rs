@@ -25,8 +25,10 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Where commands that read events (run, status, rebuild, wait) take them from, instead
-    /// of the database's events table: nats://HOST:4222?stream=NAME (NATS JetStream).
-    /// Overrides the config's `source`; read models and checkpoints stay in --database.
+    /// of the database's events table: nats://HOST:4222?stream=NAME (NATS JetStream),
+    /// amqp://… (RabbitMQ), table+postgres://…?table=… (an events table you already have) or
+    /// eventsourcing+postgres://…?application=NAME (Python eventsourcing's store). Overrides the
+    /// config's `source`; read models and checkpoints stay in --database.
     #[arg(
         long,
         global = true,

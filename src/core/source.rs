@@ -128,6 +128,14 @@ pub trait Source: Send + Sync + 'static {
         true
     }
 
+    /// Whether a second reader of a projection (a blue/green shadow build) may read beside
+    /// its live reader: reads keep no state per reader (a table read by position). Broker
+    /// sources keep one consumer per projection, which a second reader would share, so
+    /// blue/green rebuilds refuse to run on them.
+    fn reads_beside(&self) -> bool {
+        false
+    }
+
     /// Called after every commit of the reader `filter`, with the checkpoint it committed:
     /// everything up to `through` is durable in the read model. Broker sources acknowledge
     /// their messages here (never before the commit, so a crash redelivers instead of losing).

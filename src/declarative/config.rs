@@ -85,8 +85,94 @@ pub struct Config {
     /// tool does).
     pub http: RawTable,
     /// Where events come from, when not from the database's events table: a broker URL
-    /// (`nats://…`, `amqp://…`). The `--source` option overrides it.
+    /// (`nats://…`, `amqp://…`), a table source URL (`table+postgres://…`,
+    /// `eventsourcing+sqlite://…`), or the URL made from a `[source]` table that maps an events
+    /// table. The `--source` option overrides it.
     pub source: Option<String>,
+}
+
+/// The URL of a `[source]` table: `url` (a database URL, or a `table+…`/`eventsourcing+…`
+/// URL), `kind` (`table`, the default, or `eventsourcing`) when the URL does not name it, the
+/// mapping's keys as strings, and `[source.topics]` (topic → event type). Errors name the key.
+fn source_table_url(t: &toml::Table) -> std::result::Result<String, (Option<String>, String)> {
+    let text = |key: &str, v: &toml::Value| match v {
+        toml::Value::String(s) => Ok(s.trim().to_owned()),
+        other => Err((
+            Some(key.to_owned()),
+            format!("expected a string, found {}", describe(other)),
+        )),
+    };
+    let url = match t.get("url") {
+        Some(v) => text("url", v)?,
+        None => {
+            return Err((
+                Some("url".into()),
+                "missing: the database the events table lives in, e.g. \"postgres://app@db/shop\"".into(),
+            ))
+        }
+    };
+    let kind = match t.get("kind") {
+        Some(v) => text("kind", v)?,
+        None => "table".to_owned(),
+    };
+    if !matches!(kind.as_str(), "table" | "eventsourcing") {
+        return Err((
+            Some("kind".into()),
+            format!("{kind:?}: use \"table\" or \"eventsourcing\""),
+        ));
+    }
+    let scheme = url
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default();
+    let mut url = if scheme.contains('+') {
+        url
+    } else if url.contains("://") {
+        format!("{kind}+{url}")
+    } else {
+        // A bare path is a SQLite file.
+        format!("{kind}+sqlite://{url}")
+    };
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in t {
+        match key.as_str() {
+            "url" | "kind" => {}
+            "topics" => {
+                let toml::Value::Table(topics) = value else {
+                    return Err((
+                        Some("topics".into()),
+                        format!(
+                            "expected a table of topic = \"EventType\", found {}",
+                            describe(value)
+                        ),
+                    ));
+                };
+                for (topic, event_type) in topics {
+                    let event_type = text(&format!("topics.{topic}"), event_type)?;
+                    query.append_pair("topic", &format!("{topic}={event_type}"));
+                }
+            }
+            _ => {
+                let value = match value {
+                    toml::Value::Boolean(b) => {
+                        if *b {
+                            "on".to_owned()
+                        } else {
+                            "off".to_owned()
+                        }
+                    }
+                    v => text(key, v)?,
+                };
+                query.append_pair(key, &value);
+            }
+        }
+    }
+    let query = query.finish();
+    if !query.is_empty() {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&query);
+    }
+    Ok(url)
 }
 
 /// A table of the projections file that the library keeps as written without reading it: the
@@ -173,12 +259,16 @@ impl Config {
         let source = match table.get("source") {
             None => None,
             Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Some(toml::Value::Table(t)) => Some(source_table_url(t).map_err(|(key, message)| {
+                err(None, Some(key.map_or_else(|| "source".to_owned(), |k| format!("source.{k}"))), message)
+            })?),
             Some(other) => {
                 return Err(err(
                     None,
                     Some("source".into()),
                     format!(
-                    "expected a broker URL string such as \"nats://127.0.0.1:4222?stream=EVENTS\", found {}",
+                    "expected a source URL string such as \"nats://127.0.0.1:4222?stream=EVENTS\", or a [source] table \
+                     mapping an events table, found {}",
                     describe(other)
                 ),
                 ))

@@ -290,3 +290,49 @@ fn named_statements_take_any_name_once_each_in_order_of_first_use() {
         Err(SqlError::MultipleStatements { .. })
     ));
 }
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[test]
+fn a_source_table_becomes_a_table_source_url() {
+    let c = Config::parse(
+        "[source]\nurl = \"postgres://app@db/shop\"\ntable = \"es.events\"\nposition = \"id\"\n\
+         stream_id = \"aggregate_id\"\nstream_version = \"version\"\nevent_type = \"kind\"\ndata = \"payload\"\n\
+         gap_guard = true\n\
+         [[projection]]\nname = \"p\"\n[projection.handlers]\nT = \"SELECT 1\"\n",
+        "p.toml",
+    )
+    .unwrap();
+    let url = c.source.unwrap();
+    assert!(url.starts_with("table+postgres://app@db/shop?"), "{url}");
+    let mapping = crate::table::TableMapping::from_url(&url).unwrap();
+    assert_eq!(
+        (mapping.table.as_str(), mapping.data.as_str()),
+        ("es.events", "payload")
+    );
+    assert!(mapping.gap_guard);
+
+    let c = Config::parse(
+        "[source]\nkind = \"eventsourcing\"\nurl = \"app.sqlite\"\n[source.topics]\n\"shop:Order.Made\" = \"OrderCreated\"\n\
+         [[projection]]\nname = \"p\"\n[projection.handlers]\nT = \"SELECT 1\"\n",
+        "p.toml",
+    )
+    .unwrap();
+    let url = c.source.unwrap();
+    let mapping = crate::table::TableMapping::from_url(&url).unwrap();
+    assert_eq!(mapping.connect, "app.sqlite");
+    assert_eq!(
+        mapping.eventsourcing.unwrap().topics["shop:Order.Made"],
+        "OrderCreated"
+    );
+
+    let e = Config::parse(
+        "[source]\nurl = \"x.db\"\nposition = 3\n[[projection]]\nname = \"p\"\n[projection.handlers]\nT = \"SELECT 1\"\n",
+        "p.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("source.position") && e.contains("expected a string"),
+        "{e}"
+    );
+}

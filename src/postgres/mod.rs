@@ -46,7 +46,7 @@ mod blue_green;
 mod commit;
 mod connect;
 mod dead_letters;
-mod error;
+pub(crate) mod error;
 mod inline;
 mod lifecycle;
 mod listen;

@@ -236,6 +236,10 @@ impl Source for PgStore {
         true
     }
 
+    fn reads_beside(&self) -> bool {
+        true
+    }
+
     async fn partition_lag(
         &self,
         after: Checkpoint,

@@ -123,7 +123,7 @@ impl std::fmt::Debug for SqliteStore {
 
 /// A database error during `op`. A row decoder's own error (an unknown stored value) travels
 /// inside rusqlite's conversion error, and comes out as itself.
-fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+pub(crate) fn db_err(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| {
         let e = match e {
             rusqlite::Error::FromSqlConversionFailure(column, kind, cause) => match cause.downcast::<Error>()

@@ -113,4 +113,8 @@ impl Source for SqliteStore {
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
+
+    fn reads_beside(&self) -> bool {
+        true
+    }
 }

@@ -22,6 +22,8 @@ mod postgres;
 mod rabbitmq;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod table;
 
 pub use engine::{engine, CliEngine};
 pub use registry::{BenchRun, Database, Kind, SourceBackend, StoreBackend};
@@ -75,7 +77,36 @@ pub const SOURCES: &[Kind<dyn SourceBackend>] = &[
         example: "amqp://USER:PASSWORD@HOST:5672/VHOST?exchange=NAME (RabbitMQ)",
         backend: built_in!("rabbitmq", rabbitmq::Rabbit => dyn SourceBackend),
     },
+    Kind {
+        name: "events table",
+        feature: "sqlite or postgres",
+        schemes: projectionist_table_schemes(),
+        example: "table+postgres://USER@HOST/DB?table=T&position=…&stream_id=…&stream_version=…&event_type=…&data=… \
+                  (an events table you already have), eventsourcing+postgres://USER@HOST/DB?application=NAME",
+        backend: table_backend(),
+    },
 ];
+
+/// The table source's schemes (none in a build without a SQL database).
+const fn projectionist_table_schemes() -> &'static [&'static str] {
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    return projectionist::table::SCHEMES;
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+    return &[
+        "table+postgres",
+        "table+sqlite",
+        "eventsourcing+postgres",
+        "eventsourcing+sqlite",
+    ];
+}
+
+/// The table source backend, when a SQL database is built in.
+const fn table_backend() -> Option<&'static dyn SourceBackend> {
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    return Some(&table::Table);
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+    return None;
+}
 
 #[cfg(test)]
 mod tests {

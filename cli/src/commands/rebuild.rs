@@ -7,7 +7,7 @@ use projectionist::backend::Source;
 
 use super::{progress_to, Ctx};
 use crate::args::RebuildArgs;
-use crate::backend::{CliEngine, Events};
+use crate::backend::CliEngine;
 use crate::exit::usage;
 use crate::output;
 
@@ -15,17 +15,17 @@ pub async fn run(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
     let config = ctx.config_required()?;
     ctx.require_database()?;
     let db = ctx.database().await?;
+    let events = ctx.events(&db, Some(&config)).await?;
     if a.blue_green {
-        if ctx.source_url(Some(&config)).is_some() {
+        if !events.source.reads_beside() {
             return Err(usage(
-                "--blue-green rebuilds from the database's events table and does not read a broker source \
-                 (--source or the config's `source`); run a plain rebuild instead",
+                "--blue-green builds the new version beside the live one, and a broker source keeps one \
+                 consumer per projection (--source or the config's `source`); run a plain rebuild instead",
             ));
         }
-        let engine = ctx.engine(&db, &Events::database(&db), Some(&config))?;
+        let engine = ctx.engine(&db, &events, Some(&config))?;
         return blue_green(&engine, &a).await;
     }
-    let events = ctx.events(&db, Some(&config)).await?;
     events.check_replay()?;
     rebuild(ctx.engine(&db, &events, Some(&config))?, &a).await
 }

@@ -25,6 +25,7 @@ trait DynSource: Send + Sync + 'static {
     fn changes(&self) -> watch::Receiver<u64>;
     fn supports_partitions(&self) -> bool;
     fn can_replay(&self) -> bool;
+    fn reads_beside(&self) -> bool;
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>>;
     fn as_any(&self) -> &dyn Any;
 }
@@ -61,6 +62,10 @@ impl<S: Source> DynSource for S {
 
     fn can_replay(&self) -> bool {
         Source::can_replay(self)
+    }
+
+    fn reads_beside(&self) -> bool {
+        Source::reads_beside(self)
     }
 
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>> {
@@ -127,6 +132,10 @@ impl Source for AnySource {
 
     fn can_replay(&self) -> bool {
         self.inner.can_replay()
+    }
+
+    fn reads_beside(&self) -> bool {
+        self.inner.reads_beside()
     }
 
     async fn acknowledge(&self, filter: &Filter, through: Checkpoint) -> Result<()> {
