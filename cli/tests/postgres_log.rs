@@ -23,7 +23,7 @@ use tempfile::TempDir;
 /// The most statements the store has in flight in one transaction (`PIPELINE_WINDOW` in the
 /// PostgreSQL backend): after a failure, at most this many more lines ("current transaction is
 /// aborted") can follow the failing statement's own.
-const WINDOW: usize = 8;
+const WINDOW: usize = 64;
 
 fn bin(dir: &Path, url: &str) -> Command {
     let mut c = kit::binary!().command(dir);
