@@ -319,3 +319,52 @@ async fn a_failing_event_logs_a_bounded_number_of_lines() {
         lines.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
 }
+
+const UNTYPED: &str = r#"
+[[projection]]
+name = "docs"
+setup = "CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, body JSONB NOT NULL)"
+
+[projection.handlers]
+Saved = "INSERT INTO docs (id, body) VALUES (:stream_id, :data.doc - 'secret')"
+"#;
+
+/// Where the numeric cast inferred from arithmetic does not fit (a JSON object minus a key),
+/// setup checks the untyped statement instead, as before: the projection starts and applies
+/// (the object binds as jsonb). A statement that is wrong either way still fails setup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cast_that_does_not_fit_falls_back_to_the_untyped_check() {
+    let Some((c, dir)) = set_up("log_untyped", UNTYPED) else {
+        return;
+    };
+    let url = c.url();
+    let d = dir.path();
+    let events = [(
+        "d-1".to_owned(),
+        "Saved",
+        serde_json::json!({"doc": {"a": 1, "secret": "x"}}),
+    )];
+    std::fs::write(d.join("events.jsonl"), jsonl(events)).expect("write the events");
+    cli(d, &url, &["import", "events.jsonl"]);
+    cli(d, &url, &["run", "--once"]);
+    let client = connect(&url).await;
+    let body: Value = client
+        .query_one("SELECT body FROM docs WHERE id = 'd-1'", &[])
+        .await
+        .expect("docs")
+        .get(0);
+    assert_eq!(body, serde_json::json!({"a": 1}));
+
+    std::fs::write(
+        d.join("projectionist.toml"),
+        UNTYPED.replace("'secret'", "no_such_column"),
+    )
+    .expect("write the config");
+    let out = bin(d, &url).args(["run", "--once"]).output().expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not prepare") && stderr.contains("no_such_column"),
+        "{stderr}"
+    );
+}

@@ -228,8 +228,8 @@ pub trait SqlTx {
 
     /// [`check_statement`](Self::check_statement) of `typed`, a statement whose placeholders
     /// carry casts inferred from their use ([`Dialect::check_placeholder`]); where the database
-    /// rejects a statement for those casts' types, `untyped` (the same with plain placeholders)
-    /// is checked instead. Default: `untyped` only.
+    /// rejects it (the casts may not fit), `untyped` (the same with plain placeholders) is
+    /// checked instead, and has the last word. Default: `untyped` only.
     fn check_typed_statement(
         &self,
         typed: &str,

@@ -176,7 +176,7 @@ impl PgStore {
         // Statements the body asked to check (declarative handlers): prepare each, inside a
         // savepoint so that a rejected one does not abort the transaction. Placeholders carry
         // the casts inferred from their use, so that none is ambiguous (which the server would
-        // log); where those casts do not fit, the untyped statement is checked instead, and an
+        // log); where the typed statement fails, the untyped one is checked instead, and an
         // ambiguous type there (SQLSTATE 42725, 42P18) is not an error: values are typed when
         // bound.
         for check in batch.take_checks() {
@@ -195,7 +195,9 @@ impl PgStore {
                         });
                     }
                     Ok(_) => break,
-                    Err(e) if !last && is_type_error(&e) => continue,
+                    // The inferred casts may be what the server rejects: the untyped
+                    // statement has the last word.
+                    Err(_) if !last => continue,
                     Err(e) if is_ambiguous(&e) => break,
                     Err(e) => {
                         return Err(Error::Lifecycle {
@@ -247,12 +249,4 @@ impl PgStore {
 fn is_ambiguous(e: &tokio_postgres::Error) -> bool {
     e.code()
         .is_some_and(|c| c.code() == "42725" || c.code() == "42P18")
-}
-
-/// An error about the types of the operands: no such function or operator for them (42883),
-/// a type mismatch (42804), or an ambiguous one.
-fn is_type_error(e: &tokio_postgres::Error) -> bool {
-    is_ambiguous(e)
-        || e.code()
-            .is_some_and(|c| c.code() == "42883" || c.code() == "42804")
 }
