@@ -3,9 +3,12 @@
 //! `projectionist` binary against it, and counts the `ERROR:` lines the server logged.
 //!
 //! - starting with the example config logs none;
-//! - two daemons on one projection log at most one line per fenced batch;
+//! - two daemons on one projection log at most one line per fenced batch (the checkpoint's
+//!   compare-and-set), and so does a daemon that wakes with a partition's lease taken over;
 //! - a projection whose events fail logs at most a pipeline window's worth per failing event,
-//!   not one line per statement queued behind the failure.
+//!   not one line per statement queued behind the failure;
+//! - a numeric cast inferred for a setup check that does not fit falls back to the untyped
+//!   check.
 
 mod ops_support;
 
@@ -70,8 +73,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, url: &str) -> Daemon {
+        Daemon::start_with(dir, url, &[])
+    }
+
+    fn start_with(dir: &Path, url: &str, args: &[&str]) -> Daemon {
         let mut child = bin(dir, url)
             .args(["run", "--log-format", "json"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -84,12 +92,24 @@ impl Daemon {
         self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// How many of its commits were fenced (the runner's warning, one per fenced batch).
+    /// How many of its commits were fenced (the runner's warning, one per fenced batch: the
+    /// checkpoint moved, or the partition's lease did).
     fn fenced(&self) -> usize {
         self.logs()
             .lines()
-            .filter(|l| l.contains("checkpoint moved under this runner"))
+            .filter(|l| {
+                l.contains("checkpoint moved under this runner")
+                    || l.contains("another node took this partition over")
+            })
             .count()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name}");
     }
 
     fn stop(mut self) {
@@ -111,6 +131,35 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (at most 120 s) until `totals` counted `total` events in all.
+async fn caught_up(client: &tokio_postgres::Client, total: i64, daemons: &[&Daemon]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = client
+            .query_opt("SELECT n FROM totals WHERE k = 'all'", &[])
+            .await
+            .expect("totals")
+            .map_or(0, |r| r.get::<_, i64>(0));
+        if n == total {
+            return;
+        }
+        let logs: Vec<String> = daemons.iter().map(|d| d.logs()).collect();
+        assert!(
+            Instant::now() < deadline,
+            "the daemons did not catch up: {n} of {total}\n{}",
+            logs.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Imports `n` `Added` events on 37 streams, numbered from `from`.
+fn import(d: &Path, url: &str, from: usize, n: usize) {
+    let events = (from..from + n).map(|i| (format!("s-{}", i % 37), "Added", serde_json::json!({"i": i})));
+    std::fs::write(d.join("events.jsonl"), jsonl(events)).expect("write the events");
+    cli(d, url, &["import", "events.jsonl"]);
 }
 
 fn jsonl(events: impl IntoIterator<Item = (String, &'static str, Value)>) -> String {
@@ -198,36 +247,11 @@ async fn two_daemons_on_one_projection_log_at_most_one_line_per_fenced_batch() {
     // Appends in chunks while both run, so that both keep competing for the checkpoint.
     let (chunks, per_chunk) = (20, 150);
     for k in 0..chunks {
-        let events = (0..per_chunk).map(|i| {
-            (
-                format!("s-{}", (k * per_chunk + i) % 37),
-                "Added",
-                serde_json::json!({"i": i}),
-            )
-        });
-        std::fs::write(d.join("events.jsonl"), jsonl(events)).expect("write the events");
-        cli(d, &url, &["import", "events.jsonl"]);
+        import(d, &url, k * per_chunk, per_chunk);
     }
     let total = (chunks * per_chunk) as i64;
     let client = connect(&url).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = client
-            .query_opt("SELECT n FROM totals WHERE k = 'all'", &[])
-            .await
-            .expect("totals")
-            .map_or(0, |r| r.get::<_, i64>(0));
-        if n == total {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemons did not catch up: {n} of {total}\n{}\n{}",
-            a.logs(),
-            b.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    caught_up(&client, total, &[&a, &b]).await;
     // Let any batch in flight finish, then stop both.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fenced = a.fenced() + b.fenced();
@@ -250,6 +274,54 @@ async fn two_daemons_on_one_projection_log_at_most_one_line_per_fenced_batch() {
     assert!(
         lines.len() <= fenced,
         "{} ERROR lines for {fenced} fenced batches; the first ones:\n{}",
+        lines.len(),
+        lines.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// A partitioned projection: its partitions' commits are fenced by their lease.
+fn partitioned() -> String {
+    TWO_DAEMONS.replace("batch_size = 20", "batch_size = 20\npartitions = 2")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_fences_without_a_server_log_line() {
+    let Some((c, dir)) = set_up("log_lease", &partitioned()) else {
+        return;
+    };
+    let url = c.url();
+    let d = dir.path();
+    let takeover = ["--takeover-seconds", "1"];
+    let a = Daemon::start_with(d, &url, &takeover);
+    import(d, &url, 0, 600);
+    let client = connect(&url).await;
+    caught_up(&client, 600, &[&a]).await;
+    // A freezes holding both leases; B takes them over once they expire, and applies.
+    a.signal("STOP");
+    let b = Daemon::start_with(d, &url, &takeover);
+    import(d, &url, 600, 600);
+    caught_up(&client, 1200, &[&b]).await;
+    // A wakes with batches in hand and leases it no longer holds.
+    import(d, &url, 1200, 600);
+    a.signal("CONT");
+    caught_up(&client, 1800, &[&a, &b]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fenced = a.fenced() + b.fenced();
+    let a_logs = a.logs();
+    a.stop();
+    b.stop();
+    assert_eq!(
+        count(&client, "SELECT sum(n)::bigint FROM totals WHERE k <> 'all'").await,
+        1800
+    );
+    let lines = errors(&c);
+    eprintln!(
+        "a lease taken over from a frozen daemon: {fenced} fenced batches, {} server log ERROR lines",
+        lines.len()
+    );
+    assert!(
+        lines.len() <= fenced,
+        "{} ERROR lines for {fenced} fenced batches:\n{}\ndaemon a:\n{a_logs}",
         lines.len(),
         lines.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
