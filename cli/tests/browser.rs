@@ -1,7 +1,9 @@
 //! The dashboard in a real headless browser: Debian's `chromium`, driven by playwright-core
 //! (tests/browser/dashboard.mjs). A daemon holds a dead letter; the browser loads the
-//! dashboard, sees the projections, clicks retry, sees the dead letter gone and the projection
-//! caught up, and saves a screenshot to target/artifacts/dashboard.png.
+//! dashboard, sees the partitions view (owner, checkpoint, lag per partition), clicks the dead
+//! letter and sees its payload and error, sees the projections, clicks retry, sees the dead
+//! letter gone and the projection caught up, sees each projection's lag chart grow from the
+//! daemon's samples, and saves a screenshot to target/artifacts/dashboard.png.
 //!
 //! It needs Debian's chromium, node, and `npm ci` in tests/browser, which `scripts/test`
 //! prepares; a plain `cargo nextest run` leaves it out (the default filter in
@@ -123,9 +125,12 @@ fn the_dashboard_retries_a_dead_letter_in_chromium() {
     );
     for step in [
         "\"loaded\"",
+        "\"partitions\"",
+        "\"dead_letter_details\"",
         "\"projections\"",
         "\"retried\"",
         "\"caught_up\"",
+        "\"lag_chart\"",
         "\"screenshot\"",
     ] {
         assert!(stdout.contains(step), "step {step} missing:\n{stdout}");

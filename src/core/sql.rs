@@ -147,6 +147,19 @@ impl Dialect {
         }
     }
 
+    /// The placeholder for parameter `n` in a statement prepared at setup, before any value:
+    /// with the cast of `value` when the parameter always binds that kind (an event's position
+    /// is always an integer), else `::numeric` where its use is arithmetic (`:data.quantity *
+    /// :data.unit_price`: two untyped parameters there make the operator ambiguous, which
+    /// PostgreSQL rejects and logs), else none (its context types it, as at run time).
+    pub fn check_placeholder(self, n: usize, value: Option<&SqlValue<'_>>, arithmetic: bool) -> String {
+        match (self, value) {
+            (Dialect::Postgres, None) if arithmetic => format!("${n}::numeric"),
+            (_, Some(v)) => self.placeholder(n, v),
+            (_, None) => self.plain_placeholder(n),
+        }
+    }
+
     /// The plain placeholder for parameter `n` (no cast).
     pub fn plain_placeholder(self, n: usize) -> String {
         match self {
@@ -212,6 +225,21 @@ pub trait SqlTx {
     /// running it, so that a statement the database rejects shows before any event. `label`
     /// names it in the error.
     fn check_statement(&self, sql: &str, params: usize, label: &str) -> Result<(), HandlerError>;
+
+    /// [`check_statement`](Self::check_statement) of `typed`, a statement whose placeholders
+    /// carry casts inferred from their use ([`Dialect::check_placeholder`]); where the database
+    /// rejects it (the casts may not fit), `untyped` (the same with plain placeholders) is
+    /// checked instead, and has the last word. Default: `untyped` only.
+    fn check_typed_statement(
+        &self,
+        typed: &str,
+        untyped: &str,
+        params: usize,
+        label: &str,
+    ) -> Result<(), HandlerError> {
+        let _ = typed;
+        self.check_statement(untyped, params, label)
+    }
 
     /// A hint that bodies on this context will prepare about `statements` distinct statements
     /// (a store may size its statement cache). Default: nothing.

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Decoded, ParamValue, ProjectionDef, Statement, PARAMETER_NAMES};
+use super::{Decoded, ParamSource, ParamValue, ProjectionDef, Statement, PARAMETER_NAMES};
 use crate::core::error::{BatchFailure, HandlerError};
 use crate::core::event::Event;
 use crate::core::projection::{Applied, Apply, Projection};
@@ -182,12 +182,22 @@ impl SqlBody {
             };
             for st in &handler.statements {
                 let show = st.statement.text().trim().replace('\n', "\n    ");
-                let sql = match cx.dialect() {
-                    Dialect::Sqlite => st.sqlite.clone(),
-                    Dialect::Postgres => st.statement.render_postgres(),
+                let dialect = cx.dialect();
+                let (typed, untyped) = match dialect {
+                    Dialect::Sqlite => (st.sqlite.clone(), st.sqlite.clone()),
+                    Dialect::Postgres => {
+                        let params = st.statement.params();
+                        let arithmetic = st.statement.arithmetic();
+                        let typed = st.statement.render(|n| {
+                            let sample = params.get(n - 1).and_then(ParamSource::sample);
+                            let numeric = arithmetic.get(n - 1).copied().unwrap_or(false);
+                            dialect.check_placeholder(n, sample.as_ref(), numeric)
+                        });
+                        (typed, st.statement.render_postgres())
+                    }
                 };
                 let label = format!("{} does not prepare\n    {show}\n  error", st.which);
-                cx.check_statement(&sql, st.statement.params().len(), &label)
+                cx.check_typed_statement(&typed, &untyped, st.statement.params().len(), &label)
                     .map_err(|e| {
                         if e.to_string().contains("not a named event parameter") {
                             HandlerError::msg(format!(

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::core::error::HandlerError;
 use crate::core::event::Event;
+use crate::core::sql::SqlValue;
 
 /// Where a named parameter's value comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -84,6 +85,23 @@ impl ParamSource {
             out.push_str(seg);
         }
         out
+    }
+
+    /// A value of the kind this parameter always binds, for typing its placeholder before
+    /// any event: the positions are integers, the other event fields text, a whole payload or
+    /// metadata JSON. `None` for a JSON path, whose kind depends on the event.
+    pub fn sample(&self) -> Option<SqlValue<'static>> {
+        match self {
+            ParamSource::StreamVersion | ParamSource::Position => Some(SqlValue::Int(0)),
+            ParamSource::StreamId
+            | ParamSource::EventType
+            | ParamSource::EventId
+            | ParamSource::RecordedAt => Some(SqlValue::Text(Cow::Borrowed(""))),
+            ParamSource::Data(path) | ParamSource::Metadata(path) if path.is_empty() => {
+                Some(SqlValue::Json(Cow::Borrowed("{}")))
+            }
+            ParamSource::Data(_) | ParamSource::Metadata(_) => None,
+        }
     }
 
     /// Whether the value comes from the payload (which then has to be decoded).

@@ -109,6 +109,27 @@ impl<P: PartialEq> Statement<P> {
         out
     }
 
+    /// For each distinct parameter (in placeholder order), whether one of its occurrences is
+    /// an operand of an arithmetic operator (`+ - * / % ^` right before or after it, not a
+    /// `->` or a comment), so that its placeholder needs a numeric type to prepare.
+    pub fn arithmetic(&self) -> Vec<bool> {
+        const OPERATORS: &[char] = &['+', '-', '*', '/', '%', '^'];
+        let mut out = vec![false; self.params.len()];
+        for (k, slot) in self.slots.iter().enumerate() {
+            let before = self.pieces.get(k).map_or("", |p| p.trim_end());
+            let after = self.pieces.get(k + 1).map_or("", |p| p.trim_start());
+            let left = before.ends_with(OPERATORS) && !before.ends_with("*/");
+            let right =
+                after.starts_with(OPERATORS) && !["->", "--", "/*"].iter().any(|t| after.starts_with(t));
+            if left || right {
+                if let Some(a) = out.get_mut(*slot) {
+                    *a = true;
+                }
+            }
+        }
+        out
+    }
+
     /// SQLite placeholders: `?1`, `?2`, …
     pub fn render_sqlite(&self) -> String {
         self.render(|n| format!("?{n}"))

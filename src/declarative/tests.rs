@@ -61,6 +61,57 @@ fn unknown_parameters_multiple_statements_and_unterminated_literals_are_errors()
 }
 
 #[test]
+fn arithmetic_operands_are_found_by_their_neighbours() {
+    let st = Statement::parse(
+        "UPDATE t SET a = a + :data.q * :data.p, b = :data.b, c = :data.c->>'x', \
+         d = -:data.d, e = :data.e::int * 2, f = :data.f -- note\n WHERE k = :stream_id",
+    )
+    .unwrap();
+    assert_eq!(
+        names(&st),
+        vec![
+            ":data.q",
+            ":data.p",
+            ":data.b",
+            ":data.c",
+            ":data.d",
+            ":data.e",
+            ":data.f",
+            ":stream_id"
+        ]
+    );
+    assert_eq!(
+        st.arithmetic(),
+        vec![true, true, false, false, true, false, false, false]
+    );
+}
+
+#[test]
+fn setup_checks_type_placeholders_from_their_kind_and_use() {
+    use crate::core::sql::Dialect;
+    let st = Statement::parse(
+        "UPDATE t SET n = n + :data.q * :data.p, v = :stream_version, m = :metadata WHERE k = :stream_id",
+    )
+    .unwrap();
+    let params = st.params();
+    let arithmetic = st.arithmetic();
+    let render = |dialect: Dialect| {
+        st.render(|n| {
+            let sample = params[n - 1].sample();
+            dialect.check_placeholder(n, sample.as_ref(), arithmetic[n - 1])
+        })
+    };
+    assert_eq!(
+        render(Dialect::Postgres),
+        "UPDATE t SET n = n + $1::numeric * $2::numeric, v = $3::bigint, m = $4::jsonb WHERE k = $5"
+    );
+    assert_eq!(
+        render(Dialect::Sqlite),
+        "UPDATE t SET n = n + ?1 * ?2, v = ?3, m = ?4 WHERE k = ?5"
+    );
+}
+
+#[test]
 fn scripts_split_at_statement_ends_only() {
     let script = "CREATE TABLE a (x TEXT DEFAULT ';');\n\
                   -- a comment; with a semicolon\n\

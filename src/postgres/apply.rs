@@ -68,9 +68,20 @@ impl<'t, 'c> Flusher<'t, 'c> {
         self.sent += queued.len();
     }
 
-    /// Drops the statements still queued in `batch` whose number is above `last`.
-    pub(crate) fn keep_through(&self, batch: &PgBatch, last: usize) {
-        batch.truncate((last + 1).saturating_sub(self.sent));
+    /// The number, across flushes, of the statement at `index` of what is queued now.
+    pub(crate) fn number_of(&self, index: usize) -> usize {
+        self.sent + index
+    }
+
+    /// Sends what is queued in `batch` so far and waits for it: the row counts of every
+    /// statement sent, in order, or the first failure. After a failure the transaction is
+    /// aborted: end it.
+    pub(crate) async fn sync(&mut self, batch: &PgBatch) -> Result<Vec<u64>, PipelineError> {
+        self.flush(batch).await;
+        match self.failed.take() {
+            Some(f) => Err(f),
+            None => Ok(self.counts.clone()),
+        }
     }
 
     /// Runs `body` on a blocking thread with `batch` as its context, serving its queries in

@@ -36,7 +36,7 @@ impl PgStore {
             at
         });
         let cas = batch.store(
-            sql.cas_strict.clone(),
+            sql.cas.clone(),
             params![
                 c.projection.to_string(),
                 partition,
@@ -57,6 +57,27 @@ impl PgStore {
         let mut client = self.client_for("beginning a batch").await?;
         let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
         let mut flusher = Flusher::new(&tx);
+        // The lease check and the checkpoint's compare-and-set go first, on their own: a fenced
+        // runner learns it from their row counts before it sends any write (so it takes no row
+        // lock, and no statement fails: the server logs nothing for a fenced batch).
+        let head = match flusher.sync(&batch).await {
+            Ok(counts) => counts,
+            Err(PipelineError { error, .. }) => {
+                drop(tx);
+                return Err(CommitError::Store(db("moving the checkpoint", error)));
+            }
+        };
+        let moved = |at: usize| head.get(at).copied().unwrap_or(0) > 0;
+        if fence.is_some_and(|at| !moved(at)) {
+            // The lease went to another node.
+            let _ = tx.rollback().await;
+            return Err(CommitError::LeaseLost);
+        }
+        if !moved(cas) {
+            // The compare-and-set moved nothing: fenced or not active.
+            let _ = tx.rollback().await;
+            return Err(self.diagnose(&client, &c.projection, partition).await);
+        }
         // Bodies run per event, so that each queued statement is known by its event; a query
         // sends the statements queued before it.
         let (applied, early_failure) = apply::per_event(
@@ -68,73 +89,12 @@ impl PgStore {
         )
         .await
         .map_err(CommitError::Store)?;
-        let seen = if early_failure.is_some() {
-            // Only check the checkpoint: a fenced or paused runner hears that first.
-            flusher.keep_through(&batch, cas);
-            None
-        } else {
-            self.queue_commit_tail(&batch, &c, partition, applied)
-        };
-        let outcome = flusher.finish(&batch).await;
-        let cas_moved = match &outcome {
-            Ok(counts) => counts.get(cas).copied().unwrap_or(0) > 0,
-            Err(f) if f.index > cas => true,
-            Err(_) => false,
-        };
-        match outcome {
-            // The lease went to another node.
-            Err(PipelineError { ref error, index, .. })
-                if Some(index) == fence && error.code().is_some_and(|c| c.code() == "22012") =>
-            {
-                let _ = tx.rollback().await;
-                Err(CommitError::LeaseLost)
-            }
-            // The strict compare-and-set moved nothing: fenced or not active.
-            Err(PipelineError { ref error, index, .. })
-                if index == cas && error.code().is_some_and(|c| c.code() == "22012") =>
-            {
-                let _ = tx.rollback().await;
-                Err(self.diagnose(&client, &c.projection, partition).await)
-            }
-            Err(PipelineError { error, index, .. }) if index <= cas => {
-                drop(tx);
-                Err(CommitError::Store(db("moving the checkpoint", error)))
-            }
-            _ if !cas_moved => {
-                let _ = tx.rollback().await;
-                Err(self.diagnose(&client, &c.projection, partition).await)
-            }
-            Ok(_) => match early_failure {
-                Some(f) => {
-                    let _ = tx.rollback().await;
-                    Err(CommitError::Handler(f))
-                }
-                None => {
-                    tx.commit().await.map_err(db_err("committing a batch"))?;
-                    bump(&inner.checkpoints);
-                    Ok(())
-                }
-            },
-            Err(f) if Some(f.index) == seen && is_unique_violation(&f.error) => {
-                let _ = tx.rollback().await;
-                Err(CommitError::Store(already_seen(&c.projection, f.error)))
-            }
-            Err(f) => {
-                let _ = tx.rollback().await;
-                let message = f.message();
-                let PipelineError { error, origin, .. } = f;
-                match origin {
-                    Origin::Event(index) if !error::retryable(&error) => {
-                        Err(CommitError::Handler(BatchFailure {
-                            index,
-                            error: HandlerError::msg(message),
-                        }))
-                    }
-                    Origin::Event(_) => Err(CommitError::Store(db("applying a batch", error))),
-                    _ => Err(CommitError::Store(db("committing a batch", error))),
-                }
-            }
+        if let Some(f) = early_failure {
+            let _ = tx.rollback().await;
+            return Err(CommitError::Handler(f));
         }
+        let outcome = self.finish(flusher, &batch, &c, partition, applied).await;
+        self.end(tx, outcome).await
     }
 
     /// Queues what every commit ends with: dead letters, seen event ids, counters and the
@@ -210,16 +170,13 @@ impl PgStore {
         let name = c.projection.to_string();
         if let Some(f) = &c.fence {
             let st = tx.prepare_cached(&sql.fence).await.map_err(&cas_err)?;
-            match tx
-                .query_one(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
+            let held = tx
+                .execute(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
                 .await
-            {
-                Ok(_) => {}
-                Err(e) if e.code().is_some_and(|c| c.code() == "22012") => {
-                    let _ = tx.rollback().await;
-                    return Err(CommitError::LeaseLost);
-                }
-                Err(e) => return Err(CommitError::Store(db("checking the partition's lease", e))),
+                .map_err(|e| CommitError::Store(db("checking the partition's lease", e)))?;
+            if held == 0 {
+                let _ = tx.rollback().await;
+                return Err(CommitError::LeaseLost);
             }
             let st = tx.prepare_cached(&sql.mark_owner).await.map_err(&cas_err)?;
             tx.execute(&st, &[&name, &partition, &f.owner.as_ref(), &f.token])
@@ -264,28 +221,62 @@ impl PgStore {
                 return Err(CommitError::Handler(f));
             }
         };
-        let seen = self.queue_commit_tail(&batch, &c, partition, applied);
-        match flusher.finish(&batch).await {
-            Ok(_) => {
+        let outcome = self.finish(flusher, &batch, &c, partition, applied).await;
+        self.end(tx, outcome).await
+    }
+
+    /// Queues the commit's tail, and sends what is still queued: `Ok` when every statement
+    /// ran; else the first failure, as a redelivered event id, a failing event (by its index
+    /// in `Commit::events`), or the store's error.
+    async fn finish(
+        &self,
+        flusher: Flusher<'_, '_>,
+        batch: &PgBatch,
+        c: &Commit<PgBody>,
+        partition: i32,
+        applied: Applied,
+    ) -> Result<(), CommitError> {
+        let seen = self
+            .queue_commit_tail(batch, c, partition, applied)
+            .map(|at| flusher.number_of(at));
+        match flusher.finish(batch).await {
+            Ok(_) => Ok(()),
+            Err(f) if Some(f.index) == seen && is_unique_violation(&f.error) => {
+                Err(CommitError::Store(already_seen(&c.projection, f.error)))
+            }
+            Err(f) => {
+                let message = f.message();
+                let PipelineError { error, origin, .. } = f;
+                match origin {
+                    Origin::Event(index) if !error::retryable(&error) => {
+                        Err(CommitError::Handler(BatchFailure {
+                            index,
+                            error: HandlerError::msg(message),
+                        }))
+                    }
+                    Origin::Event(_) => Err(CommitError::Store(db("applying a batch", error))),
+                    _ => Err(CommitError::Store(db("committing a batch", error))),
+                }
+            }
+        }
+    }
+
+    /// Commits the transaction when `outcome` is `Ok` (and wakes the checkpoint's waiters),
+    /// else rolls it back.
+    async fn end(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        outcome: Result<(), CommitError>,
+    ) -> Result<(), CommitError> {
+        match outcome {
+            Ok(()) => {
                 tx.commit().await.map_err(db_err("committing a batch"))?;
                 bump(&self.inner.checkpoints);
                 Ok(())
             }
-            Err(f) if Some(f.index) == seen && is_unique_violation(&f.error) => {
-                drop(tx);
-                Err(CommitError::Store(already_seen(&c.projection, f.error)))
-            }
-            Err(f) => {
-                drop(tx);
-                match f.origin {
-                    Origin::Event(index) if !error::retryable(&f.error) => {
-                        Err(CommitError::Handler(BatchFailure {
-                            index,
-                            error: HandlerError::msg(f.message()),
-                        }))
-                    }
-                    _ => Err(CommitError::Store(db("committing a batch", f.error))),
-                }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
             }
         }
     }

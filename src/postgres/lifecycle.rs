@@ -174,19 +174,17 @@ impl PgStore {
             });
         }
         // Statements the body asked to check (declarative handlers): prepare each, inside a
-        // savepoint so that a rejected one does not abort the transaction. An ambiguous type
-        // (SQLSTATE 42725, 42P18) is not an error here: values are typed when bound.
+        // savepoint so that a rejected one does not abort the transaction. Placeholders carry
+        // the casts inferred from their use, so that none is ambiguous (which the server would
+        // log); where the typed statement fails, the untyped one is checked instead, and an
+        // ambiguous type there (SQLSTATE 42725, 42P18) is not an error: values are typed when
+        // bound.
         for check in batch.take_checks() {
-            let err = db_err("checking a projection's statements");
-            tx.batch_execute("SAVEPOINT projectionist_check")
-                .await
-                .map_err(&err)?;
-            match tx.prepare(&check.sql).await {
-                Ok(st) => {
-                    tx.batch_execute("RELEASE SAVEPOINT projectionist_check")
-                        .await
-                        .map_err(&err)?;
-                    if st.params().len() != check.params {
+            let candidates = std::iter::once(&check.sql).chain(check.untyped.as_ref());
+            for (k, sql) in candidates.enumerate() {
+                let last = k > 0 || check.untyped.is_none();
+                match self.check_one(&tx, sql).await? {
+                    Ok(params) if params != check.params => {
                         return Err(Error::Lifecycle {
                             projection: name.to_owned(),
                             step,
@@ -196,22 +194,18 @@ impl PgStore {
                             ),
                         });
                     }
-                }
-                Err(e) if error::retryable(&e) => return Err(db("checking a projection's statements", e)),
-                Err(e) => {
-                    let ambiguous = e
-                        .code()
-                        .is_some_and(|c| c.code() == "42725" || c.code() == "42P18");
-                    if !ambiguous {
+                    Ok(_) => break,
+                    // The inferred casts may be what the server rejects: the untyped
+                    // statement has the last word.
+                    Err(_) if !last => continue,
+                    Err(e) if is_ambiguous(&e) => break,
+                    Err(e) => {
                         return Err(Error::Lifecycle {
                             projection: name.to_owned(),
                             step,
                             message: format!("{}: {}", check.label, error::describe(&e)),
                         });
                     }
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT projectionist_check")
-                        .await
-                        .map_err(&err)?;
                 }
             }
         }
@@ -220,4 +214,39 @@ impl PgStore {
             .map_err(db_err("committing a projection change"))?;
         Ok(client)
     }
+
+    /// Prepares `sql` inside a savepoint (released, or rolled back when the server rejects
+    /// it): its parameter count, or the server's error.
+    async fn check_one(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        sql: &str,
+    ) -> Result<Result<usize, tokio_postgres::Error>> {
+        let err = db_err("checking a projection's statements");
+        tx.batch_execute("SAVEPOINT projectionist_check")
+            .await
+            .map_err(&err)?;
+        match tx.prepare(sql).await {
+            Ok(st) => {
+                tx.batch_execute("RELEASE SAVEPOINT projectionist_check")
+                    .await
+                    .map_err(&err)?;
+                Ok(Ok(st.params().len()))
+            }
+            Err(e) if error::retryable(&e) => Err(db("checking a projection's statements", e)),
+            Err(e) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT projectionist_check")
+                    .await
+                    .map_err(&err)?;
+                Ok(Err(e))
+            }
+        }
+    }
+}
+
+/// An ambiguous type: a function or operator with several candidates (42725), or a parameter
+/// whose type cannot be told (42P18).
+fn is_ambiguous(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code() == "42725" || c.code() == "42P18")
 }

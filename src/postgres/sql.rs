@@ -13,11 +13,9 @@ pub(super) struct Sql {
     pub(super) insert_returning: String,
     pub(super) insert: String,
     pub(super) lock_events: String,
+    /// The checkpoint's compare-and-set: moves one row, or none when the checkpoint moved
+    /// under this runner (or the projection is not active). The caller checks the row count.
     pub(super) cas: String,
-    /// The compare-and-set that fails (division by zero, SQLSTATE 22012) when it moves
-    /// nothing, so that a pipelined batch stops at once instead of running its writes (and
-    /// taking row locks) before the store sees the miss.
-    pub(super) cas_strict: String,
     pub(super) counters: String,
     pub(super) insert_dead_letter: String,
     pub(super) record: String,
@@ -33,8 +31,9 @@ pub(super) struct Sql {
     pub(super) retry_counters: String,
     pub(super) events_channel: String,
     pub(super) checkpoints_channel: String,
-    /// Fails (SQLSTATE 22012) unless the partition's lease still has this owner and token, and
-    /// holds the lease row (`FOR SHARE`) until the commit, so a takeover waits for it.
+    /// Returns one row while the partition's lease still has this owner and token (none once
+    /// it moved: the caller checks the row count, so a lost lease logs nothing on the server),
+    /// and holds the lease row (`FOR SHARE`) until the commit, so a takeover waits for it.
     pub(super) fence: String,
     pub(super) mark_owner: String,
     pub(super) record_seen: String,
@@ -125,12 +124,6 @@ impl Sql {
                  WHERE projection = $1 AND partition = $2 AND txid = $5 AND position = $6 \
                  AND state IN ('running', 'rebuilding')"
             ),
-            cas_strict: format!(
-                "WITH moved AS (UPDATE {s}.projection_checkpoints SET txid = $3, position = $4, updated_at = now() \
-                 WHERE projection = $1 AND partition = $2 AND txid = $5 AND position = $6 \
-                 AND state IN ('running', 'rebuilding') RETURNING 1) \
-                 SELECT 1 / (SELECT count(*)::int FROM moved)"
-            ),
             counters: format!(
                 "UPDATE {s}.projection_checkpoints SET applied = applied + $3, ignored = ignored + $4, \
                  errors = errors + $5, events_per_second = $6, last_error = coalesce($7, last_error) \
@@ -177,8 +170,8 @@ impl Sql {
             events_channel: format!("{schema}.events"),
             checkpoints_channel: format!("{schema}.checkpoints"),
             fence: format!(
-                "WITH l AS (SELECT 1 FROM {s}.projection_leases WHERE projection = $1 AND partition = $2 \
-                 AND owner = $3 AND token = $4 FOR SHARE) SELECT 1 / (SELECT count(*)::int FROM l)"
+                "SELECT 1 FROM {s}.projection_leases WHERE projection = $1 AND partition = $2 \
+                 AND owner = $3 AND token = $4 FOR SHARE"
             ),
             mark_owner: format!(
                 "UPDATE {s}.projection_checkpoints SET owner = $3, lease_token = $4 \

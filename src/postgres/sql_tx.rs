@@ -84,7 +84,19 @@ impl SqlTx for PgBatch {
     }
 
     fn check_statement(&self, sql: &str, params: usize, label: &str) -> Result<(), HandlerError> {
-        self.check(sql.to_owned(), params, label.to_owned());
+        self.check(sql.to_owned(), None, params, label.to_owned());
+        Ok(())
+    }
+
+    fn check_typed_statement(
+        &self,
+        typed: &str,
+        untyped: &str,
+        params: usize,
+        label: &str,
+    ) -> Result<(), HandlerError> {
+        let untyped = (typed != untyped).then(|| untyped.to_owned());
+        self.check(typed.to_owned(), untyped, params, label.to_owned());
         Ok(())
     }
 }

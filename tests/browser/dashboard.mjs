@@ -1,7 +1,8 @@
 // Drives the daemon's dashboard in a real headless chromium:
 //   node dashboard.mjs URL TOKEN SCREENSHOT_PATH
-// (1) loads the dashboard of a daemon that holds a dead letter, (2) sees the projections,
-// (3) clicks retry on the dead letter and sees it gone and the projection caught up,
+// (1) loads the dashboard of a daemon that holds a dead letter, sees the partitions view and,
+// on a click, the dead letter's payload and error, (2) sees the projections, (3) clicks retry on
+// the dead letter and sees it gone and the projection caught up, then sees the lag charts grow,
 // (4) saves a screenshot. Prints what it saw as JSON lines; exits non-zero on any failure.
 // cli/tests/browser.rs prepares the daemon and runs this script.
 import { mkdirSync } from "node:fs";
@@ -57,6 +58,36 @@ try {
     rows.map((r) => ({ id: r.dataset.deadLetter, projection: r.dataset.projection, text: r.innerText.replace(/\s+/g, " ").trim() })));
   seen("loaded", { title, health: await page.textContent("#health"), dead_letters: letters });
 
+  // (1b) The partitions view: one row per partition, with its owner, checkpoint and lag.
+  await page.waitForSelector('#partitions tbody tr[data-partition="items/0"]', { timeout: 15000 });
+  const partitions = await page.$$eval("#partitions tbody tr[data-partition]", (rows) => rows.map((r) => ({
+    partition: r.dataset.partition,
+    owner: r.querySelector('[data-field="owner"]')?.textContent,
+    checkpoint: r.querySelector('[data-field="checkpoint"]')?.textContent,
+    lag: r.querySelector('[data-field="lag"]')?.textContent,
+  })));
+  seen("partitions", { partitions });
+  for (const name of ["items", "totals", "audit"]) {
+    const p = partitions.find((r) => r.partition === `${name}/0`);
+    if (!p) throw new Error(`no partition row for ${name}`);
+    if (!p.owner || !/^[\d,]+$/.test(p.checkpoint) || !/^[\d,]+$/.test(p.lag)) {
+      throw new Error(`partition row of ${name} lacks its owner, checkpoint or lag: ${JSON.stringify(p)}`);
+    }
+  }
+
+  // (1c) A click on a dead letter shows its payload and its error.
+  const letter = letters.find((l) => l.projection === "items") || letters[0];
+  await page.locator(`#dead-letters tbody tr[data-dead-letter="${letter.id}"] td:nth-child(2)`).click();
+  const details = `#dead-letters tr.dl-details[data-details-for="${letter.id}"]`;
+  await page.waitForSelector(`${details} pre[data-field="payload"]`, { timeout: 5000 });
+  const payload = await page.textContent(`${details} pre[data-field="payload"]`);
+  const shownError = await page.textContent(`${details} pre[data-field="error"]`);
+  seen("dead_letter_details", { dead_letter: letter.id, payload, error: shownError });
+  if (JSON.parse(payload).code !== "Z") throw new Error(`the payload shown is not the failing event's: ${payload}`);
+  if (!shownError || !letter.text.includes(shownError.slice(0, 20))) {
+    throw new Error(`the error shown is not the dead letter's: ${shownError}`);
+  }
+
   // (2) The projections.
   await page.waitForSelector('#projections tbody tr[data-projection="items"]');
   const before = await rowFacts(page);
@@ -86,6 +117,24 @@ try {
   const after = await rowFacts(page);
   const remaining = await page.$$eval("#dead-letters tbody tr[data-dead-letter]", (rows) => rows.map((r) => r.dataset.deadLetter));
   seen("caught_up", { projection: target.projection, projections: after, dead_letters_left: remaining });
+
+  // (3b) The lag charts: one per projection, drawn from the daemon's samples, which grow.
+  const points = () => page.$$eval("#lag-charts svg[data-chart]", (svgs) => Object.fromEntries(
+    svgs.map((s) => [s.dataset.chart, Number(s.dataset.points)])));
+  const first = await points();
+  await page.waitForFunction((before) => {
+    const svgs = [...document.querySelectorAll("#lag-charts svg[data-chart]")];
+    return ["items", "totals", "audit"].every((n) => {
+      const s = svgs.find((x) => x.dataset.chart === n);
+      return s && Number(s.dataset.points) >= 2 && Number(s.dataset.points) > (before[n] || 0) &&
+        s.querySelector("polyline").getAttribute("points").split(" ").length === Number(s.dataset.points);
+    });
+  }, first, { timeout: 20000 });
+  const history = await (await page.request.get(`${url}api/lag-history`)).json();
+  const charts = await points();
+  seen("lag_chart", { before: first, after: charts, samples: Object.fromEntries(
+    Object.entries(history.projections).map(([n, s]) => [n, s.length])) });
+  if (history.window_seconds !== 900) throw new Error(`the history spans ${history.window_seconds} s, not 15 minutes`);
 
   // (4) The screenshot, after a few refreshes so that the sparklines have a history.
   await page.waitForTimeout(4000);

@@ -78,6 +78,17 @@ pub async fn dead_letters(
     Ok(Json(app.ops.dead_letters(projection).await?).into_response())
 }
 
+/// `GET /api/lag-history`: each projection's lag over the last 15 minutes, sampled by the
+/// daemon: `{"window_seconds", "every_seconds", "projections": {name: [{at_ms, lag_events,
+/// lag_seconds}, …]}}`, oldest first.
+pub async fn lag_history(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "window_seconds": super::history::WINDOW.as_secs(),
+        "every_seconds": super::history::EVERY.as_secs(),
+        "projections": app.history.snapshot(),
+    }))
+}
+
 /// `POST /api/projections/{name}/pause`.
 pub async fn pause(
     State(app): State<Arc<App>>,

@@ -122,6 +122,7 @@ fn describe() {
 pub async fn refresh(app: &App) {
     match app.ops.status().await {
         Ok(statuses) => {
+            app.history.record(&statuses);
             metrics::gauge!("projectionist_database_up").set(1.0);
             if let Some(head) = statuses.iter().map(|s| s.head).max() {
                 metrics::gauge!("projectionist_head_position").set(head as f64);

@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod dashboard;
 mod health;
+mod history;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -156,6 +157,8 @@ pub struct App {
     pub database: String,
     pub metrics: Option<PrometheusHandle>,
     pub started: Instant,
+    /// Each projection's lag over the last 15 minutes, for the dashboard.
+    pub history: history::LagHistory,
 }
 
 /// An API error: a status code and a JSON body `{"error": message}`.
@@ -214,6 +217,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/info", get(api::info))
         .route("/api/projections", get(api::projections))
         .route("/api/dead-letters", get(api::dead_letters))
+        .route("/api/lag-history", get(api::lag_history))
         .route("/api/projections/{name}/pause", post(api::pause))
         .route("/api/projections/{name}/resume", post(api::resume))
         .route("/api/projections/{name}/rebuild", post(api::rebuild))
@@ -251,6 +255,7 @@ pub async fn serve(
         database: settings.database,
         metrics: Some(handle),
         started: Instant::now(),
+        history: history::LagHistory::default(),
     });
     tokio::spawn(metrics::refresh_loop(app.clone(), shutdown.clone()));
     info!(

@@ -65,6 +65,18 @@ pub fn command(dir: &Path) -> Command {
     c
 }
 
+/// The stdout of a command that succeeded; panics with its exit code and output otherwise.
+pub fn succeeded(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Runs a one-shot command; panics with its output when it fails.
 pub fn cli(dir: &Path, args: &[&str]) -> String {
     let out = command(dir).args(args).output().expect("run projectionist");
@@ -118,6 +130,21 @@ pub fn fix_items(dir: &Path) {
         .expect("add the missing label");
 }
 
+/// Collects the piped stderr of `child`, line by line, as it comes.
+pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let pipe = child.stderr.take().expect("stderr is piped");
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    stderr
+}
+
 /// A running daemon; killed when dropped.
 pub struct Daemon {
     pub child: Child,
@@ -140,16 +167,7 @@ impl Daemon {
             c.env(k, v);
         }
         let mut child = c.spawn().expect("start the daemon");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr is piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let stderr = collect_stderr(&mut child);
         let stdout = child.stdout.take();
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {

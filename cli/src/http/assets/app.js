@@ -3,6 +3,7 @@
 
 const REFRESH_MS = 1000;
 const SPARK_POINTS = 60;
+const HISTORY_MS = 2000; // the daemon samples the lag every 2 s
 const history = new Map(); // projection/partition -> recent events/s
 let info = { actions_enabled: false };
 let token = sessionStorage.getItem("projectionist-token") || "";
@@ -126,9 +127,109 @@ function renderProjections(statuses) {
   body.replaceChildren(...rows);
 }
 
+// The partitions of every projection: who holds each (its lease's node, for partitioned
+// projections), where its checkpoint is and how far behind.
+function renderPartitions(statuses) {
+  const body = $("#partitions tbody");
+  body.replaceChildren(...statuses.map((s) => el("tr", {
+    "data-partition": `${s.name}/${s.partition}`, "data-projection": s.name, class: s.state,
+  },
+    el("td", { text: s.name }),
+    el("td", { class: "num", "data-field": "partition", text: `${s.partition} of ${s.partitions}` }),
+    el("td", { class: "owner", "data-field": "owner", text: s.owner || (s.partitions > 1 ? "no live lease" : "any runner (not partitioned)") }),
+    el("td", { class: "num", "data-field": "checkpoint", text: fmtInt(s.checkpoint) }),
+    el("td", { class: "num lag", "data-field": "lag", text: fmtInt(s.lag_events) }),
+    el("td", { class: "num lag", "data-field": "lag-seconds", text: s.lag_seconds.toFixed(1) }),
+  )));
+}
+
+// One chart per projection: its lag (events) over the last 15 minutes, from the daemon's
+// in-memory samples (/api/lag-history).
+function lagChart(name, samples, windowMs) {
+  const w = 360, h = 90, left = 44, bottom = 16;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "lag-chart");
+  svg.setAttribute("width", w);
+  svg.setAttribute("height", h);
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("data-chart", name);
+  svg.setAttribute("data-points", String(samples.length));
+  const now = samples.length ? samples[samples.length - 1].at_ms : Date.now();
+  const max = Math.max(1, ...samples.map((p) => p.lag_events));
+  const x = (t) => left + ((t - (now - windowMs)) / windowMs) * (w - left - 4);
+  const y = (v) => 4 + (1 - v / max) * (h - bottom - 8);
+  const text = (tx, ty, anchor, label) => {
+    const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    t.setAttribute("x", tx);
+    t.setAttribute("y", ty);
+    t.setAttribute("text-anchor", anchor);
+    t.textContent = label;
+    svg.append(t);
+  };
+  const axis = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  axis.setAttribute("class", "axis");
+  axis.setAttribute("d", `M${left},4 V${h - bottom} H${w - 4}`);
+  svg.append(axis);
+  text(left - 4, 12, "end", fmtInt(max));
+  text(left - 4, h - bottom, "end", "0");
+  text(left, h - 3, "start", `${Math.round(windowMs / 60000)} min ago`);
+  text(w - 4, h - 3, "end", "now");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", samples.map((p) => `${x(p.at_ms).toFixed(1)},${y(p.lag_events).toFixed(1)}`).join(" "));
+  svg.append(line);
+  return svg;
+}
+
+function renderLagHistory(history) {
+  const windowMs = history.window_seconds * 1000;
+  const charts = Object.entries(history.projections).map(([name, samples]) => {
+    const last = samples[samples.length - 1];
+    return el("figure", { class: "chart", "data-projection": name },
+      el("figcaption", {}, el("strong", { text: name }),
+        el("span", { class: "muted", text: last ? ` lag ${fmtInt(last.lag_events)} events, ${last.lag_seconds.toFixed(1)} s` : "" })),
+      lagChart(name, samples, windowMs));
+  });
+  $("#lag-charts").replaceChildren(...charts);
+  $("#no-lag-history").hidden = charts.length !== 0;
+}
+
+// Dead letters whose details are open, kept across refreshes.
+const openLetters = new Set();
+
+function pretty(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;
+  }
+}
+
+function letterDetails(d) {
+  return el("tr", { class: "dl-details", "data-details-for": String(d.id) },
+    el("td", { colspan: 9 },
+      el("div", { class: "details" },
+        el("div", {}, el("h3", { text: "Payload" }), el("pre", { class: "payload", "data-field": "payload", text: pretty(d.event.data) })),
+        el("div", {}, el("h3", { text: "Metadata" }), el("pre", { class: "payload", "data-field": "metadata", text: pretty(d.event.metadata) })),
+        el("div", {}, el("h3", { text: "Error" }), el("pre", { class: "dl-error", "data-field": "error", text: d.error }),
+          el("p", { class: "muted", text: `event ${d.event.event_id} · first failed ${new Date(d.first_failed_at).toLocaleString()}` })))));
+}
+
+function toggleLetter(id) {
+  if (openLetters.has(id)) openLetters.delete(id);
+  else openLetters.add(id);
+  renderDeadLetters(lastLetters);
+}
+
+let lastLetters = [];
+
 function renderDeadLetters(letters) {
+  lastLetters = letters;
   const body = $("#dead-letters tbody");
-  body.replaceChildren(...letters.map((d) => el("tr", { "data-dead-letter": String(d.id), "data-projection": d.projection },
+  body.replaceChildren(...letters.flatMap((d) => [el("tr", {
+    "data-dead-letter": String(d.id), "data-projection": d.projection, class: "clickable",
+    title: "show the payload and the error", "aria-expanded": String(openLetters.has(d.id)),
+    onclick: (e) => { if (!e.target.closest("button")) toggleLetter(d.id); },
+  },
     el("td", { class: "num", text: String(d.id) }),
     el("td", { text: d.projection }),
     el("td", { class: "num", text: fmtInt(d.event.position) }),
@@ -143,7 +244,7 @@ function renderDeadLetters(letters) {
         danger: true,
         confirm: `Discard dead letter ${d.id}? Its event will not be applied.`,
       })),
-  )));
+  ), ...(openLetters.has(d.id) ? [letterDetails(d)] : [])]));
   $("#dead-letters").hidden = letters.length === 0;
   $("#no-dead-letters").hidden = letters.length !== 0;
   $("#dl-count").textContent = letters.length ? `(${letters.length})` : "";
@@ -179,6 +280,7 @@ async function refresh() {
     $("#database").textContent = `${i.database} · v${i.version}`;
     renderHealth(ready);
     renderProjections(statuses);
+    renderPartitions(statuses);
     renderDeadLetters(letters);
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
@@ -198,5 +300,16 @@ $("#token-form").addEventListener("submit", (e) => {
   say(token ? "API token set for this tab" : "API token cleared");
 });
 
+async function refreshHistory() {
+  try {
+    renderLagHistory(await getJson("/api/lag-history"));
+  } catch (e) {
+    $("#no-lag-history").textContent = `lag history: ${e.message || e}`;
+    $("#no-lag-history").hidden = false;
+  }
+}
+
 refresh();
 setInterval(refresh, REFRESH_MS);
+refreshHistory();
+setInterval(refreshHistory, HISTORY_MS);
