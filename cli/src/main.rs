@@ -16,6 +16,7 @@ mod exit;
 mod http;
 mod jsonl;
 mod output;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -27,8 +28,8 @@ use crate::args::{Cli, Command, LogFormat};
 fn init_logging(cli: &Cli) {
     // The daemon logs what it does; one-shot commands only warn.
     let default = match cli.command {
-        Command::Run(_) => "info",
-        _ => "warn",
+        Command::Run(_) => "info".to_owned(),
+        _ => format!("warn,{}=info", signals::TARGET),
     };
     let filter = EnvFilter::try_from_env("PROJECTIONIST_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
