@@ -637,3 +637,26 @@ fn usage_errors_exit_2_and_hide_secrets() {
         .success();
     assert!(dir.path().join("other.db").exists());
 }
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = example_dir();
+    append(
+        dir.path(),
+        "ORDER-1",
+        "OrderCreated",
+        r#"{"customer_id":"C1","customer_name":"A"}"#,
+    );
+    let out = bin(dir.path())
+        .args(["run", "--once"])
+        .env("PROJECTIONIST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("INFO") && log.contains("worker started"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a piped log: {log:?}"
+    );
+}
