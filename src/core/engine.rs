@@ -288,7 +288,7 @@ impl<S: Source, St: Store> Engine<S, St> {
         let mut set = JoinSet::new();
         let mut groups = JoinSet::new();
         for p in selected {
-            if p.is_partitioned() {
+            if p.is_partitioned() || self.store.leases_every_runner() {
                 let coordinator = Coordinator {
                     source: self.source.clone(),
                     store: self.store.clone(),
@@ -465,7 +465,7 @@ impl<S: Source, St: Store> Engine<S, St> {
                 out.push(status_of(p, None, head, lag));
                 continue;
             }
-            let leases = if count > 1 {
+            let leases = if count > 1 || self.store.leases_every_runner() {
                 self.store.leases(p.name()).await?
             } else {
                 Vec::new()
