@@ -63,13 +63,14 @@ fn lines(first: usize, count: usize) -> String {
 fn launch_waiting(c: Command, what: &str) -> Daemon {
     let daemon = Daemon::spawn(c);
     assert_eq!(daemon.get("/health/live").status, 200);
-    let ready = daemon.get("/health/ready");
-    assert_eq!(ready.status, 503, "{}", ready.body);
-    let reasons = ready.json()["reasons"].to_string();
-    assert!(
-        reasons.contains(&format!("waiting for {what}")) && reasons.contains("Connection refused"),
-        "{reasons}"
-    );
+    // Until its first attempt fails, the reason is that it is starting.
+    eventually(10, &format!("/health/ready to say it waits for {what}"), || {
+        let ready = daemon.get("/health/ready");
+        assert_eq!(ready.status, 503, "{}", ready.body);
+        let reasons = ready.json()["reasons"].to_string();
+        (reasons.contains(&format!("waiting for {what}")) && reasons.contains("Connection refused"))
+            .then_some(())
+    });
     daemon
 }
 

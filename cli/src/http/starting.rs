@@ -87,7 +87,7 @@ impl Ops for Deferred {
             None => vec![self
                 .waiting
                 .reason()
-                .unwrap_or_else(|| "starting: connecting to the database".to_owned())],
+                .unwrap_or_else(|| "starting: connecting to the database and the event source".to_owned())],
         }
     }
 }
