@@ -225,6 +225,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/dead-letters/{id}/retry", post(api::retry))
         .route("/api/dead-letters/{id}/discard", post(api::discard))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page; see docs/operations.md") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "{method} is not allowed here: pages and reads are GET, actions are POST; see docs/operations.md"
+                ),
+            )
+        })
         .with_state(app)
 }
 
