@@ -130,6 +130,7 @@ fn a_second_daemon_waits_as_a_standby_and_takes_over_after_a_sigkill() {
         state(dir) == (900, 900, 900)
     });
     let took = killed.elapsed();
+    eprintln!("the standby took over and caught up {took:?} after the SIGKILL (takeover bound 2 s)");
     let second_log = log(dir, "second.log");
     assert!(second_log.contains("took the projection's lease"), "{second_log}");
     assert!(took < Duration::from_secs(20), "took over after {took:?}");
