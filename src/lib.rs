@@ -63,6 +63,7 @@ pub use crate::core::engine::{when_true, CatchUp, Engine, Status};
 pub use crate::core::error::{BatchFailure, Error, HandlerError, HandlerErrorKind, Result};
 pub use crate::core::event::{
     Appended, Checkpoint, Event, ExpectedVersion, ImportProgress, NewEvent, StreamAppend, Upcasters,
+    MAX_JSON_DEPTH,
 };
 pub use crate::core::lease::LeaseSettings;
 pub use crate::core::log::EventLog;

@@ -334,6 +334,10 @@ async fn dead_letters_pause_resume_rebuild_and_status() {
         .await
         .unwrap();
     engine.retry_dead_letter(dls[0].id).await.unwrap();
+    // The retried failure leaves the error count; the other dead letter keeps the last error.
+    let status = engine.status().await.unwrap();
+    assert_eq!((status[0].errors, status[0].dead_letters), (1, 1));
+    assert!(status[0].last_error.is_some());
     engine.discard_dead_letter(dls[1].id).await.unwrap();
     assert!(matches!(
         engine.discard_dead_letter(dls[1].id).await,

@@ -38,6 +38,12 @@ pub struct Cli {
     )]
     pub source: Option<String>,
 
+    /// One-shot commands: wait up to DURATION (e.g. 30s, 2m) for an unreachable database,
+    /// retrying with backoff, instead of failing at once. The daemon (`run` without --once)
+    /// always waits.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait_for_database: Option<std::time::Duration>,
+
     /// Log format on stderr (the level comes from PROJECTIONIST_LOG or RUST_LOG).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -158,6 +164,11 @@ pub struct RunArgs {
     pub takeover_seconds: f64,
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    crate::commands::parse_duration(s)
+        .ok_or_else(|| format!("expected a duration such as 500ms, 30s or 2m, found {s:?}"))
 }
 
 fn parse_takeover(s: &str) -> Result<f64, String> {

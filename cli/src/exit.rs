@@ -1,4 +1,5 @@
-//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+//! Exit codes: 0 success (and a long command stopped by one SIGINT or SIGTERM), 1 runtime
+//! failure, 2 usage or configuration error, 3 `wait` timed out, 130 a second signal.
 
 use std::fmt;
 
@@ -6,6 +7,8 @@ use projectionist::declarative::ConfigError;
 
 pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
+/// A second SIGINT or SIGTERM: the command exited at once (see `signals`).
+pub const INTERRUPTED: u8 = 130;
 
 /// A usage or configuration error (exit code 2).
 #[derive(Debug)]

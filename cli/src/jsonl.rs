@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io::BufRead;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use projectionist::{ExpectedVersion, NewEvent};
@@ -218,6 +218,9 @@ pub struct ImportState {
     pub line: AtomicU64,
     /// The malformed line, if one stopped the import.
     pub error: Mutex<Option<LineError>>,
+    /// Set by a signal: the next line read ends the import with [`projectionist::Error::Shutdown`],
+    /// and the import is rolled back.
+    pub stopped: AtomicBool,
 }
 
 impl ImportState {
@@ -252,6 +255,9 @@ impl<R: BufRead> Iterator for Lines<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if self.state.stopped.load(Ordering::Relaxed) {
+                return Some(Err(projectionist::Error::Shutdown));
+            }
             self.buf.clear();
             match self.reader.read_until(b'\n', &mut self.buf) {
                 Ok(0) => return None,

@@ -16,7 +16,9 @@ mod exit;
 mod http;
 mod jsonl;
 mod output;
+mod signals;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -27,16 +29,18 @@ use crate::args::{Cli, Command, LogFormat};
 fn init_logging(cli: &Cli) {
     // The daemon logs what it does; one-shot commands only warn.
     let default = match cli.command {
-        Command::Run(_) => "info",
+        Command::Run(_) => "info".to_owned(),
         // Dead letters and errors are what tests expect: the report shows them.
-        Command::Test(_) => "error",
-        _ => "warn",
+        Command::Test(_) => "error".to_owned(),
+        _ => format!("warn,{}=info", signals::TARGET),
     };
     let filter = EnvFilter::try_from_env("PROJECTIONIST_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a terminal: a log file or a journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),

@@ -637,3 +637,180 @@ fn usage_errors_exit_2_and_hide_secrets() {
         .success();
     assert!(dir.path().join("other.db").exists());
 }
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = example_dir();
+    append(
+        dir.path(),
+        "ORDER-1",
+        "OrderCreated",
+        r#"{"customer_id":"C1","customer_name":"A"}"#,
+    );
+    let out = bin(dir.path())
+        .args(["run", "--once"])
+        .env("PROJECTIONIST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("INFO") && log.contains("worker started"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a piped log: {log:?}"
+    );
+}
+
+#[test]
+fn a_database_path_that_cannot_be_opened_says_what_to_check() {
+    let dir = example_dir();
+    std::fs::create_dir(dir.path().join("folder.db")).unwrap();
+    let out = bin(dir.path())
+        .args(["--database", "sqlite://folder.db", "status"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("unable to open database file"), "{err}");
+    assert!(
+        err.contains(
+            "check that the file folder.db and its folder exist and that this user may read and write both"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn postgres_urls_without_a_database_or_with_a_bad_schema_are_usage_errors() {
+    let dir = example_dir();
+    for (url, says) in [
+        ("postgres://postgres@127.0.0.1:1", "names no database"),
+        ("postgres://postgres@127.0.0.1:1/", "names no database"),
+        (
+            "postgres://postgres@127.0.0.1:1/db?schema=Bad-Name",
+            "invalid PostgreSQL schema name",
+        ),
+    ] {
+        let out = bin(dir.path())
+            .args(["--database", url, "status"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{url}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn json_nested_past_the_limit_is_refused_at_import_and_nothing_is_written() {
+    let dir = example_dir();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let lines = format!(
+        "{{\"stream_id\":\"S-1\",\"type\":\"Ok\",\"data\":{{}}}}\n{{\"stream_id\":\"S-2\",\"type\":\"Deep\",\"data\":{deep}}}\n"
+    );
+    std::fs::write(dir.path().join("deep.jsonl"), lines).unwrap();
+    bin(dir.path()).arg("init").assert().success();
+    let out = bin(dir.path()).args(["import", "deep.jsonl"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("nested more than 128 levels deep"),
+        "{err}"
+    );
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM events"), 0);
+    // `append` refuses it the same way (129 levels: one past the limit).
+    let past = format!("{}{}", "[".repeat(129), "]".repeat(129));
+    let out = bin(dir.path())
+        .args(["append", "--stream", "S-3", "--type", "Deep", "--data", &past])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("nested more than 128 levels deep") || err.contains("recursion limit exceeded"),
+        "{err}"
+    );
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM events"), 0);
+}
+
+#[test]
+fn concurrent_retries_of_all_dead_letters_skip_what_another_already_retried() {
+    let dir = TempDir::new().unwrap();
+    std::fs::write(
+        dir.path().join("projectionist.toml"),
+        r#"
+[[projection]]
+name = "items"
+error_policy = "dead_letter"
+setup = """
+CREATE TABLE IF NOT EXISTS labels (code TEXT PRIMARY KEY, label TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, label TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS applied (k TEXT PRIMARY KEY, n INTEGER NOT NULL);
+"""
+
+[projection.handlers]
+ItemAdded = [
+    "INSERT INTO items (id, label) VALUES (:stream_id, (SELECT label FROM labels WHERE code = :data.code))",
+    "INSERT INTO applied (k, n) VALUES ('all', 1) ON CONFLICT (k) DO UPDATE SET n = n + 1",
+]
+"#,
+    )
+    .unwrap();
+    let lines: String = (1..=60)
+        .map(|i| format!("{{\"stream_id\":\"I-{i}\",\"type\":\"ItemAdded\",\"data\":{{\"code\":\"Z\"}}}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("e.jsonl"), lines).unwrap();
+    bin(dir.path()).arg("init").assert().success();
+    bin(dir.path()).args(["import", "e.jsonl"]).assert().success();
+    bin(dir.path()).args(["run", "--once"]).assert().success();
+    let before = &status_json(dir.path())[0];
+    assert_eq!(
+        (before["dead_letters"].as_i64(), before["errors"].as_i64()),
+        (Some(60), Some(60))
+    );
+    assert!(before["last_error"].is_string(), "{before}");
+    db(dir.path())
+        .execute("INSERT INTO labels (code, label) VALUES ('Z', 'Zucchini')", [])
+        .unwrap();
+
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            projectionist_testkit::binary!()
+                .command(dir.path())
+                .args(["dead-letters", "retry", "--all"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut applied = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a loser of the race failed: {}",
+            stderr(&out)
+        );
+        let text = stdout(&out);
+        applied += text.matches("applied and removed").count();
+        for line in text.lines() {
+            assert!(
+                line.ends_with("applied and removed")
+                    || line.ends_with("skipped, another process already retried or discarded it")
+                    || line == "no dead letters to retry",
+                "{line}"
+            );
+        }
+    }
+    // Each dead letter was applied exactly once, by one of them.
+    assert_eq!(applied, 60);
+    assert_eq!(count(dir.path(), "SELECT n FROM applied"), 60);
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM items"), 60);
+    let after = &status_json(dir.path())[0];
+    assert_eq!(
+        (after["dead_letters"].as_i64(), after["errors"].as_i64()),
+        (Some(0), Some(0)),
+        "{after}"
+    );
+    assert!(after["last_error"].is_null(), "{after}");
+}

@@ -163,7 +163,15 @@ fn endpoints_actions_tokens_metrics_and_no_secret_anywhere() {
         (wrong.status, wrong.json()["error"].clone()),
         (401, Value::from("wrong API token"))
     );
-    assert_eq!(d.get(&retry).status, 405, "GET on an action");
+    let get = d.get(&retry);
+    assert_eq!(get.status, 405, "GET on an action");
+    assert!(
+        get.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("GET is not allowed here")),
+        "a 405 answers a JSON error: {get:?}"
+    );
+    assert_eq!(get.header("content-type").as_deref(), Some("application/json"));
 
     // Retry before the fix: still fails (422), the dead letter stays.
     let still = d.post(&retry, Some(TOKEN));

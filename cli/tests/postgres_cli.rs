@@ -433,3 +433,46 @@ async fn passwords_are_never_printed() {
     );
     drop_schema(&client, &schema).await;
 }
+
+/// `count` levels of nested arrays.
+fn nested_json(count: usize) -> String {
+    format!("{}{}", "[".repeat(count), "]".repeat(count))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_on_a_fresh_schema_says_created_and_deep_json_is_refused_at_import() {
+    let Some((schema, client)) = fresh_schema("init_fresh").await else {
+        return;
+    };
+    let url = with_schema(&schema);
+    let dir = example_dir();
+    let first = ok(&bin(dir.path(), &url).arg("init").output().expect("run init"));
+    assert!(first.contains(": created the events"), "{first}");
+    let again = ok(&bin(dir.path(), &url).arg("init").output().expect("run init"));
+    assert!(again.contains(": already set up; checked the events"), "{again}");
+
+    // JSON nested past the documented limit is refused at import, as on SQLite, and nothing
+    // of the import is written.
+    let line = format!(
+        "{{\"stream_id\":\"S-1\",\"type\":\"Ok\",\"data\":{{}}}}\n{{\"stream_id\":\"S-2\",\"type\":\"Deep\",\"data\":{}}}\n",
+        nested_json(100_000)
+    );
+    std::fs::write(dir.path().join("deep.jsonl"), line).expect("write");
+    let out = bin(dir.path(), &url)
+        .args(["import", "deep.jsonl"])
+        .output()
+        .expect("run import");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 2") && stderr.contains("nested more than 128 levels deep"),
+        "{stderr}"
+    );
+    let events: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.events"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(events, 0);
+    drop_schema(&client, &schema).await;
+}

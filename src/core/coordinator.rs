@@ -66,14 +66,17 @@ impl<S: Source, St: Store> Coordinator<S, St> {
             self.settings.clone(),
             Mode::Live,
             self.scheduler.clone(),
-        )
-        .partitioned(
-            self.projection.options().partitions,
-            Some(Fence {
-                owner: self.node.clone(),
-                token: lease.token,
-            }),
         );
+        let fence = Fence {
+            owner: self.node.clone(),
+            token: lease.token,
+        };
+        let count = self.projection.options().partitions;
+        let worker = if count > 1 {
+            worker.partitioned(count, Some(fence))
+        } else {
+            worker.fenced(fence)
+        };
         Running {
             lease,
             stop,
@@ -90,6 +93,9 @@ impl<S: Source, St: Store> Coordinator<S, St> {
         let member = self.member();
         info!(projection = %name, node = %self.node, partitions = count, takeover = ?self.leases.takeover, "joining the partition group");
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+        // A projection leased whole has one lease: without it, this process is a standby.
+        let whole = count <= 1;
+        let mut standby_logged = false;
         let mut reports: BTreeMap<u32, WorkerReport> = BTreeMap::new();
         // An error that retrying cannot fix (a store without leases, a worker that ended on
         // one): the group ends with it.
@@ -159,8 +165,16 @@ impl<S: Source, St: Store> Coordinator<S, St> {
                         let want = (share - running.len()) as u32;
                         match self.store.acquire(&member, want).await {
                             Ok(got) => {
+                                if whole && got.is_empty() && running.is_empty() && !standby_logged {
+                                    info!(projection = %name, takeover = ?self.leases.takeover, "another process runs this projection; waiting as a standby, to take over when it stops or dies");
+                                    standby_logged = true;
+                                }
                                 for lease in got {
-                                    info!(projection = %name, partition = lease.partition, token = lease.token, "took partition");
+                                    if whole {
+                                        info!(projection = %name, token = lease.token, standby = standby_logged, "took the projection's lease; running it");
+                                    } else {
+                                        info!(projection = %name, partition = lease.partition, token = lease.token, "took partition");
+                                    }
                                     if let Some(old) = running.insert(lease.partition, self.spawn(lease)) {
                                         let _ = old.stop.send(true);
                                         collect(&mut reports, &mut fatal, &name, old.handle.await);

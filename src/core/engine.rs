@@ -62,6 +62,7 @@ pub async fn when_true(mut flag: watch::Receiver<bool>) {
 pub struct CatchUp {
     only: Vec<String>,
     progress: Option<ProgressFn>,
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl CatchUp {
@@ -79,12 +80,20 @@ impl CatchUp {
         CatchUp {
             only: names.into_iter().map(Into::into).collect(),
             progress: None,
+            stop: None,
         }
     }
 
     /// Calls `progress` after each commit of each projection.
     pub fn progress(mut self, progress: ProgressFn) -> Self {
         self.progress = Some(progress);
+        self
+    }
+
+    /// Stops early, after each worker's current batch, when `stop` turns true (a signal): what
+    /// was committed stays, and the next catch-up goes on from there.
+    pub fn until(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
         self
     }
 }
@@ -94,6 +103,7 @@ impl std::fmt::Debug for CatchUp {
         f.debug_struct("CatchUp")
             .field("only", &self.only)
             .field("progress", &self.progress.is_some())
+            .field("stop", &self.stop.is_some())
             .finish()
     }
 }
@@ -278,7 +288,7 @@ impl<S: Source, St: Store> Engine<S, St> {
         let mut set = JoinSet::new();
         let mut groups = JoinSet::new();
         for p in selected {
-            if p.is_partitioned() {
+            if p.is_partitioned() || self.store.leases_every_runner() {
                 let coordinator = Coordinator {
                     source: self.source.clone(),
                     store: self.store.clone(),
@@ -329,13 +339,14 @@ impl<S: Source, St: Store> Engine<S, St> {
     /// Runs the chosen projections up to the head as it is now, reporting progress after each
     /// commit: `engine.catch_up_with(CatchUp::only(["orders"]).progress(bar))`.
     pub async fn catch_up_with(&self, options: CatchUp) -> Result<Vec<WorkerReport>> {
-        let CatchUp { only, progress } = options;
+        let CatchUp { only, progress, stop } = options;
         let selected = self.selected(&only)?;
         for p in &selected {
             check_partitioning(self.source.as_ref(), self.store.as_ref(), p).await?;
         }
         let target = self.source.head().await?;
-        let (_keep, shutdown) = watch::channel(false);
+        let (_keep, never) = watch::channel(false);
+        let shutdown = stop.unwrap_or(never);
         let mut set = JoinSet::new();
         let mode = Mode::ToHead { target, progress };
         for p in selected {
@@ -356,6 +367,20 @@ impl<S: Source, St: Store> Engine<S, St> {
 
     /// [`rebuild`](Self::rebuild), calling `progress` after each commit.
     pub async fn rebuild_with(&self, name: &str, progress: Option<ProgressFn>) -> Result<WorkerReport> {
+        let (_keep, never) = watch::channel(false);
+        self.rebuild_until(name, progress, never).await
+    }
+
+    /// [`rebuild_with`](Self::rebuild_with), stopping after the current batch when `stop` turns
+    /// true (a signal). The projection then stays `rebuilding`, with every batch up to its
+    /// checkpoint committed, and the next rebuild resumes from there; the report's state says
+    /// `rebuilding` when the rebuild was stopped before its end.
+    pub async fn rebuild_until(
+        &self,
+        name: &str,
+        progress: Option<ProgressFn>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<WorkerReport> {
         let p = self.projection(name)?.clone();
         self.check_replay(name)?;
         let record = prepare_partitions(self.store.as_ref(), &p).await?;
@@ -369,10 +394,9 @@ impl<S: Source, St: Store> Engine<S, St> {
             check_partitioning(self.source.as_ref(), self.store.as_ref(), &p).await?;
         }
         let target = self.source.head().await?;
-        let (_keep, shutdown) = watch::channel(false);
         let mut set = JoinSet::new();
         for worker in self.workers(&p, &Mode::Rebuild { target, progress }) {
-            set.spawn(worker.run(shutdown.clone()));
+            set.spawn(worker.run(stop.clone()));
         }
         let reports = join_all(set).await?;
         let done = reports
@@ -389,7 +413,11 @@ impl<S: Source, St: Store> Engine<S, St> {
         });
         if let Some(m) = merged.as_mut() {
             m.partition = 0;
-            m.state = RunState::Running;
+            m.state = if done {
+                RunState::Running
+            } else {
+                RunState::Rebuilding
+            };
         }
         merged.ok_or_else(|| Error::Internal(format!("rebuild of {name} ran no worker")))
     }
@@ -437,7 +465,7 @@ impl<S: Source, St: Store> Engine<S, St> {
                 out.push(status_of(p, None, head, lag));
                 continue;
             }
-            let leases = if count > 1 {
+            let leases = if count > 1 || self.store.leases_every_runner() {
                 self.store.leases(p.name()).await?
             } else {
                 Vec::new()

@@ -195,7 +195,73 @@ impl NewEvent {
 }
 
 fn validate_json(text: &str) -> Result<(), serde_json::Error> {
+    if let Err(depth) = check_depth(text) {
+        return Err(serde::de::Error::custom(too_deep(depth)));
+    }
     serde_json::from_str::<serde::de::IgnoredAny>(text).map(|_| ())
+}
+
+/// How deeply arrays and objects may nest in an event's payload or metadata. Both stores
+/// refuse deeper JSON when it is appended or imported, alike: serde (typed handlers) and the
+/// declarative parameters cannot decode it (their limit is 128), and PostgreSQL's `jsonb`
+/// refuses much deeper JSON with a stack-depth error.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+fn too_deep(depth: usize) -> String {
+    format!(
+        "JSON nested more than {MAX_JSON_DEPTH} levels deep (found {depth}): an event's data and \
+         metadata may nest arrays and objects at most {MAX_JSON_DEPTH} deep"
+    )
+}
+
+/// `Err(depth)` when arrays and objects in JSON `text` nest deeper than [`MAX_JSON_DEPTH`]
+/// (the depth reached, which may stop short of the deepest). Strings are skipped; the text is
+/// not otherwise checked.
+fn check_depth(text: &str) -> Result<(), usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses events of `append` whose data or metadata nest deeper than [`MAX_JSON_DEPTH`]:
+/// what both stores check before they write.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn check_nesting(append: &StreamAppend) -> crate::core::error::Result<()> {
+    for e in &append.events {
+        for (what, text) in [("data", &e.data), ("metadata", &e.metadata)] {
+            if let Err(depth) = check_depth(text) {
+                return Err(crate::core::error::Error::InvalidInput(format!(
+                    "stream {}: event {} ({}): its {what} is {}",
+                    append.stream_id,
+                    e.event_id,
+                    e.event_type,
+                    too_deep(depth)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What the writer believes the stream's current version is.
@@ -352,5 +418,44 @@ impl Upcasters {
 
     pub fn is_empty(&self) -> bool {
         self.by_type.is_empty() && self.renames.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn json_deeper_than_the_limit_is_refused_and_strings_do_not_count() {
+        assert!(NewEvent::from_json_text("T", nested(MAX_JSON_DEPTH)).is_ok());
+        let deep = NewEvent::from_json_text("T", nested(100_000))
+            .unwrap_err()
+            .to_string();
+        assert!(deep.contains("nested more than 128 levels deep"), "{deep}");
+        assert!(NewEvent::new("T", serde_json::json!({}))
+            .with_metadata_text(nested(MAX_JSON_DEPTH + 1))
+            .is_err());
+        // Brackets and escaped quotes inside strings are text.
+        let text = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(500), "{".repeat(500));
+        assert!(NewEvent::from_json_text("T", text).is_ok());
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    #[test]
+    fn appends_of_deep_values_built_in_code_are_refused_too() {
+        let mut v = serde_json::json!(1);
+        for _ in 0..=MAX_JSON_DEPTH {
+            v = serde_json::json!([v]);
+        }
+        let a = StreamAppend::new("s", ExpectedVersion::Any, vec![NewEvent::new("T", v)]);
+        let e = check_nesting(&a).unwrap_err();
+        assert!(
+            matches!(e, crate::core::error::Error::InvalidInput(ref m) if m.contains("its data is JSON nested")),
+            "{e}"
+        );
     }
 }

@@ -216,6 +216,13 @@ impl<S: Source, St: Store> Worker<S, St> {
         self
     }
 
+    /// Makes this worker commit under `fence` (a projection leased whole: see
+    /// [`Store::leases_every_runner`](super::store::Store::leases_every_runner)).
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
     fn name(&self) -> &str {
         self.projection.name()
     }

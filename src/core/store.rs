@@ -311,6 +311,14 @@ pub trait Store: Send + Sync + 'static {
         async { Err(unsupported("partitioned projections")) }
     }
 
+    /// Whether live runners of every projection run under a lease, partitioned or not: a
+    /// second process that runs the same projection then waits as a standby instead of racing
+    /// the first (see [`crate::core::coordinator`]). For stores where processes share nothing
+    /// but a file (SQLite); PostgreSQL leases partitions only.
+    fn leases_every_runner(&self) -> bool {
+        false
+    }
+
     /// The leases of a partitioned projection, by partition (empty for other projections).
     fn leases(&self, projection: &str) -> impl Future<Output = Result<Vec<LeaseInfo>>> + Send {
         let _ = projection;

@@ -283,6 +283,7 @@ fn validate(a: &StreamAppend) -> Result<()> {
     if a.stream_id.is_empty() {
         return Err(Error::InvalidInput("stream_id must not be empty".into()));
     }
+    crate::core::event::check_nesting(a)?;
     if a.events.is_empty() {
         return Err(Error::InvalidInput(format!(
             "nothing to append to stream {}",

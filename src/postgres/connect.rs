@@ -224,6 +224,7 @@ impl PgBuilder {
             }
             e
         };
+        let created;
         {
             let mut client = pool.get().await.map_err(connect_err)?;
             let version: i32 = client
@@ -253,6 +254,20 @@ impl PgBuilder {
             )
             .await
             .map_err(&err)?;
+            let table = if self.read_models {
+                "projection_checkpoints"
+            } else {
+                "events"
+            };
+            let existed: bool = tx
+                .query_one(
+                    "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
+                    &[&self.schema, &table],
+                )
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(&err)?;
+            created = !existed;
             tx.batch_execute(&ddl).await.map_err(&err)?;
             tx.commit().await.map_err(&err)?;
         }
@@ -297,6 +312,7 @@ impl PgBuilder {
                     delay: Duration::from_millis(1),
                 }),
                 partition_indexes: Mutex::new(HashSet::new()),
+                created,
                 seen_retention: self.seen_retention,
                 last_prune: Mutex::new(None),
                 _stop: stop,

@@ -43,7 +43,20 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
             s.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
             s
         }
-        None => e.to_string(),
+        // "error connecting to server" alone hides the cause: add the sources' texts.
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !s.contains(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                source = cause.source();
+            }
+            s
+        }
     }
 }
 
@@ -53,7 +66,7 @@ pub(crate) fn db(op: &'static str, e: tokio_postgres::Error) -> Error {
     let retryable = retryable(&e);
     let mut message = describe(&e);
     if retryable {
-        message.push_str("; the operation is retried with backoff once the database is reachable again");
+        message.push_str(" (transient: retrying later may succeed)");
     }
     Error::Database {
         op,

@@ -117,6 +117,8 @@ struct Inner {
     wake: Mutex<Wake>,
     /// Partition counts whose index this process has made sure of.
     partition_indexes: Mutex<HashSet<u32>>,
+    /// The engine's tables did not exist before this handle connected (it created them).
+    created: bool,
     seen_retention: Duration,
     last_prune: Mutex<Option<std::time::Instant>>,
     /// Dropped with the last handle: stops the listener.
@@ -173,6 +175,12 @@ impl PgStore {
     /// The schema of the engine's tables.
     pub fn schema(&self) -> &str {
         &self.inner.schema
+    }
+
+    /// Whether this handle created the engine's tables when it connected (a fresh database or
+    /// schema), rather than finding them there.
+    pub fn created_tables(&self) -> bool {
+        self.inner.created
     }
 
     /// The connection pool (its connections use the schema as `search_path`), for queries on

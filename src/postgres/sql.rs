@@ -163,9 +163,16 @@ impl Sql {
                 "UPDATE {s}.projection_dead_letters SET attempts = attempts + 1, error = $2, \
                  last_failed_at = now() WHERE id = $1"
             ),
+            // A retried dead letter's failure is resolved: it leaves the error count, and once
+            // none of the partition's dead letters remain, so do the count and the last error.
             retry_counters: format!(
                 "UPDATE {s}.projection_checkpoints SET applied = applied + $3, ignored = ignored + $4, \
-                 updated_at = now() WHERE projection = $1 AND partition = $2"
+                 errors = CASE WHEN {open} THEN greatest(errors - 1, 0) ELSE 0 END, \
+                 last_error = CASE WHEN {open} THEN last_error END, \
+                 updated_at = now() WHERE projection = $1 AND partition = $2",
+                open = format_args!(
+                    "EXISTS (SELECT 1 FROM {s}.projection_dead_letters d WHERE d.projection = $1 AND d.partition = $2)"
+                ),
             ),
             events_channel: format!("{schema}.events"),
             checkpoints_channel: format!("{schema}.checkpoints"),

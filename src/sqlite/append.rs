@@ -128,6 +128,7 @@ impl Versions {
         if a.stream_id.is_empty() {
             return Err(Error::InvalidInput("stream_id must not be empty".into()));
         }
+        crate::core::event::check_nesting(a)?;
         let current = match self.known.get(&a.stream_id) {
             Some(v) => *v,
             None if self.started_empty => 0,

@@ -150,7 +150,8 @@ fn swap(
                 "SELECT type, name, sql FROM shadow.sqlite_master
                  WHERE sql IS NOT NULL AND type IN ('table', 'index') AND name NOT LIKE 'sqlite_%'
                    AND tbl_name NOT IN ('events', 'projection_checkpoints', 'projection_dead_letters',
-                                        'projection_seen_events', 'sqlite_sequence')
+                                        'projection_seen_events', 'projection_leases',
+                                        'projection_nodes', 'sqlite_sequence')
                  ORDER BY type = 'index', rowid",
             )
             .map_err(&err)?;

@@ -62,6 +62,13 @@ pub(super) fn commit_in(tx: &Connection, c: &Commit<SqliteBody>) -> Result<(), C
             ])
         })
         .map_err(&err)?;
+    if let Some(fence) = &c.fence {
+        // After the compare-and-set, as on PostgreSQL: a runner that lost both its checkpoint
+        // and its lease hears of the checkpoint.
+        if moved > 0 {
+            super::lease::check_fence(tx, &c.projection, c.partition, fence)?;
+        }
+    }
     if moved == 0 {
         let record = load_record(tx, &c.projection, c.partition).map_err(&err)?;
         return Err(match record {

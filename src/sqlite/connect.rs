@@ -12,6 +12,45 @@ use tokio::sync::watch;
 use super::{db_err, Inner, SqliteStore, DEFAULT_DEDUP_RETENTION, SCHEMA};
 use crate::core::error::{Error, Result};
 
+/// Adds what to check to an error that says SQLite cannot open or write the file: it is almost
+/// always a missing folder or a permission (SQLite also creates `FILE-wal` and `FILE-shm`
+/// beside the database, so the folder must be writable too).
+fn with_permission_hint(e: Error, location: &str) -> Error {
+    match e {
+        Error::Database {
+            op,
+            mut message,
+            retryable,
+            cause,
+        } => {
+            let code = cause
+                .as_deref()
+                .and_then(|c| c.downcast_ref::<rusqlite::Error>())
+                .and_then(rusqlite::Error::sqlite_error_code);
+            if matches!(
+                code,
+                Some(
+                    rusqlite::ErrorCode::CannotOpen
+                        | rusqlite::ErrorCode::ReadOnly
+                        | rusqlite::ErrorCode::PermissionDenied
+                )
+            ) {
+                message.push_str(&format!(
+                    "; check that the file {location} and its folder exist and that this user may read and \
+                     write both (SQLite creates {location}-wal and {location}-shm beside the file)"
+                ));
+            }
+            Error::Database {
+                op,
+                message,
+                retryable,
+                cause,
+            }
+        }
+        other => other,
+    }
+}
+
 /// Sets up a connection: WAL, a busy timeout, and no automatic checkpoints (a background
 /// thread checkpoints instead, so that no writer's commit pays for copying the WAL into the
 /// database file; see `spawn_checkpointer`).
@@ -78,6 +117,7 @@ impl SqliteStore {
     /// [`open`](Self::open), for code that is not async.
     pub fn open_blocking(path: &Path) -> Result<Self> {
         let location = path.display().to_string();
+        let hint = |e| with_permission_hint(e, &location);
         let open = |what: &'static str| {
             Connection::open(path).map_err(|e| Error::Database {
                 op: what,
@@ -86,13 +126,14 @@ impl SqliteStore {
                 cause: Some(Box::new(e)),
             })
         };
-        let writer = open("opening the database")?;
-        configure(&writer)?;
+        let writer = open("opening the database").map_err(hint)?;
+        configure(&writer).map_err(hint)?;
         writer
             .execute_batch(SCHEMA)
-            .map_err(db_err("creating the engine's tables"))?;
-        let reader = open("opening the database for reads")?;
-        configure(&reader)?;
+            .map_err(db_err("creating the engine's tables"))
+            .map_err(hint)?;
+        let reader = open("opening the database for reads").map_err(hint)?;
+        configure(&reader).map_err(hint)?;
         let store = Self::from_connections(location, writer, Some(reader));
         spawn_checkpointer(path.to_path_buf(), Arc::downgrade(&store.inner));
         Ok(store)

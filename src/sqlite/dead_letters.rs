@@ -56,8 +56,14 @@ impl SqliteStore {
                 match body.apply(&tx, std::slice::from_ref(&dl.event)) {
                     Ok(applied) => {
                         tx.execute("DELETE FROM projection_dead_letters WHERE id = ?1", [id]).map_err(&err)?;
+                        // The failure is resolved: it leaves the error count, and once none of the
+                        // partition's dead letters remain, so do the count and the last error.
                         tx.execute(
-                            "UPDATE projection_checkpoints SET applied = applied + ?3, ignored = ignored + ?4, updated_at = ?5 \
+                            "UPDATE projection_checkpoints SET applied = applied + ?3, ignored = ignored + ?4, updated_at = ?5, \
+                             errors = CASE WHEN EXISTS (SELECT 1 FROM projection_dead_letters d \
+                                 WHERE d.projection = ?1 AND d.partition = ?2) THEN max(errors - 1, 0) ELSE 0 END, \
+                             last_error = CASE WHEN EXISTS (SELECT 1 FROM projection_dead_letters d \
+                                 WHERE d.projection = ?1 AND d.partition = ?2) THEN last_error END \
                              WHERE projection = ?1 AND partition = ?2",
                             params![dl.projection, dl.partition, applied.handled as i64, applied.ignored as i64, now],
                         )

@@ -27,6 +27,7 @@ mod connect;
 mod dead_letters;
 mod document;
 mod inline;
+mod lease;
 mod lifecycle;
 mod query;
 mod read;
@@ -50,6 +51,7 @@ use uuid::Uuid;
 
 use crate::core::engine::Engine;
 use crate::core::error::{Error, HandlerError, Result};
+use crate::core::lease::{Lease, LeaseInfo, Member, Membership};
 use crate::core::projection::{Apply, Handlers, Projection};
 use crate::core::runner::RunnerSettings;
 #[cfg(doc)]
@@ -246,6 +248,32 @@ impl Store for SqliteStore {
 
     async fn retry_dead_letter(&self, id: i64, body: Arc<SqliteBody>) -> Result<Result<(), HandlerError>> {
         self.retry_one_dead_letter(id, body).await
+    }
+
+    async fn heartbeat(&self, member: &Member) -> Result<Membership> {
+        self.lease_heartbeat(member).await
+    }
+
+    async fn acquire(&self, member: &Member, max: u32) -> Result<Vec<Lease>> {
+        self.lease_acquire(member, max).await
+    }
+
+    async fn release(&self, member: &Member, leases: &[Lease]) -> Result<()> {
+        self.lease_release(member, leases).await
+    }
+
+    async fn leave(&self, member: &Member) -> Result<()> {
+        self.lease_leave(member).await
+    }
+
+    async fn leases(&self, projection: &str) -> Result<Vec<LeaseInfo>> {
+        self.lease_infos(projection).await
+    }
+
+    /// Processes on one file share nothing else: each projection runs under a lease, and a
+    /// second `run` waits as a standby.
+    fn leases_every_runner(&self) -> bool {
+        true
     }
 
     fn checkpoint_changes(&self) -> watch::Receiver<u64> {

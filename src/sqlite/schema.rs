@@ -70,4 +70,25 @@ CREATE TABLE IF NOT EXISTS projection_seen_events (
 
 CREATE INDEX IF NOT EXISTS projection_seen_events_by_age
     ON projection_seen_events (seen_at);
+
+-- Which `run` process runs each projection: one row per projection (partition 0), with a
+-- fencing token that goes up at every change of owner. A second process on the same file
+-- waits as a standby until the lease is released or expires. Times are Unix milliseconds.
+CREATE TABLE IF NOT EXISTS projection_leases (
+    projection  TEXT    NOT NULL,
+    partition   INTEGER NOT NULL,
+    owner       TEXT,
+    token       INTEGER NOT NULL DEFAULT 0,
+    acquired_at INTEGER,
+    expires_at  INTEGER,
+    PRIMARY KEY (projection, partition)
+);
+
+-- The `run` processes of each projection, with their heartbeats (Unix milliseconds).
+CREATE TABLE IF NOT EXISTS projection_nodes (
+    projection   TEXT    NOT NULL,
+    node         TEXT    NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    PRIMARY KEY (projection, node)
+);
 "#;

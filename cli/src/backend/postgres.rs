@@ -13,9 +13,16 @@ use crate::exit::usage;
 pub struct Postgres;
 
 impl StoreBackend for Postgres {
-    /// The URL is checked when it connects (the builder parses it).
-    fn check(&self, _url: &DatabaseUrl) -> Result<()> {
-        Ok(())
+    /// The URL is checked when it connects (the builder parses it), but for its database
+    /// name: without one, PostgreSQL would silently use the database named after the user.
+    fn check(&self, url: &DatabaseUrl) -> Result<()> {
+        if names_a_database(url.expose()) {
+            return Ok(());
+        }
+        Err(usage(format!(
+            "--database {url} names no database; add one, as in postgres://USER@HOST:5432/DB \
+             (PostgreSQL would otherwise use the database named after the user)"
+        )))
     }
 
     fn open<'a>(&'a self, url: &'a DatabaseUrl) -> BoxFuture<'a, Result<Database>> {
@@ -28,7 +35,8 @@ impl StoreBackend for Postgres {
                 .connect()
                 .await
                 .with_context(|| format!("cannot open the database {url}"))?;
-            Ok(Database::new(store))
+            let created = store.created_tables();
+            Ok(Database::new(store).created(created))
         })
     }
 
@@ -74,5 +82,34 @@ impl StoreBackend for Postgres {
             let bench = bench::postgres::open(url.expose(), url.to_string(), run.batch_size).await?;
             bench::run(&bench, &run.settings, run.quiet).await
         })
+    }
+}
+
+/// Whether a `postgres://` URL names its database: a path after the host, or `dbname=` in the
+/// query.
+fn names_a_database(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let path = main.split_once('/').map_or("", |(_, p)| p);
+    let in_query = query.split('&').any(|kv| {
+        kv.split_once('=')
+            .is_some_and(|(k, v)| k == "dbname" && !v.is_empty())
+    });
+    !path.trim_matches('/').is_empty() || in_query
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_a_database;
+
+    #[test]
+    fn a_url_must_name_its_database() {
+        assert!(names_a_database("postgres://u:p@h:5432/app"));
+        assert!(names_a_database("postgresql://h/app?schema=s"));
+        assert!(names_a_database("postgres://h?dbname=app"));
+        assert!(!names_a_database("postgres://u@h:5432"));
+        assert!(!names_a_database("postgres://u@h:5432/"));
+        assert!(!names_a_database("postgres://h/?schema=s"));
+        assert!(!names_a_database("postgres://h?dbname="));
     }
 }

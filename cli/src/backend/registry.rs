@@ -56,6 +56,9 @@ impl<B: ?Sized> Kind<B> {
 pub struct Database {
     pub store: AnyStore,
     pub events: AnySource,
+    /// Whether opening it created the engine's tables (`None`: the backend cannot tell, and
+    /// whether the database existed before says it).
+    pub created: Option<bool>,
 }
 
 impl Database {
@@ -68,7 +71,15 @@ impl Database {
         Database {
             store: AnyStore::new(store.clone()),
             events: AnySource::new(store),
+            created: None,
         }
+    }
+
+    /// Says whether opening it created the engine's tables.
+    #[cfg(feature = "postgres")]
+    pub fn created(mut self, created: bool) -> Self {
+        self.created = Some(created);
+        self
     }
 }
 

@@ -6,6 +6,7 @@ use crate::args::BenchArgs;
 use crate::backend::BenchRun;
 use crate::bench::{self, Settings};
 use crate::commands::Ctx;
+use crate::signals::Stop;
 
 /// The global `--database` default: an embedded store then benches a temporary database.
 const DEFAULT_DATABASE: &str = "sqlite://projectionist.db";
@@ -27,7 +28,16 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
         quiet: a.json,
     };
     let given = ctx.url.to_string() != DEFAULT_DATABASE;
-    let phases = ctx.url.backend()?.bench(&ctx.url, given, &run).await?;
+    let stop = Stop::install("stopping the benchmark")?;
+    // A signal drops the benchmark where it is: its batch in flight is rolled back, and its
+    // data (a temporary database, or a schema made fresh at every start) is not kept.
+    let phases = tokio::select! {
+        phases = ctx.url.backend()?.bench(&ctx.url, given, &run) => phases?,
+        _ = stop.wait() => {
+            stop.log_stopped("the benchmark was abandoned; nothing was measured");
+            return Ok(());
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&phases)?);
     } else {

@@ -93,6 +93,11 @@ async fn retry(engine: &CliEngine, id: Option<i64>, all: bool) -> Result<()> {
                 failed += 1;
                 println!("dead letter {id}: still failing: {message}");
             }
+            // Listed a moment ago, gone now: another process (a concurrent `retry --all`, the
+            // API) retried or discarded it, in its own transaction. Nothing left to do.
+            Err(projectionist::Error::UnknownDeadLetter(_)) if all => {
+                println!("dead letter {id}: skipped, another process already retried or discarded it");
+            }
             Err(e) => return Err(e.into()),
         }
     }

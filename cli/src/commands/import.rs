@@ -14,6 +14,7 @@ use super::Ctx;
 use crate::args::ImportArgs;
 use crate::jsonl::{ImportState, Lines};
 use crate::output;
+use crate::signals::Stop;
 
 pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     let (reader, len, label): (Box<dyn BufRead + Send>, Option<u64>, String) = if a.file == "-" {
@@ -31,8 +32,13 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
             a.file.clone(),
         )
     };
+    let stop = Stop::install("rolling the import back")?;
     let db = ctx.database().await?;
-    let (n, seconds) = import_lines(&db.store, reader, len, &label).await?;
+    let Some((n, seconds)) = import_lines(&db.store, reader, len, &label, Some(&stop)).await? else {
+        println!("import from {label} stopped by a signal; nothing of it was written (run it again)");
+        stop.log_stopped("the import was rolled back");
+        return Ok(());
+    };
     println!(
         "imported {} events from {label} into {} in {seconds:.2} s ({} events/s)",
         output::thousands(n),
@@ -43,14 +49,23 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
 }
 
 /// Imports JSON lines from `reader` with a progress bar. On failure nothing is written, and the
-/// error names the line (and, for a malformed line, the column and the reason).
+/// error names the line (and, for a malformed line, the column and the reason). A signal
+/// (`stop`) rolls the import back: `Ok(None)`.
 pub async fn import_lines(
     store: &AnyStore,
     reader: Box<dyn BufRead + Send>,
     len: Option<u64>,
     label: &str,
-) -> Result<(u64, f64)> {
+    stop: Option<&Stop>,
+) -> Result<Option<(u64, f64)>> {
     let state = Arc::new(ImportState::default());
+    if let Some(stop) = stop {
+        let (state, stop) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            stop.wait().await;
+            state.stopped.store(true, Ordering::Relaxed);
+        });
+    }
     let bar = match len {
         Some(n) => output::bar(
             n,
@@ -77,7 +92,8 @@ pub async fn import_lines(
     let result = store.import(appends, Some(progress)).await;
     bar.finish_and_clear();
     match result {
-        Ok(n) => Ok((n, started.elapsed().as_secs_f64())),
+        Ok(n) => Ok(Some((n, started.elapsed().as_secs_f64()))),
+        Err(_) if state.stopped.load(Ordering::Relaxed) => Ok(None),
         Err(e) => {
             if let Some(le) = state.line_error() {
                 return Err(anyhow!("{label}: {le}; nothing of this import was written"));

@@ -12,7 +12,8 @@ pub async fn run(ctx: &Ctx) -> Result<()> {
     let count = config.as_ref().map_or(0, |c| c.projections.len());
     let engine = ctx.engine(&db, &Events::database(&db), config.as_ref())?;
     engine.prepare().await?;
-    let what = if existed {
+    // A server database exists before `init`; whether its tables did is what counts.
+    let what = if !db.created.unwrap_or(!existed) {
         "already set up; checked"
     } else {
         "created"

@@ -12,6 +12,7 @@ mod init;
 mod man;
 mod pause;
 mod quickstart;
+pub mod reach;
 mod rebuild;
 mod run;
 mod schema;
@@ -21,6 +22,7 @@ mod wait;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use projectionist::declarative::Config;
@@ -30,6 +32,8 @@ use crate::args::{Cli, Command};
 use crate::backend::{CliEngine, Database, DatabaseUrl, Events};
 use crate::exit::usage;
 use crate::output;
+
+pub use wait::parse_duration;
 
 /// The projections file used when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "projectionist.toml";
@@ -41,6 +45,8 @@ pub struct Ctx {
     pub config_flag: Option<PathBuf>,
     /// `--source`, if given.
     pub source_flag: Option<String>,
+    /// `--wait-for-database`: how long one-shot commands wait for an unreachable database.
+    pub wait_for_database: Option<Duration>,
 }
 
 impl Ctx {
@@ -79,8 +85,24 @@ impl Ctx {
         })
     }
 
-    /// Opens the `--database` (creating it and the engine's tables if needed).
+    /// Opens the `--database` (creating it and the engine's tables if needed). An unreachable
+    /// database fails at once, unless `--wait-for-database` says how long to wait for it.
     pub async fn database(&self) -> Result<Database> {
+        let Some(limit) = self.wait_for_database else {
+            return self.open_database().await;
+        };
+        let patience = reach::Patience {
+            limit: Some(limit),
+            stop: None,
+            waiting: None,
+        };
+        reach::reach("the database", patience, || self.open_database())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stopped while waiting for the database"))
+    }
+
+    /// Opens the `--database` once, failing at once when it does not answer.
+    pub async fn open_database(&self) -> Result<Database> {
         self.url.backend()?.open(&self.url).await
     }
 
@@ -118,6 +140,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         url: DatabaseUrl::parse(&cli.database)?,
         config_flag: cli.config,
         source_flag: cli.source,
+        wait_for_database: cli.wait_for_database,
     };
     match cli.command {
         Command::Quickstart(a) => quickstart::run(&ctx, a).await,
@@ -143,7 +166,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
 }
 
 /// Runs `names` (all when empty) to the head, concurrently, with one progress bar each.
-pub async fn catch_up_with_bars(engine: Arc<CliEngine>, names: &[String]) -> Result<Vec<WorkerReport>> {
+/// With `stop`, each projection stops after its current batch when it turns true (a signal).
+pub async fn catch_up_with_bars(
+    engine: Arc<CliEngine>,
+    names: &[String],
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<Vec<WorkerReport>> {
     let names: Vec<String> = if names.is_empty() {
         engine.projections().iter().map(|p| p.name().to_owned()).collect()
     } else {
@@ -157,12 +185,12 @@ pub async fn catch_up_with_bars(engine: Arc<CliEngine>, names: &[String]) -> Res
     for name in names {
         let bar = output::replay_bar(&multi, &name);
         let engine = engine.clone();
+        let mut options = projectionist::CatchUp::only([name.clone()]).progress(progress_to(bar.clone()));
+        if let Some(stop) = &stop {
+            options = options.until(stop.clone());
+        }
         set.spawn(async move {
-            let report = engine
-                .catch_up_with(
-                    projectionist::CatchUp::only([name.clone()]).progress(progress_to(bar.clone())),
-                )
-                .await;
+            let report = engine.catch_up_with(options).await;
             bar.finish();
             report
         });

@@ -103,8 +103,10 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
         Box::new(Cursor::new(lines)),
         Some(len),
         "the orders example",
+        None,
     )
-    .await?;
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("the example's import stopped"))?;
     println!(
         "  imported {} events in {secs:.2} s ({} events/s)",
         output::thousands(n),
@@ -114,7 +116,7 @@ pub async fn run(ctx: &Ctx, a: QuickstartArgs) -> Result<()> {
 
     println!("Running the projections to the head ...");
     let engine = Arc::new(ctx.engine(&db, &Events::database(&db), Some(&config))?);
-    let reports = catch_up_with_bars(engine.clone(), &[]).await?;
+    let reports = catch_up_with_bars(engine.clone(), &[], None).await?;
     for r in &reports {
         println!(
             "  {:<20} {:>9} events in {:.2} s ({} events/s)",

@@ -4,15 +4,18 @@ use std::io::{BufRead, Write};
 
 use anyhow::{bail, Result};
 use projectionist::backend::Source;
+use projectionist::RunState;
 
 use super::{progress_to, Ctx};
 use crate::args::RebuildArgs;
 use crate::backend::CliEngine;
 use crate::exit::usage;
 use crate::output;
+use crate::signals::Stop;
 
 pub async fn run(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
     let config = ctx.config_required()?;
+    let stop = Stop::install("stopping the rebuild after its current batch")?;
     ctx.require_database()?;
     let db = ctx.database().await?;
     let events = ctx.events(&db, Some(&config)).await?;
@@ -24,10 +27,10 @@ pub async fn run(ctx: &Ctx, a: RebuildArgs) -> Result<()> {
             ));
         }
         let engine = ctx.engine(&db, &events, Some(&config))?;
-        return blue_green(&engine, &a).await;
+        return blue_green(&engine, &a, &stop).await;
     }
     events.check_replay()?;
-    rebuild(ctx.engine(&db, &events, Some(&config))?, &a).await
+    rebuild(ctx.engine(&db, &events, Some(&config))?, &a, &stop).await
 }
 
 fn confirm(question: &str, name: &str) -> Result<()> {
@@ -41,7 +44,7 @@ fn confirm(question: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn rebuild(engine: CliEngine, a: &RebuildArgs) -> Result<()> {
+async fn rebuild(engine: CliEngine, a: &RebuildArgs, stop: &Stop) -> Result<()> {
     engine.projection(&a.name)?;
     if !a.yes {
         let head = engine.source().head().await?;
@@ -56,9 +59,22 @@ async fn rebuild(engine: CliEngine, a: &RebuildArgs) -> Result<()> {
     }
     let bar = output::bar(0, output::EVENTS_BAR);
     bar.set_prefix(a.name.clone());
-    let report = engine.rebuild_with(&a.name, Some(progress_to(bar.clone()))).await;
+    let report = engine
+        .rebuild_until(&a.name, Some(progress_to(bar.clone())), stop.receiver())
+        .await;
     bar.finish_and_clear();
     let report = report?;
+    if report.state == RunState::Rebuilding {
+        println!(
+            "rebuild of {} stopped at checkpoint {} after {} events; `projectionist rebuild {}` resumes it",
+            a.name,
+            report.checkpoint,
+            output::thousands(report.events),
+            a.name
+        );
+        stop.log_stopped("the rebuild's batches up to its checkpoint are committed");
+        return Ok(());
+    }
     println!(
         "rebuilt {}: {} events in {:.2} s ({} events/s), checkpoint {}",
         a.name,
@@ -70,7 +86,7 @@ async fn rebuild(engine: CliEngine, a: &RebuildArgs) -> Result<()> {
     Ok(())
 }
 
-async fn blue_green(engine: &CliEngine, a: &RebuildArgs) -> Result<()> {
+async fn blue_green(engine: &CliEngine, a: &RebuildArgs, stop: &Stop) -> Result<()> {
     let name = a.name.as_str();
     engine.projection(name)?;
     if a.abandon {
@@ -91,9 +107,17 @@ async fn blue_green(engine: &CliEngine, a: &RebuildArgs) -> Result<()> {
     }
     let bar = output::bar(0, output::EVENTS_BAR);
     bar.set_prefix(format!("{name} (blue/green)"));
-    let report = engine
-        .rebuild_blue_green(name, Some(progress_to(bar.clone())))
-        .await;
+    // A signal drops the build: its batch in flight is rolled back, and the batches before it
+    // stay in the shadow, where the next `rebuild --blue-green` resumes.
+    let report = tokio::select! {
+        r = engine.rebuild_blue_green(name, Some(progress_to(bar.clone()))) => r,
+        _ = stop.wait() => {
+            bar.finish_and_clear();
+            println!("blue/green rebuild of {name} stopped; `projectionist rebuild {name} --blue-green` resumes it");
+            stop.log_stopped("the current version keeps serving");
+            return Ok(());
+        }
+    };
     bar.finish_and_clear();
     let r = report?;
     println!(

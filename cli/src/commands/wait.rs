@@ -58,7 +58,7 @@ async fn wait(engine: &CliEngine, name: &str, token: Checkpoint, timeout: Durati
 }
 
 /// `500ms`, `2s`, `1.5s`, `1m`, or a bare number of seconds.
-fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let t = text.trim();
     let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => (&t[..i], &t[i..]),

@@ -96,8 +96,8 @@ impl HttpConfig {
                 Some(other) if k == "api_token" => Err(fail(
                     k,
                     format!(
-                        "expected a string, found {}",
-                        describe(other).split(' ').next().unwrap_or("another type")
+                        "expected a string, found {} (its value is not shown: it may be a secret)",
+                        kind(other)
                     ),
                 )),
                 Some(other) => Err(fail(k, format!("expected a string, found {}", describe(other)))),
@@ -153,6 +153,19 @@ impl HttpConfig {
             max_lag_events,
             max_lag_seconds,
         })
+    }
+}
+
+/// A TOML value's type, with its article, without the value.
+fn kind(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a datetime",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
     }
 }
 
@@ -213,7 +226,8 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            e.contains("key `http.api_token`: expected a string, found an") && !e.contains("12345678"),
+            e.contains("key `http.api_token`: expected a string, found an integer (its value is not shown")
+                && !e.contains("12345678"),
             "{e}"
         );
     }

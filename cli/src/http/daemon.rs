@@ -41,6 +41,10 @@ pub trait Ops: Send + Sync + 'static {
     fn rebuilding(&self) -> Vec<String>;
     /// Problems that make the daemon unready: failed workers and failed rebuilds.
     fn problems(&self) -> Vec<String>;
+    /// Whether the daemon has reached its database (until then, `problems` says why not).
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 struct Slot {

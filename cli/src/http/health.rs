@@ -16,13 +16,15 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "live": true }))
 }
 
-/// Readiness: the database answers, no projection is stopped or past a lag limit, and no
+/// Readiness: the daemon has reached its database and it answers, no projection is stopped or past a lag limit, and no
 /// worker or rebuild has failed. 503 with the reasons otherwise.
 pub async fn ready(State(app): State<Arc<App>>) -> Response {
     let mut reasons = app.ops.problems();
-    match app.ops.status().await {
-        Ok(statuses) => reasons.extend(lag_reasons(&statuses, app.limits)),
-        Err(e) => reasons.push(format!("the database does not answer: {e}")),
+    if app.ops.connected() {
+        match app.ops.status().await {
+            Ok(statuses) => reasons.extend(lag_reasons(&statuses, app.limits)),
+            Err(e) => reasons.push(format!("the database does not answer: {e}")),
+        }
     }
     let status = if reasons.is_empty() {
         StatusCode::OK

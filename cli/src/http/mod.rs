@@ -8,7 +8,9 @@ mod dashboard;
 mod health;
 mod history;
 mod metrics;
+mod starting;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::args::HttpArgs;
 use crate::backend::{CliEngine, DatabaseUrl};
+use crate::commands::reach::Waiting;
 use crate::exit::usage;
 
 pub use config::{parse_listen, HttpConfig};
@@ -183,6 +186,8 @@ impl From<projectionist::Error> for ApiError {
             projectionist::Error::UnknownProjection { .. } | projectionist::Error::UnknownDeadLetter(_) => {
                 StatusCode::NOT_FOUND
             }
+            // The database or broker does not answer (yet): come back later.
+            ref e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => {
                 warn!(error = %e, "an API request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -224,6 +229,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/dead-letters/{id}/retry", post(api::retry))
         .route("/api/dead-letters/{id}/discard", post(api::discard))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page; see docs/operations.md") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "{method} is not allowed here: pages and reads are GET, actions are POST; see docs/operations.md"
+                ),
+            )
+        })
         .with_state(app)
 }
 
@@ -231,13 +244,18 @@ async fn shut(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Runs the projections `names` live while serving HTTP, until `shutdown` turns true.
-pub async fn serve(
-    engine: CliEngine,
-    names: Vec<String>,
+/// Serves HTTP at once, and runs the projections live once `connect` gives the engine and the
+/// projections' names (it waits for the database and the source); until `shutdown` turns true.
+/// `waiting` says why it is not connected yet, for `/health/ready`.
+pub async fn serve<C>(
+    connect: C,
     settings: Settings,
     shutdown: watch::Receiver<bool>,
-) -> Result<Vec<WorkerReport>> {
+    waiting: Waiting,
+) -> Result<Vec<WorkerReport>>
+where
+    C: std::future::Future<Output = Result<Option<(CliEngine, Vec<String>)>>>,
+{
     let handle = metrics::install()?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -246,10 +264,9 @@ pub async fn serve(
     if !addr.ip().is_loopback() {
         warn!(address = %addr, "listening beyond loopback: the dashboard, metrics and read-only API are open to the network; put it behind a proxy or firewall");
     }
-    let supervisor = daemon::Supervisor::new(Arc::new(engine), names);
-    supervisor.start_all();
+    let ops = starting::Deferred::new(waiting);
     let app = Arc::new(App {
-        ops: supervisor.clone(),
+        ops: ops.clone(),
         token: settings.token,
         limits: settings.limits,
         database: settings.database,
@@ -265,11 +282,32 @@ pub async fn serve(
         token_from = %settings.token_source,
         "serving the dashboard, /metrics, /health and /api"
     );
-    let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shut(shutdown))
-        .await;
-    let reports = supervisor.stop_all().await;
-    served.context("the HTTP server failed")?;
+    let server = tokio::spawn(
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(shut(shutdown.clone()))
+            .into_future(),
+    );
+    let supervisor = match connect.await {
+        Ok(Some((engine, names))) => {
+            let supervisor = daemon::Supervisor::new(Arc::new(engine), names);
+            supervisor.start_all();
+            ops.connected(supervisor.clone());
+            Some(supervisor)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            server.abort();
+            return Err(e);
+        }
+    };
+    let served = server.await;
+    let reports = match supervisor {
+        Some(s) => s.stop_all().await,
+        None => Ok(Vec::new()),
+    };
+    served
+        .context("the HTTP server's task failed")?
+        .context("the HTTP server failed")?;
     reports
 }
 

@@ -159,13 +159,17 @@ impl Daemon {
     /// `[http] listen`) and waits until it serves.
     pub fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let mut c = command(dir);
-        c.arg("run")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.arg("run").args(args);
         for (k, v) in envs {
             c.env(k, v);
         }
+        Daemon::spawn(c)
+    }
+
+    /// Starts `c` (a `projectionist … run …` command that serves HTTP) and waits until it
+    /// serves.
+    pub fn spawn(mut c: Command) -> Daemon {
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().expect("start the daemon");
         let stderr = collect_stderr(&mut child);
         let stdout = child.stdout.take();

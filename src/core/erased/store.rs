@@ -61,6 +61,7 @@ trait DynStore: Send + Sync + 'static {
     fn release<'a>(&'a self, member: &'a Member, leases: &'a [Lease]) -> BoxFuture<'a, Result<()>>;
     fn leave<'a>(&'a self, member: &'a Member) -> BoxFuture<'a, Result<()>>;
     fn leases<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<Vec<LeaseInfo>>>;
+    fn leases_every_runner(&self) -> bool;
     // SqlStore
     fn query_text<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<TextRows>>;
     // EventLog
@@ -176,6 +177,10 @@ where
 
     fn leases<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<Vec<LeaseInfo>>> {
         Box::pin(Store::leases(self, projection))
+    }
+
+    fn leases_every_runner(&self) -> bool {
+        Store::leases_every_runner(self)
     }
 
     fn query_text<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Result<TextRows>> {
@@ -321,6 +326,10 @@ impl Store for AnyStore {
 
     fn runner_settings(&self) -> RunnerSettings {
         self.inner.runner_settings()
+    }
+
+    fn leases_every_runner(&self) -> bool {
+        self.inner.leases_every_runner()
     }
 
     async fn seen(&self, projection: &str, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
