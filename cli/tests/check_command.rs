@@ -151,3 +151,53 @@ fn unknown_parameters_and_unknown_keys_are_named() {
         "{stdout}"
     );
 }
+
+#[test]
+fn statements_are_checked_against_the_database_itself_and_nothing_is_kept() {
+    let dir = example_dir();
+    let d = dir.path();
+    // The database holds a table of the app's that the projection's setup and handler use.
+    let out = bin(d).arg("init").output().expect("init");
+    assert!(out.status.success(), "{}", text(&out).1);
+    let db = d.join("projectionist.db");
+    let conn = projectionist::sqlite::rusqlite::Connection::open(&db).expect("open");
+    conn.execute_batch("CREATE TABLE app_customers (id TEXT PRIMARY KEY, tier TEXT NOT NULL)")
+        .expect("the app's table");
+    let config = "[[projection]]\nname = \"tiers\"\n\
+        setup = \"CREATE VIEW IF NOT EXISTS tier_view AS SELECT tier FROM app_customers\"\n\
+        [projection.handlers]\n\
+        OrderCreated = \"UPDATE app_customers SET tier = 'gold' WHERE id = :data.customer_id\"\n";
+    std::fs::write(d.join("projectionist.toml"), config).expect("config");
+    let (code, stdout, stderr) = check_in(d);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ok: every statement prepares on SQLite"),
+        "{stdout}"
+    );
+    // The setup ran in a transaction that was rolled back: no view, no checkpoint.
+    let views: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'tier_view'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("views");
+    assert_eq!(views, 0, "check kept what the setup created");
+    let checkpoints: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM projection_checkpoints WHERE projection = 'tiers'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("checkpoints");
+    assert_eq!(checkpoints, 0);
+    // A table the database lacks is named as a problem.
+    std::fs::write(
+        d.join("projectionist.toml"),
+        config.replace("app_customers", "app_clients"),
+    )
+    .expect("config");
+    let (code, stdout, _) = check_in(d);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stdout.contains("app_clients"), "{stdout}");
+}

@@ -207,6 +207,15 @@ impl<S: Source, St: Store> Engine<S, St> {
         names.iter().map(|n| self.projection(n).cloned()).collect()
     }
 
+    /// Runs every projection's setup and checks its statements in transactions that are
+    /// rolled back ([`Store::check_setup`]): what `prepare` would do, with nothing kept.
+    pub async fn check_setup(&self) -> Result<()> {
+        for p in &self.projections {
+            self.store.check_setup(p.name(), p.body().clone()).await?;
+        }
+        Ok(())
+    }
+
     /// Creates every projection's read model and checkpoint (idempotent).
     pub async fn prepare(&self) -> Result<()> {
         for p in &self.projections {

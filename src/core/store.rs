@@ -228,6 +228,18 @@ pub trait Store: Send + Sync + 'static {
         body: Arc<Self::Body>,
     ) -> impl Future<Output = Result<ProjectionRecord>> + Send;
 
+    /// Runs the projection's setup and checks its statements (as `prepare` does) in a
+    /// transaction that is rolled back: nothing is created, and no checkpoint is written. For
+    /// `projectionist check` against the database a config will run on.
+    fn check_setup(&self, name: &str, body: Arc<Self::Body>) -> impl Future<Output = Result<()>> + Send {
+        let _ = (name, body);
+        async {
+            Err(crate::core::error::Error::Unsupported(
+                "this store cannot check a setup without running it".into(),
+            ))
+        }
+    }
+
     /// One projection partition's record, if the store knows it.
     fn record(
         &self,

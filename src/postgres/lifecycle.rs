@@ -70,6 +70,13 @@ impl PgStore {
             .ok_or_else(|| Error::Internal(format!("checkpoint of {name} vanished during setup")))
     }
 
+    /// Runs the body's `setup` and checks its statements, then rolls back (`Store::check_setup`).
+    pub(super) async fn check_projection_setup(&self, name: &str, body: Arc<PgBody>) -> Result<()> {
+        self.lifecycle_tx_then(name, "setup", move |b| body.setup(b), |_| {}, false)
+            .await
+            .map(drop)
+    }
+
     /// Runs the body's `reset` and rewinds the checkpoint (`Store::reset`).
     pub(super) async fn reset_projection(&self, name: &str, body: Arc<PgBody>) -> Result<()> {
         let sql = &self.inner.sql;
@@ -138,6 +145,19 @@ impl PgStore {
         step: &'static str,
         run_body: impl FnOnce(&PgBatch) -> Result<(), HandlerError> + Send + 'static,
         store_statements: impl FnOnce(&PgBatch),
+    ) -> Result<deadpool_postgres::Object> {
+        self.lifecycle_tx_then(name, step, run_body, store_statements, true)
+            .await
+    }
+
+    /// [`lifecycle_tx`](Self::lifecycle_tx), committed when `commit`, else rolled back.
+    async fn lifecycle_tx_then(
+        &self,
+        name: &str,
+        step: &'static str,
+        run_body: impl FnOnce(&PgBatch) -> Result<(), HandlerError> + Send + 'static,
+        store_statements: impl FnOnce(&PgBatch),
+        commit: bool,
     ) -> Result<deadpool_postgres::Object> {
         let batch = Arc::new(PgBatch::new(&self.inner.schema));
         batch.store(
@@ -209,9 +229,15 @@ impl PgStore {
                 }
             }
         }
-        tx.commit()
-            .await
-            .map_err(db_err("committing a projection change"))?;
+        if commit {
+            tx.commit()
+                .await
+                .map_err(db_err("committing a projection change"))?;
+        } else {
+            tx.rollback()
+                .await
+                .map_err(db_err("rolling back a checked setup"))?;
+        }
         Ok(client)
     }
 

@@ -219,6 +219,10 @@ impl Store for PgStore {
         self.prepare_projection(name, partition, body).await
     }
 
+    async fn check_setup(&self, name: &str, body: Arc<PgBody>) -> Result<()> {
+        self.check_projection_setup(name, body).await
+    }
+
     async fn record(&self, name: &str, partition: u32) -> Result<Option<ProjectionRecord>> {
         let p = partition_i32(partition)?;
         let client = self.client_for("reading the checkpoint").await?;

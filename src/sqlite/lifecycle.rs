@@ -70,6 +70,21 @@ impl SqliteStore {
         .await
     }
 
+    /// Runs the body's `setup` (which prepares its statements), then rolls back
+    /// (`Store::check_setup`).
+    pub(super) async fn check_projection_setup(&self, name: &str, body: Arc<SqliteBody>) -> Result<()> {
+        let name = name.to_owned();
+        self.blocking(move |inner| {
+            let mut conn = inner.writer();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err("beginning a checked setup"))?;
+            body.setup(&tx).map_err(lifecycle(&name, "setup"))?;
+            tx.rollback().map_err(db_err("rolling back a checked setup"))
+        })
+        .await
+    }
+
     /// Runs the body's `reset` and rewinds the checkpoint (`Store::reset`).
     pub(super) async fn reset_projection(&self, name: &str, body: Arc<SqliteBody>) -> Result<()> {
         let name = name.to_owned();

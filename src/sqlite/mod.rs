@@ -207,6 +207,10 @@ impl Store for SqliteStore {
         self.prepare_projection(name, partition, body).await
     }
 
+    async fn check_setup(&self, name: &str, body: Arc<SqliteBody>) -> Result<()> {
+        self.check_projection_setup(name, body).await
+    }
+
     async fn record(&self, name: &str, partition: u32) -> Result<Option<ProjectionRecord>> {
         let name = name.to_owned();
         self.read(move |conn| load_record(conn, &name, partition)).await

@@ -1,7 +1,8 @@
 //! `projectionist check`: validates the projections file without running any projection. The
 //! file and its keys are read; every `setup` statement runs and every handler statement is
-//! prepared (its named parameters checked) in a throwaway database of the `--database`'s kind
-//! (a temporary SQLite file, or a fresh schema on the PostgreSQL server, dropped after); the
+//! prepared (its named parameters checked) against the `--database` itself, in a transaction
+//! that is rolled back (so setup SQL may use what the database already holds, and nothing is
+//! kept), or, when that database does not exist yet, in a throwaway one of its kind; the
 //! event types each projection handles are listed, and compared with those in the database's
 //! events table. Exit 0 when clean, 2 with each problem named by file, projection, key and
 //! statement.
@@ -26,11 +27,11 @@ fn key_of(step: &str, message: &str) -> String {
         .map_or_else(|| step.to_owned(), |t| format!("handlers.{t}"))
 }
 
-/// Prepares `config` (one projection) on `db`: `Ok(None)` when it prepares, else the failing
-/// step and message.
+/// Runs `config`'s setup (one projection) on `db` and rolls it back: `Ok(None)` when every
+/// statement prepares, else the failing step and message.
 async fn prepare(db: &Database, config: &Config) -> Result<Option<(&'static str, String)>> {
     let engine = crate::backend::engine(db, db.events.clone(), Some(config))?;
-    match engine.prepare().await {
+    match engine.check_setup().await {
         Ok(()) => Ok(None),
         Err(projectionist::Error::Lifecycle { step, message, .. }) => Ok(Some((step, message))),
         Err(e) => Err(e.into()),
@@ -70,8 +71,17 @@ async fn problems_of(db: &Database, config: &Config, def: &ProjectionDef) -> Res
     Ok(problems)
 }
 
-/// Each projection's setup and handler statements, on a throwaway database: the problems.
+/// Each projection's setup and handler statements, on the target database in rolled-back
+/// transactions (or on a throwaway one when it does not exist yet): the problems.
 async fn prepare_all(ctx: &Ctx, config: &Config) -> Result<Vec<String>> {
+    if ctx.url.exists() {
+        let db = ctx.database().await?;
+        let mut problems = Vec::new();
+        for def in &config.projections {
+            problems.extend(problems_of(&db, config, def).await?);
+        }
+        return Ok(problems);
+    }
     let scratch = ctx.url.backend()?.scratch(&ctx.url).await?;
     let mut problems = Vec::new();
     for def in &config.projections {

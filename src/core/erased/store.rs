@@ -34,6 +34,7 @@ trait DynStore: Send + Sync + 'static {
         partition: u32,
         body: Arc<AnyBody>,
     ) -> BoxFuture<'a, Result<ProjectionRecord>>;
+    fn check_setup<'a>(&'a self, name: &'a str, body: Arc<AnyBody>) -> BoxFuture<'a, Result<()>>;
     fn record<'a>(&'a self, name: &'a str, partition: u32)
         -> BoxFuture<'a, Result<Option<ProjectionRecord>>>;
     fn records(&self) -> BoxFuture<'_, Result<Vec<ProjectionRecord>>>;
@@ -98,6 +99,10 @@ where
         body: Arc<AnyBody>,
     ) -> BoxFuture<'a, Result<ProjectionRecord>> {
         Box::pin(Store::prepare(self, name, partition, concrete(body)))
+    }
+
+    fn check_setup<'a>(&'a self, name: &'a str, body: Arc<AnyBody>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Store::check_setup(self, name, concrete(body)))
     }
 
     fn record<'a>(
@@ -280,6 +285,10 @@ impl Store for AnyStore {
 
     async fn prepare(&self, name: &str, partition: u32, body: Arc<AnyBody>) -> Result<ProjectionRecord> {
         self.inner.prepare(name, partition, body).await
+    }
+
+    async fn check_setup(&self, name: &str, body: Arc<AnyBody>) -> Result<()> {
+        self.inner.check_setup(name, body).await
     }
 
     async fn record(&self, name: &str, partition: u32) -> Result<Option<ProjectionRecord>> {
