@@ -222,6 +222,28 @@ async fn a_foreign_table_projects_like_the_events_table_and_survives_sigkills() 
         .get(0);
     assert_eq!(name, "Ada");
 
+    // `events` reads the foreign table too.
+    let listed = ok(&bin(d)
+        .args([
+            "events",
+            "--json",
+            "--stream",
+            "ORDER-NEW",
+            "--database",
+            &db(&crash),
+            "--source",
+            &source,
+        ])
+        .output()
+        .expect("events"));
+    let lines: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{listed}");
+    assert_eq!(lines[0]["type"], "OrderCreated");
+    assert_eq!(lines[0]["position"], position);
+
     for schema in [&src, &reference, &clean, &crash] {
         kit::postgres::drop_schema(&client, schema).await;
     }

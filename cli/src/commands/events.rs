@@ -1,4 +1,5 @@
-//! `projectionist events`: the event log, filtered by stream, type, position and time, as a
+//! `projectionist events`: the event log (the events table, or a table source), filtered by
+//! stream, type, position and time, as a
 //! table or JSON lines; `--follow` tails it live. It reads in batches and prints as it goes,
 //! so memory stays bounded on any log size.
 
@@ -112,15 +113,19 @@ async fn print_events(ctx: &Ctx, a: EventsArgs) -> Result<()> {
         since: a.since.as_deref().map(|t| parse_time("--since", t)).transpose()?,
         until: a.until.as_deref().map(|t| parse_time("--until", t)).transpose()?,
     };
-    if ctx.source_url(ctx.config_optional()?.as_ref()).is_some() {
-        return Err(usage(
-            "`projectionist events` reads the database's events table; events of a broker source are \
-             best inspected with the broker's own tools (such as `nats stream view`)",
-        ));
-    }
+    let config = ctx.config_optional()?;
     ctx.require_database()?;
     let db = ctx.database().await?;
-    let source = db.events.clone();
+    // The database's events table, or a table source (`--source table+…`, `eventsourcing+…`).
+    let events = ctx.events(&db, config.as_ref()).await?;
+    if !events.source.reads_beside() {
+        return Err(usage(
+            "`projectionist events` reads the database's events table or a table source; a broker source \
+             keeps one consumer per reader, so its events are best inspected with the broker's own tools \
+             (such as `nats stream view`)",
+        ));
+    }
+    let source = events.source.clone();
     let filter = Filter::types((!a.types.is_empty()).then_some(&a.types[..]));
     let mut changes = source.changes();
     let mut out = std::io::stdout().lock();
