@@ -104,6 +104,15 @@ impl TestStream {
         });
     }
 
+    /// How many consumers the stream has.
+    fn consumer_count(&self) -> usize {
+        let (js, stream) = (self.js.clone(), self.name.clone());
+        self.rt.block_on(async move {
+            let mut stream = js.get_stream(&stream).await.expect("stream");
+            stream.info().await.expect("stream info").state.consumer_count
+        })
+    }
+
     fn consumer(&self, name: &str) -> jetstream::consumer::Info {
         let (js, stream) = (self.js.clone(), self.name.clone());
         let name = name.to_owned();
@@ -505,6 +514,33 @@ fn subject_filters_per_projection_and_run_once_terminates() {
     }
     let orders = statuses.iter().find(|st| st["name"] == "orders").expect("orders");
     assert_eq!(orders["applied"], 200, "{orders}");
+
+    // `events` reads the stream by sequence, with no consumer left behind.
+    let consumers_before = s.consumer_count();
+    let out = bin(dir.path())
+        .args(["events", "--json", "--stream", "audit-tail"])
+        .output()
+        .expect("events");
+    let listed: Vec<Value> = ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let versions: Vec<i64> = listed
+        .iter()
+        .map(|e| e["stream_version"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(listed[4]["position"], last);
+    let all = ok(&bin(dir.path())
+        .args(["events", "--json"])
+        .output()
+        .expect("events"));
+    assert_eq!(
+        all.lines().count() as i64,
+        last - 1,
+        "every message but the malformed one"
+    );
+    assert_eq!(s.consumer_count(), consumers_before, "no consumer was made");
 
     // Live: a message published while `run` follows the stream shows up.
     let log = dir.path().join("live.log");

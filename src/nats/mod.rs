@@ -499,6 +499,41 @@ fn consumer_name(prefix: &str, projection: &str) -> String {
     format!("{prefix}{name}")
 }
 
+impl NatsSource {
+    /// Up to `limit` messages after `after`, read from the stream by sequence (no consumer,
+    /// nothing acknowledged): what a reader with no projection gets. Malformed envelopes are
+    /// counted as ignored, as for projections.
+    async fn peek(&self, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
+        let env = &self.inner.env;
+        let last = env.last_sequence().await?;
+        let mut batch = Batch {
+            scanned_to: after,
+            ..Batch::default()
+        };
+        let mut next = position(after) + 1;
+        while next <= last && batch.events.len() + (batch.ignored as usize) < limit.max(1) {
+            let message = env
+                .stream
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(">")
+                .send()
+                .await
+                .map_err(|e| broker(format!("reading message {next} of stream {}", env.stream_name), e))?;
+            let published = i64::try_from(message.time.unix_timestamp_nanos())
+                .map(DateTime::<Utc>::from_timestamp_nanos)
+                .unwrap_or_default();
+            match envelope::decode(&message.payload, &env.stream_name, message.sequence, published) {
+                Ok(event) if filter.admits(&event.event_type) => batch.events.push(event),
+                _ => batch.ignored += 1,
+            }
+            batch.scanned_to = Checkpoint::at(i64::try_from(message.sequence).unwrap_or(i64::MAX));
+            next = message.sequence + 1;
+        }
+        Ok(batch)
+    }
+}
+
 fn position(checkpoint: Checkpoint) -> u64 {
     u64::try_from(checkpoint.position).unwrap_or(0)
 }
@@ -506,10 +541,9 @@ fn position(checkpoint: Checkpoint) -> u64 {
 impl Source for NatsSource {
     async fn read(&self, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
         let Some(projection) = filter.projection.as_ref() else {
-            return Err(Error::InvalidInput(
-                "a NATS source reads for a named projection (Filter::projection), whose durable consumer it keeps"
-                    .into(),
-            ));
+            // No projection: an inspection (`projectionist events`), read message by message
+            // from the stream itself, with no consumer to leave behind.
+            return self.peek(after, limit, filter).await;
         };
         if let Some(p) = filter.partition.filter(|p| p.count > 1) {
             return Err(Error::Unsupported(format!(

@@ -1,4 +1,5 @@
-//! `projectionist events`: the event log (the events table, or a table source), filtered by
+//! `projectionist events`: the event log (the events table, a table source, or a NATS stream
+//! read by sequence with no consumer), filtered by
 //! stream, type, position and time, as a
 //! table or JSON lines; `--follow` tails it live. It reads in batches and prints as it goes,
 //! so memory stays bounded on any log size.
@@ -118,11 +119,11 @@ async fn print_events(ctx: &Ctx, a: EventsArgs) -> Result<()> {
     let db = ctx.database().await?;
     // The database's events table, or a table source (`--source table+…`, `eventsourcing+…`).
     let events = ctx.events(&db, config.as_ref()).await?;
-    if !events.source.reads_beside() {
+    if !events.source.can_replay() {
         return Err(usage(
-            "`projectionist events` reads the database's events table or a table source; a broker source \
-             keeps one consumer per reader, so its events are best inspected with the broker's own tools \
-             (such as `nats stream view`)",
+            "`projectionist events` reads sources that keep their events (the events table, a table source, \
+             a NATS JetStream stream); a RabbitMQ queue hands each message out once, so it cannot be \
+             inspected without taking messages from the projections",
         ));
     }
     let source = events.source.clone();
