@@ -224,3 +224,44 @@ def test_a_failing_statement_is_a_statement_error_inside_the_handler(store):
     store.append("A", [("OrderCreated", {})])
     pj.Engine(store, [p]).catch_up()
     assert len(caught) == 1 and "no_such_table" in caught[0]
+
+
+def test_a_blue_green_rebuild_builds_beside_and_swaps_in_the_same_rows(store):
+    for i in range(30):
+        store.append(f"O-{i}", [("OrderCreated", {}), ("ItemAdded", {"price": i})])
+    engine = pj.Engine(store, [orders_projection(batch_size=7)])
+    engine.catch_up()
+    before = rows(store, "SELECT id, items, total FROM orders ORDER BY id")
+    report = engine.rebuild("orders", blue_green=True)
+    assert report["events"] == 60 and report["position"] > 0
+    assert rows(store, "SELECT id, items, total FROM orders ORDER BY id") == before
+    # The live projection goes on from the swapped checkpoint.
+    token = store.append("O-new", [("OrderCreated", {}), ("ItemAdded", {"price": 5})])
+    engine.catch_up()
+    engine.wait_for("orders", token, timeout=5)
+    assert rows(store, "SELECT items, total FROM orders WHERE id = 'O-new'") == [("1", "5")]
+
+
+def test_catch_up_async_returns_the_reports(store):
+    import asyncio
+
+    store.append("A", [("OrderCreated", {}), ("ItemAdded", {"price": 4})])
+    engine = pj.Engine(store, [orders_projection()])
+    reports = asyncio.run(engine.catch_up_async())
+    assert [(r["projection"], r["events"]) for r in reports] == [("orders", 2)]
+    assert rows(store, "SELECT id, items, total FROM orders") == [("A", "1", "4")]
+
+
+@pytest.mark.postgres
+def test_a_partitioned_projection_splits_the_streams_and_ends_exact(tmp_path):
+    from conftest import pg_url
+
+    store = pj.Store.open(pg_url("partitioned_projection"))
+    for i in range(40):
+        store.append(f"O-{i}", [("OrderCreated", {}), ("ItemAdded", {"price": i}), ("ItemAdded", {"price": 1})])
+    engine = pj.Engine(store, [orders_projection(partitions=4)])
+    engine.catch_up()
+    status = [s for s in engine.status() if s["name"] == "orders"]
+    assert sorted(s["partition"] for s in status) == [0, 1, 2, 3]
+    assert sum(s["applied"] for s in status) == 120
+    assert rows(store, "SELECT count(*), sum(items), sum(total) FROM orders") == [("40", "80", str(sum(range(40)) + 40))]
