@@ -92,6 +92,27 @@ impl Apply<dyn SqlTx> for PyBody {
         self.lifecycle(cx, &self.reset)
     }
 
+    /// The store may call `apply` once per event on a blocking thread (PostgreSQL's reading
+    /// bodies). Taking the GIL on a thread that has no interpreter thread state makes one and
+    /// drops it again at every call; here the batch's thread takes it once, keeps its thread
+    /// state, and releases the GIL at once, so that each `apply` only re-acquires it (and
+    /// other Python threads run meanwhile).
+    fn around(&self, run: &mut dyn FnMut()) {
+        struct SameThread<'a>(&'a mut dyn FnMut());
+        // SAFETY: `allow_threads` runs its closure synchronously on this very thread, so the
+        // closure never crosses to another thread; it only needs the `Send` bound to prove
+        // that it holds no GIL-bound value, and `run` holds none (it calls `apply`, which
+        // takes the GIL itself).
+        unsafe impl Send for SameThread<'_> {}
+        let same = SameThread(run);
+        Python::with_gil(move |py| {
+            py.allow_threads(move || {
+                let same = same;
+                (same.0)()
+            })
+        })
+    }
+
     fn apply(&self, cx: &dyn SqlTx, events: &[projectionist::Event]) -> Result<Applied, BatchFailure> {
         // Handlers' statements are only known once they run: keep room for them in the
         // store's prepared-statement cache (SQLite's is 16 statements by default).

@@ -51,6 +51,14 @@ pub trait Apply<C: ?Sized>: Send + Sync + 'static {
     fn reads(&self) -> bool {
         true
     }
+
+    /// Runs `run`, in which the store calls `apply` (possibly once per event) on the current
+    /// thread, for one batch. A body may set up per-thread state once for all those calls
+    /// (the Python body keeps the interpreter's thread state for the whole batch instead of
+    /// making one per event). Default: runs it.
+    fn around(&self, run: &mut dyn FnMut()) {
+        run()
+    }
 }
 
 /// Rows of `table` whose `key_column` is one of `keys`, to load before a batch is applied.

@@ -211,23 +211,24 @@ pub(crate) async fn per_event(
     flusher
         .apply_reading(batch, reads, move |b| {
             let mut applied = Applied::default();
-            for index in range {
-                let Some(ev) = events.get(index) else { break };
-                b.set_origin(Origin::Event(index));
-                match body.apply(b, std::slice::from_ref(ev)) {
-                    Ok(a) => applied.add(a),
-                    Err(f) => {
-                        return (
-                            applied,
-                            Some(BatchFailure {
+            let mut failure = None;
+            body.around(&mut || {
+                for index in range.clone() {
+                    let Some(ev) = events.get(index) else { break };
+                    b.set_origin(Origin::Event(index));
+                    match body.apply(b, std::slice::from_ref(ev)) {
+                        Ok(a) => applied.add(a),
+                        Err(f) => {
+                            failure = Some(BatchFailure {
                                 index,
                                 error: f.error,
-                            }),
-                        )
+                            });
+                            return;
+                        }
                     }
                 }
-            }
-            (applied, None)
+            });
+            (applied, failure)
         })
         .await
 }

@@ -40,6 +40,10 @@ impl<C: SqlTx + 'static> Apply<C> for Neutral {
     fn reads(&self) -> bool {
         self.0.reads()
     }
+
+    fn around(&self, run: &mut dyn FnMut()) {
+        self.0.around(run)
+    }
 }
 
 /// `body` as a body of a store whose context is `C`.
