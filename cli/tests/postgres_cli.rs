@@ -4,13 +4,14 @@
 //! kit's CI-or-skip rule applies: a failure under `CI=true` and in the test script, else a loud
 //! SKIP.
 
+mod examples_support;
+
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+use examples_support::{example_dir, ok, pg_rows, sqlite_rows, TABLES};
 use projectionist::postgres::tokio_postgres;
-use projectionist::sqlite::rusqlite::Connection;
 use projectionist_testkit as kit;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -36,87 +37,9 @@ fn bin(dir: &Path, url: &str) -> Command {
     c
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn example_dir() -> TempDir {
-    let dir = TempDir::new().expect("tempdir");
-    std::fs::write(
-        dir.path().join("projectionist.toml"),
-        include_str!("../../examples/projectionist.toml"),
-    )
-    .expect("write config");
-    dir
-}
-
 fn status(dir: &Path, url: &str) -> Vec<Value> {
     let out = bin(dir, url).args(["status", "--json"]).output().expect("run");
     serde_json::from_str(&ok(&out)).expect("status --json is JSON")
-}
-
-/// Each read-model table, sorted, with numbers rounded, as text rows.
-const TABLES: &[(&str, &str)] = &[
-    (
-        "order_summary",
-        "order_id, customer_id, customer_name, status, item_count, round(total_amount::numeric, 6), carrier, tracking_number, version",
-    ),
-    ("order_items", "order_id, line, item_name, quantity, round(unit_price::numeric, 6)"),
-    (
-        "orders_by_customer",
-        "customer_id, customer_name, orders, delivered, cancelled, round(ordered_value::numeric, 6)",
-    ),
-    ("revenue_by_carrier", "carrier, shipped, delivered, round(revenue::numeric, 6)"),
-];
-
-async fn pg_rows(client: &tokio_postgres::Client, schema: &str, table: &str, cols: &str) -> Vec<Vec<String>> {
-    let sql = format!("SELECT {cols} FROM {schema}.{table} ORDER BY 1, 2");
-    client
-        .simple_query(&sql)
-        .await
-        .expect("query")
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn sqlite_rows(db: &Path, table: &str, cols: &str) -> Vec<Vec<String>> {
-    let conn = Connection::open(db).expect("open");
-    let cols = cols.replace("::numeric", "");
-    let mut st = conn
-        .prepare(&format!("SELECT {cols} FROM {table} ORDER BY 1, 2"))
-        .expect("prepare");
-    let n = st.column_count();
-    st.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                use projectionist::sqlite::rusqlite::types::ValueRef;
-                Ok(match r.get_ref(i)? {
-                    ValueRef::Null => String::new(),
-                    ValueRef::Integer(v) => v.to_string(),
-                    // Same rounding as PostgreSQL's numeric output, without trailing zeros.
-                    ValueRef::Real(v) => format!("{v:.6}"),
-                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                    ValueRef::Blob(_) => "<blob>".into(),
-                })
-            })
-            .collect::<Result<Vec<String>, _>>()
-    })
-    .expect("query")
-    .collect::<Result<_, _>>()
-    .expect("rows")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,11 +9,11 @@
 //! The library runs in the peers' virtual environment (`bench/peers/requirements.txt`), which
 //! `scripts/test` prepares; `PROJECTIONIST_TEST_PEER_PYTHON` names another interpreter.
 
-mod models_support;
+mod examples_support;
 
 use std::path::{Path, PathBuf};
 
-use models_support::{bin, example_dir, ok, pg_rows, sqlite_all, TABLES};
+use examples_support::{bin, example_dir, ok, pg_rows, sqlite_all, TABLES};
 use projectionist_testkit as kit;
 use tempfile::TempDir;
 

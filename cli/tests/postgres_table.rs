@@ -3,12 +3,12 @@
 //! events table, and a daemon SIGKILLed five times at random moments ends with the read model
 //! of a clean rebuild.
 
-mod models_support;
+mod examples_support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use models_support::{bin, example_dir, ok, pg_all, TABLES};
+use examples_support::{bin, example_dir, ok, pg_all, TABLES};
 use projectionist_testkit as kit;
 use rand::{Rng, SeedableRng};
 
