@@ -37,7 +37,6 @@ pub mod nats;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod table;
 
 /// What store and source implementers need: the traits a backend implements and the types

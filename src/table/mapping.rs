@@ -100,6 +100,7 @@ pub fn valid_identifier(name: &str) -> bool {
 }
 
 /// `name` quoted for SQL, keeping a schema qualification (`"schema"."table"`).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub fn quote(name: &str) -> String {
     name.split('.')
         .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
@@ -202,13 +203,7 @@ impl TableMapping {
     }
 
     fn mapped(database: TableDatabase, connect: String, params: &[(String, String)]) -> Result<Self> {
-        let get = |key: &str| {
-            params
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |key: &str| last(params, key);
         let required = |key: &str| {
             get(key).ok_or_else(|| {
                 config(format!(
@@ -252,13 +247,7 @@ impl TableMapping {
     }
 
     fn eventsourcing(database: TableDatabase, connect: String, params: &[(String, String)]) -> Result<Self> {
-        let get = |key: &str| {
-            params
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |key: &str| last(params, key);
         let mut topics = BTreeMap::new();
         for (key, value) in params {
             match key.as_str() {
@@ -389,6 +378,15 @@ impl TableMapping {
             TableDatabase::Sqlite => format!("{kind} {} in SQLite {}", self.table, self.connect),
         }
     }
+}
+
+/// The last value of `key` in `params` (a later parameter overrides an earlier one).
+fn last(params: &[(String, String)], key: &str) -> Option<String> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
 }
 
 fn compression(value: Option<String>) -> Result<Compression> {

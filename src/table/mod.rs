@@ -10,8 +10,15 @@
 //!
 //! See docs/config.md ("Table sources") and docs/eventsourcing.md.
 
+//!
+//! The mapping (and its URL schemes) is part of every build; reading needs the sqlite or
+//! postgres feature.
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod decode;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod eventsourcing;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod gaps;
 mod mapping;
 #[cfg(feature = "postgres")]
@@ -19,6 +26,7 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use decode::MAX_PAYLOAD_BYTES;
 pub use mapping::{Compression, EventsourcingPreset, TableDatabase, TableMapping, SCHEMES};
 #[cfg(feature = "postgres")]
@@ -26,7 +34,9 @@ pub use postgres::PgTableSource;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteTableSource;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use crate::core::erased::AnySource;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use crate::core::error::{Error, Result};
 
 /// The metric counting rows whose payload could not be decoded (passed over, each logged at
@@ -35,6 +45,7 @@ pub const METRIC_UNDECODABLE: &str = "projectionist_table_undecodable_total";
 
 /// Opens the table source of `url` (see [`TableMapping::from_url`]), checked against the
 /// table.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub async fn open(url: &str) -> Result<AnySource> {
     let mapping = TableMapping::from_url(url)?;
     match mapping.database {

@@ -30,12 +30,16 @@ pub use registry::{BenchRun, Database, Kind, SourceBackend, StoreBackend};
 pub use source::Events;
 pub use url::{redact, DatabaseUrl};
 
-/// `Some(backend)` when `feature` is built in, else `None`.
+/// `Some(backend)` when `feature` (or, with `any(…)`, one of the features) is built in, else
+/// `None`.
 macro_rules! built_in {
-    ($feature:literal, $backend:expr => $as:ty) => {{
-        #[cfg(feature = $feature)]
+    ($feature:literal, $backend:expr => $as:ty) => {
+        built_in!(any($feature), $backend => $as)
+    };
+    (any($($feature:literal),+), $backend:expr => $as:ty) => {{
+        #[cfg(any($(feature = $feature),+))]
         let backend: Option<&'static $as> = Some(&$backend);
-        #[cfg(not(feature = $feature))]
+        #[cfg(not(any($(feature = $feature),+)))]
         let backend: Option<&'static $as> = None;
         backend
     }};
@@ -80,33 +84,12 @@ pub const SOURCES: &[Kind<dyn SourceBackend>] = &[
     Kind {
         name: "events table",
         feature: "sqlite or postgres",
-        schemes: projectionist_table_schemes(),
+        schemes: projectionist::table::SCHEMES,
         example: "table+postgres://USER@HOST/DB?table=T&position=…&stream_id=…&stream_version=…&event_type=…&data=… \
                   (an events table you already have), eventsourcing+postgres://USER@HOST/DB?application=NAME",
-        backend: table_backend(),
+        backend: built_in!(any("sqlite", "postgres"), table::Table => dyn SourceBackend),
     },
 ];
-
-/// The table source's schemes (none in a build without a SQL database).
-const fn projectionist_table_schemes() -> &'static [&'static str] {
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    return projectionist::table::SCHEMES;
-    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-    return &[
-        "table+postgres",
-        "table+sqlite",
-        "eventsourcing+postgres",
-        "eventsourcing+sqlite",
-    ];
-}
-
-/// The table source backend, when a SQL database is built in.
-const fn table_backend() -> Option<&'static dyn SourceBackend> {
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    return Some(&table::Table);
-    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-    return None;
-}
 
 #[cfg(test)]
 mod tests {
