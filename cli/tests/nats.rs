@@ -7,12 +7,15 @@
 
 #![cfg(feature = "nats")]
 
+mod examples_support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+use examples_support::ok;
 use projectionist::nats::async_nats::{self, jetstream};
 use projectionist::sqlite::rusqlite::{Connection, OpenFlags};
 use projectionist::workload::Orders;
@@ -137,17 +140,6 @@ fn bin(dir: &Path) -> Command {
     let mut c = Command::from_std(kit::binary!().command(dir));
     c.timeout(Duration::from_secs(120));
     c
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// `projectionist run` in the background, logging into `log`.

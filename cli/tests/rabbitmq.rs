@@ -6,10 +6,13 @@
 //! RabbitMQ from `PROJECTIONIST_TEST_AMQP_URL` (default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`); required under `CI=true`.
 
+mod examples_support;
+
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use examples_support::ok;
 use projectionist::rabbitmq::amqp_connection;
 use projectionist::rabbitmq::lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
@@ -27,17 +30,6 @@ fn cli(dir: &Path, source: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run projectionist")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 const CONFIG: &str = r#"

@@ -65,17 +65,12 @@ pub fn command(dir: &Path) -> Command {
     c
 }
 
+#[path = "../examples_support/mod.rs"]
+mod examples_support;
+
 /// The stdout of a command that succeeded; panics with its exit code and output otherwise.
-pub fn succeeded(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+#[allow(unused_imports)] // not every test file that includes this module uses it
+pub use examples_support::ok as succeeded;
 
 /// Runs a one-shot command; panics with its output when it fails.
 pub fn cli(dir: &Path, args: &[&str]) -> String {
