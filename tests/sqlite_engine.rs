@@ -785,6 +785,11 @@ async fn priority_serves_higher_backlogs_first_without_starving_lower_ones() {
             .reset(|_| Ok(()))
             .on("Step", move |db, _, _: Step| {
                 db.execute("INSERT INTO served (projection) VALUES (?1)", [name])?;
+                // Priority orders the workers that wait for a permit; a worker reads its next
+                // batch before it asks. A slow apply (30 ms a batch) lets every worker finish
+                // that read and wait while the permit is held, however loaded the machine, so
+                // that each grant is a real choice between all three backlogs.
+                std::thread::sleep(std::time::Duration::from_millis(3));
                 Ok(())
             });
         SqliteProjection::new(name, h).batch_size(10).priority(priority)
