@@ -55,6 +55,7 @@ mod query;
 mod read;
 mod rows;
 mod schema;
+mod server_batch;
 mod sql;
 mod sql_tx;
 
@@ -121,6 +122,10 @@ struct Inner {
     created: bool,
     seen_retention: Duration,
     last_prune: Mutex<Option<std::time::Instant>>,
+    /// Declarative projections' server-side functions (see `server_batch`).
+    server_fns: server_batch::ServerFns,
+    /// Whether declarative projections run a batch in one call of a generated function.
+    server_batches: bool,
     /// Dropped with the last handle: stops the listener.
     _stop: watch::Sender<()>,
 }
