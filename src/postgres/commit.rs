@@ -6,7 +6,7 @@ use deadpool_postgres::GenericClient;
 use std::sync::Arc;
 
 use super::apply::{self, Flusher};
-use super::batch::{Origin, PipelineError};
+use super::batch::{Origin, PipelineError, PIPELINE_WINDOW};
 use super::error::{self, db, db_err};
 use super::listen::bump;
 use super::server_batch::{NotEligible, ServerFn};
@@ -16,11 +16,46 @@ use crate::core::projection::Applied;
 use crate::core::store::{Commit, CommitError};
 use crate::declarative::SqlBody;
 
+/// After a batch failed on an event, how many of the projection's next batches (per
+/// partition) run with one statement in flight; each batch that commits counts one down.
+const CAREFUL_BATCHES: u32 = 16;
+
 impl PgStore {
     pub(super) async fn commit_pg(&self, c: Commit<PgBody>) -> Result<(), CommitError> {
         if c.body.batch_wide() {
             return self.commit_batch_wide(c).await;
         }
+        let key = (c.projection.clone(), c.partition);
+        let careful = self.careful().get(&key).copied().unwrap_or(0) > 0;
+        let window = if careful { 1 } else { PIPELINE_WINDOW };
+        let outcome = self.commit_per_event(c, window).await;
+        let mut after = self.careful();
+        match &outcome {
+            // A failing event: the next batches of this projection send one statement at a
+            // time, so that a failure leaves nothing queued behind it that the server would
+            // reject and log (see docs/operations.md).
+            Err(CommitError::Handler(_)) => {
+                after.insert(key, CAREFUL_BATCHES);
+            }
+            Ok(()) => {
+                if let Some(n) = after.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        after.remove(&key);
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    fn careful(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(Arc<str>, u32), u32>> {
+        self.inner.careful.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A commit of a per-event body, with at most `window` statements in flight.
+    async fn commit_per_event(&self, c: Commit<PgBody>, window: usize) -> Result<(), CommitError> {
         let inner = &self.inner;
         let sql = &inner.sql;
         let partition = partition_i32(c.partition)?;
@@ -62,7 +97,7 @@ impl PgStore {
             None => None,
         };
         let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
-        let mut flusher = Flusher::new(&tx);
+        let mut flusher = Flusher::new(&tx).with_window(window);
         // The lease check and the checkpoint's compare-and-set go first, on their own: a fenced
         // runner learns it from their row counts before it sends any write (so it takes no row
         // lock, and no statement fails: the server logs nothing for a fenced batch).

@@ -126,6 +126,9 @@ struct Inner {
     server_fns: server_batch::ServerFns,
     /// Whether declarative projections run a batch in one call of a generated function.
     server_batches: bool,
+    /// Projections (and partitions) whose batches send one statement at a time for a while
+    /// after a failing event, with how many batches are left (see `commit`).
+    careful: Mutex<std::collections::HashMap<(Arc<str>, u32), u32>>,
     /// Dropped with the last handle: stops the listener.
     _stop: watch::Sender<()>,
 }
