@@ -88,7 +88,9 @@ pub enum Command {
     /// Print the orders benchmark workload as JSON lines (input for `import`).
     Generate(GenerateArgs),
     /// Measure throughput, latency and memory on the orders workload, as ratios to the
-    /// database's own set-based SQL (see BENCHMARKS.md).
+    /// database's own set-based SQL and to its own per-event loop (see BENCHMARKS.md). On
+    /// PostgreSQL the bench's schema is `projectionist_bench`, or the URL's `?schema=NAME`
+    /// (which must be empty or a previous bench's): dropped and created fresh.
     Bench(BenchArgs),
     /// Run projection tests (*.test.toml): given events, expected rows, dead letters or errors,
     /// each in a throwaway database; exit code 1 when one fails.

@@ -1,5 +1,5 @@
 //! `projectionist bench` on a small workload: every phase runs, every read model equals the
-//! reference, and `--json` prints the documented fields.
+//! reference, and `--json` prints the documented fields, with the ratios to both references.
 
 use std::path::Path;
 
@@ -29,7 +29,7 @@ fn bench_runs_every_phase_and_verifies_them() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let phases: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(names.len(), 7, "{names:?}");
     for p in &phases {
         for field in [
             "name",
@@ -37,6 +37,7 @@ fn bench_runs_every_phase_and_verifies_them() {
             "seconds",
             "events_per_second",
             "ratio_to_reference",
+            "ratio_to_per_event_loop",
         ] {
             assert!(p.get(field).is_some(), "{field} missing in {p}");
         }
@@ -47,9 +48,23 @@ fn bench_runs_every_phase_and_verifies_them() {
         .filter(|p| p["name"].as_str().unwrap().starts_with("rebuild"))
         .collect();
     assert_eq!(rebuilds.len(), 3);
-    assert!(rebuilds
-        .iter()
-        .all(|p| p["verified"] == Value::Bool(true) && p["ratio_to_reference"].as_f64().unwrap() > 0.0));
+    assert!(rebuilds.iter().all(|p| p["verified"] == Value::Bool(true)
+        && p["ratio_to_reference"].as_f64().unwrap() > 0.0
+        && p["ratio_to_per_event_loop"].as_f64().unwrap() > 0.0));
+    // Both references, each verified against the set-based one and at ratio 1 to itself.
+    let reference = &phases[1];
+    let per_event = &phases[2];
+    assert!(
+        reference["name"].as_str().unwrap().contains("set-based"),
+        "{reference}"
+    );
+    assert!(
+        per_event["name"].as_str().unwrap().contains("per-event loop"),
+        "{per_event}"
+    );
+    assert_eq!(per_event["verified"], Value::Bool(true));
+    assert_eq!(reference["ratio_to_reference"].as_f64(), Some(1.0));
+    assert_eq!(per_event["ratio_to_per_event_loop"].as_f64(), Some(1.0));
     let live = phases.last().unwrap();
     assert_eq!(live["events"], 200);
     assert!(live["p99_ms"].as_f64().unwrap() >= live["p50_ms"].as_f64().unwrap());

@@ -5,8 +5,11 @@
 //! - starting with the example config logs none;
 //! - two daemons on one projection log at most one line per fenced batch (the checkpoint's
 //!   compare-and-set), and so does a daemon that wakes with a partition's lease taken over;
-//! - a projection whose events fail logs at most a pipeline window's worth per failing event,
-//!   not one line per statement queued behind the failure;
+//! - a declarative projection whose events fail logs nothing for them (its batches run in one
+//!   call of a generated function that catches the failing statement's error), alone or with
+//!   two daemons on it (then at most one line per fenced batch); typed per-event handlers log
+//!   one line per failing event, plus at most a pipeline window behind the first failure
+//!   (measured through the library against the per-event path);
 //! - a numeric cast inferred for a setup check that does not fit falls back to the untyped
 //!   check.
 
@@ -47,6 +50,31 @@ fn set_up(test: &str, config: &str) -> Option<(TempCluster, TempDir)> {
     std::fs::write(dir.path().join("projectionist.toml"), config).expect("write the config");
     cli(dir.path(), &c.url(), &["init"]);
     Some((c, dir))
+}
+
+/// Asserts that the server logged at most `bound` ERROR lines (`what` says what bounds them),
+/// showing the first ones otherwise.
+fn at_most(lines: &[String], bound: usize, what: &str) {
+    assert!(
+        lines.len() <= bound,
+        "{} ERROR lines for {what} (at most {bound}); the first ones:\n{}",
+        lines.len(),
+        lines.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Asserts the failing projection's outcome: each good event applied once, each failing one a
+/// dead letter.
+async fn picky_exact(client: &tokio_postgres::Client, good: i64, failing: i64) {
+    assert_eq!(count(client, "SELECT count(*) FROM picky").await, good);
+    assert_eq!(
+        count(client, "SELECT count(*) FROM picky WHERE seen = 1").await,
+        good
+    );
+    assert_eq!(
+        count(client, "SELECT count(*) FROM projection_dead_letters").await,
+        failing
+    );
 }
 
 fn errors(c: &TempCluster) -> Vec<String> {
@@ -271,12 +299,7 @@ async fn two_daemons_on_one_projection_log_at_most_one_line_per_fenced_batch() {
         "two daemons, {total} events: {fenced} fenced batches, {} server log ERROR lines",
         lines.len()
     );
-    assert!(
-        lines.len() <= fenced,
-        "{} ERROR lines for {fenced} fenced batches; the first ones:\n{}",
-        lines.len(),
-        lines.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
-    );
+    at_most(&lines, fenced, "fenced batches, one each");
 }
 
 /// A partitioned projection: its partitions' commits are fenced by their lease.
@@ -384,37 +407,199 @@ async fn a_failing_event_logs_a_bounded_number_of_lines() {
     cli(d, &url, &["run", "--once"]);
     let client = connect(&url).await;
     let failing = n / 10;
-    assert_eq!(
-        count(&client, "SELECT count(*) FROM picky").await,
-        (n - failing) as i64
-    );
-    assert_eq!(
-        count(&client, "SELECT count(*) FROM picky WHERE seen = 1").await,
-        (n - failing) as i64
-    );
-    assert_eq!(
-        count(&client, "SELECT count(*) FROM projection_dead_letters").await,
-        failing as i64
-    );
+    picky_exact(&client, (n - failing) as i64, failing as i64).await;
     let lines = errors(&c);
     eprintln!(
         "{failing} failing events among {n}: {} server log ERROR lines",
         lines.len()
     );
-    // Each failing event fails one commit (dead_letter: no retry), whose failing statement
-    // logs one line, and the statements already in flight behind it one each.
-    let own = lines
-        .iter()
-        .filter(|l| l.contains("violates check constraint"))
-        .count();
-    assert_eq!(own, failing, "one line per failing statement");
+    // Each failing event fails one batch (dead_letter: no retry). Its batch runs in one call of
+    // the projection's function, which catches the error: the server logs no line for it.
+    at_most(&lines, failing, "failing batches, one each");
+    at_most(&lines, 0, "failing batches run in one call each");
+}
+
+/// Two daemons on the failing projection: the only lines are the fenced batches' (at most one
+/// each), none for the failing events and none at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_a_failing_projection_log_at_most_one_line_per_fenced_batch() {
+    let Some((c, dir)) = set_up("log_failing_two", FAILING) else {
+        return;
+    };
+    let url = c.url();
+    let d = dir.path();
+    let a = Daemon::start(d, &url);
+    let b = Daemon::start(d, &url);
+    let client = connect(&url).await;
+    // Both are up (their setup ran) before any event: nothing logged at start.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(
+        &client,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'projectionist%'",
+    )
+    .await
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the daemons did not connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_start = errors(&c);
     assert!(
-        lines.len() <= failing * WINDOW,
-        "{} ERROR lines for {failing} failing events (at most {} expected); the first ones:\n{}",
-        lines.len(),
-        failing * WINDOW,
-        lines.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        at_start.is_empty(),
+        "at start the server logged:\n{}",
+        at_start.join("\n")
     );
+    // Every tenth event fails, appended in chunks while both run.
+    let (chunks, per_chunk) = (10, 200);
+    for k in 0..chunks {
+        let events = (k * per_chunk + 1..=(k + 1) * per_chunk).map(|i| {
+            let q = if i % 10 == 0 { 0 } else { i };
+            (format!("e-{i}"), "Added", serde_json::json!({"q": q}))
+        });
+        std::fs::write(d.join("events.jsonl"), jsonl(events)).expect("write the events");
+        cli(d, &url, &["import", "events.jsonl"]);
+    }
+    let n = (chunks * per_chunk) as i64;
+    let failing = n / 10;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = count(&client, "SELECT count(*) FROM picky").await
+            + count(&client, "SELECT count(*) FROM projection_dead_letters").await;
+        if done >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemons did not catch up: {done} of {n}\n{}\n{}",
+            a.logs(),
+            b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fenced = a.fenced() + b.fenced();
+    a.stop();
+    b.stop();
+    picky_exact(&client, n - failing, failing).await;
+    let lines = errors(&c);
+    eprintln!(
+        "two daemons, {n} events, {failing} failing: {fenced} fenced batches, {} server log ERROR lines",
+        lines.len()
+    );
+    at_most(&lines, fenced, "fenced batches, one each");
+}
+
+/// The failing projection through the library, on each path, in one cluster: the lines each
+/// run added to the server log. Declarative in one call per batch: none. The per-event paths
+/// (declarative with `server_batches(false)`, typed handlers): the failing statement's line
+/// each, and at most a pipeline window behind the first failure (after it, batches send one
+/// statement at a time for a while).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_events_per_path_log_lines() {
+    use projectionist::postgres::{PgBatch, PgHandlers, PgProjection, PgStore};
+    let Some(mut c) = TempCluster::require("log_failing_paths") else {
+        return;
+    };
+    c.start().expect("start the throwaway cluster");
+    let url = c.url();
+    let (n, failing) = (1000_i64, 100_usize);
+    let typed = || {
+        PgHandlers::new()
+            .setup(|cx| {
+                cx.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS picky (id TEXT PRIMARY KEY, q BIGINT NOT NULL CHECK (q > 0), \
+                     seen BIGINT NOT NULL DEFAULT 0)",
+                );
+                Ok(())
+            })
+            .reset(|cx| {
+                cx.batch_execute("TRUNCATE picky");
+                Ok(())
+            })
+            .on_json("Added", |cx, ev, v| {
+                let q = v.get("q").and_then(Value::as_i64).unwrap_or(0);
+                cx.execute(
+                    "INSERT INTO picky (id, q) VALUES ($1, $2)",
+                    (ev.stream_id.clone(), q),
+                );
+                cx.execute(
+                    "UPDATE picky SET seen = seen + 1 WHERE id = $1",
+                    (ev.stream_id.clone(),),
+                );
+                Ok(())
+            })
+    };
+    let declarative = || {
+        let config = projectionist::declarative::Config::parse(FAILING, "test").expect("config");
+        projectionist::declarative::projection::<PgBatch>(&config.projections[0])
+    };
+    type Make = Box<dyn Fn() -> PgProjection>;
+    let paths: [(&str, bool, Make); 3] = [
+        ("declarative, one call per batch", true, Box::new(declarative)),
+        ("declarative, per event", false, Box::new(declarative)),
+        (
+            "typed per-event handlers",
+            true,
+            Box::new(move || PgProjection::new("picky", typed())),
+        ),
+    ];
+    let mut measured = Vec::new();
+    for (k, (path, server_batches, projection)) in paths.into_iter().enumerate() {
+        let before = errors(&c).len();
+        let store = PgStore::builder(&url)
+            .expect("url")
+            .schema(format!("path_{k}"))
+            .server_batches(server_batches)
+            .connect()
+            .await
+            .expect("connect");
+        let items = (1..=n).map(|i| {
+            let q = if i % 10 == 0 { 0 } else { i };
+            Ok(projectionist::StreamAppend::new(
+                format!("e-{i}"),
+                projectionist::ExpectedVersion::Exact(0),
+                vec![projectionist::NewEvent::new(
+                    "Added",
+                    serde_json::json!({ "q": q }),
+                )],
+            ))
+        });
+        projectionist::EventLog::import(&store, items, None)
+            .await
+            .expect("import");
+        let engine = store
+            .engine()
+            .with(
+                projection()
+                    .batch_size(100)
+                    .error_policy(projectionist::ErrorPolicy::DeadLetter),
+            )
+            .expect("engine");
+        engine.catch_up().await.expect("catch up");
+        let client = connect(&url).await;
+        let rows = client
+            .query_one(
+                &format!("SELECT count(*) FROM path_{k}.picky WHERE seen = 1"),
+                &[],
+            )
+            .await
+            .expect("picky")
+            .get::<_, i64>(0);
+        assert_eq!(rows, n - failing as i64, "{path}");
+        let lines = errors(&c).len() - before;
+        eprintln!("{path}: {failing} failing events among {n}: {lines} server log ERROR lines");
+        measured.push((path, lines));
+    }
+    assert_eq!(measured[0].1, 0, "one call per batch logs nothing: {measured:?}");
+    // The first failure has at most a window in flight behind it; after it, the projection's
+    // batches send one statement at a time: one line per failing event.
+    for (path, lines) in &measured[1..] {
+        assert!(
+            *lines >= failing && *lines <= failing + WINDOW,
+            "{path}: {lines} lines for {failing} failing events: {measured:?}"
+        );
+    }
 }
 
 const UNTYPED: &str = r#"

@@ -59,6 +59,13 @@ pub trait Apply<C: ?Sized>: Send + Sync + 'static {
     fn around(&self, run: &mut dyn FnMut()) {
         run()
     }
+
+    /// The body as declarative SQL statements per event type, when it is exactly that, so
+    /// that a store may run them its own way (PostgreSQL: a batch in one call of a function
+    /// generated from them). Default: `None`.
+    fn declarative(&self) -> Option<&crate::declarative::SqlBody> {
+        None
+    }
 }
 
 /// Rows of `table` whose `key_column` is one of `keys`, to load before a batch is applied.

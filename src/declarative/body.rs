@@ -28,6 +28,15 @@ struct Compiled {
     which: String,
 }
 
+/// One event type's statements, as [`SqlBody::handlers`] lists them.
+pub struct HandlerStatements<'a> {
+    pub event_type: &'a str,
+    /// Each statement, with its label for error messages.
+    pub statements: Vec<(&'a Statement, &'a str)>,
+    pub needs_data: bool,
+    pub needs_metadata: bool,
+}
+
 struct Handler {
     statements: Vec<Compiled>,
     needs_data: bool,
@@ -39,6 +48,7 @@ pub struct SqlBody {
     def: Arc<ProjectionDef>,
     handlers: HashMap<String, Handler>,
     statement_count: usize,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for SqlBody {
@@ -102,15 +112,60 @@ impl SqlBody {
                 (event_type.clone(), handler)
             })
             .collect();
+        use md5::{Digest, Md5};
+        let mut digest = Md5::new();
+        for (event_type, statements) in &def.handlers {
+            digest.update(event_type.as_bytes());
+            for st in statements {
+                digest.update([0u8]);
+                digest.update(st.text().as_bytes());
+            }
+            digest.update([1u8]);
+        }
+        let fingerprint = format!("{:x}", digest.finalize());
         SqlBody {
             def,
             handlers,
             statement_count,
+            fingerprint,
         }
     }
 
     pub fn def(&self) -> &ProjectionDef {
         &self.def
+    }
+
+    /// The handlers, sorted by event type: each statement with its label for error messages
+    /// (`"OrderCreated handler, statement 2 of 3"`), and whether any of them needs the decoded
+    /// payload or metadata.
+    pub fn handlers(&self) -> Vec<HandlerStatements<'_>> {
+        let mut out: Vec<HandlerStatements<'_>> = self
+            .handlers
+            .iter()
+            .map(|(event_type, h)| HandlerStatements {
+                event_type,
+                statements: h
+                    .statements
+                    .iter()
+                    .map(|c| (&c.statement, c.label.as_str()))
+                    .collect(),
+                needs_data: h.needs_data,
+                needs_metadata: h.needs_metadata,
+            })
+            .collect();
+        out.sort_by(|a, b| a.event_type.cmp(b.event_type));
+        out
+    }
+
+    /// Whether `event_type` has a handler.
+    pub fn handles(&self, event_type: &str) -> bool {
+        self.handlers.contains_key(event_type)
+    }
+
+    /// A digest of the statements (event types and SQL as written), for a store that derives
+    /// something from them once (a server-side function) and keys it by what they are.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     fn run_event<C: SqlTx + ?Sized>(
@@ -240,6 +295,10 @@ impl<C: SqlTx + ?Sized + 'static> Apply<C> for SqlBody {
     /// Declarative statements only write.
     fn reads(&self) -> bool {
         false
+    }
+
+    fn declarative(&self) -> Option<&SqlBody> {
+        Some(self)
     }
 
     fn apply(&self, cx: &C, events: &[Event]) -> Result<Applied, BatchFailure> {

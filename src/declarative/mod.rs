@@ -13,7 +13,7 @@
 
 mod body;
 
-pub use body::{projection, SqlBody};
+pub use body::{projection, HandlerStatements, SqlBody};
 
 mod config;
 mod lex;

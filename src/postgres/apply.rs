@@ -34,6 +34,8 @@ pub(crate) struct Flusher<'t, 'c> {
     /// The first failure: a statement, or a body's query (numbered as the statement after
     /// those sent before it). Once set, nothing more is sent: the transaction is aborted.
     failed: Option<PipelineError>,
+    /// The most statements in flight at once.
+    window: usize,
 }
 
 impl<'t, 'c> Flusher<'t, 'c> {
@@ -43,7 +45,14 @@ impl<'t, 'c> Flusher<'t, 'c> {
             sent: 0,
             counts: Vec::new(),
             failed: None,
+            window: batch::PIPELINE_WINDOW,
         }
+    }
+
+    /// At most `window` statements in flight (default [`batch::PIPELINE_WINDOW`]).
+    pub(crate) fn with_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
     }
 
     /// Sends the statements queued in `batch` so far.
@@ -57,7 +66,7 @@ impl<'t, 'c> Flusher<'t, 'c> {
             return;
         }
         if self.failed.is_none() {
-            match batch::run(self.tx, &queued).await {
+            match batch::run_in_window(self.tx, &queued, self.window).await {
                 Ok(counts) => self.counts.extend(counts),
                 Err(mut e) => {
                     e.index += self.sent;

@@ -370,6 +370,16 @@ pub(crate) async fn run(
     tx: &deadpool_postgres::Transaction<'_>,
     queued: &[Queued],
 ) -> Result<Vec<u64>, PipelineError> {
+    run_in_window(tx, queued, PIPELINE_WINDOW).await
+}
+
+/// [`run`] with at most `window` statements in flight (1: each waits for the one before it,
+/// so that nothing is queued behind a failure for the server to reject and log).
+pub(crate) async fn run_in_window(
+    tx: &deadpool_postgres::Transaction<'_>,
+    queued: &[Queued],
+    window: usize,
+) -> Result<Vec<u64>, PipelineError> {
     let mut counts = Vec::with_capacity(queued.len());
     let mut start = 0;
     while start < queued.len() {
@@ -378,7 +388,7 @@ pub(crate) async fn run(
             .position(|q| matches!(q.sql, Sql::CopyUpsert { .. }))
             .map_or(queued.len(), |k| start + k);
         if end > start {
-            let seg = run_pipeline(tx, &queued[start..end])
+            let seg = run_pipeline(tx, &queued[start..end], window.max(1))
                 .await
                 .map_err(|e| PipelineError {
                     index: e.index + start,
@@ -451,13 +461,14 @@ enum InFlight<'a> {
     Waiting(StmtFuture<'a>),
 }
 
-/// Runs `queued` in order inside `tx`, pipelined: up to [`PIPELINE_WINDOW`] statements are sent
+/// Runs `queued` in order inside `tx`, pipelined: up to `in_flight` statements are sent
 /// before the first answer is awaited, and once half of them answered, the window is filled
 /// again. Returns each statement's row count, or the first failure (the statements after it
 /// that were not in flight are not sent).
 async fn run_pipeline(
     tx: &deadpool_postgres::Transaction<'_>,
     queued: &[Queued],
+    in_flight: usize,
 ) -> Result<Vec<u64>, PipelineError> {
     let fail = |index: usize, error: tokio_postgres::Error| PipelineError {
         index,
@@ -528,9 +539,9 @@ async fn run_pipeline(
         // Fill the window once half of it answered, so that requests go out several at a
         // time. A statement's request goes out on its first poll: polling each once as it
         // joins keeps them in queue order on the wire.
-        if window.len() <= PIPELINE_WINDOW / 2 {
+        if window.len() <= in_flight / 2 {
             let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-            while window.len() < PIPELINE_WINDOW {
+            while window.len() < in_flight {
                 let Some(mut f) = futures.next() else { break };
                 window.push_back(match f.as_mut().poll(&mut cx) {
                     Poll::Ready(r) => InFlight::Done(r),

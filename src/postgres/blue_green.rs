@@ -69,7 +69,8 @@ impl ShadowStore for PgStore {
             .events(false)
             .listen(false)
             .pool_size(4)
-            .document_write(self.inner.document_write);
+            .document_write(self.inner.document_write)
+            .server_batches(self.inner.server_batches);
         builder.also_search = Some(self.schema().to_owned());
         Ok((builder.connect().await?, existed))
     }

@@ -6,19 +6,56 @@ use deadpool_postgres::GenericClient;
 use std::sync::Arc;
 
 use super::apply::{self, Flusher};
-use super::batch::{Origin, PipelineError};
+use super::batch::{Origin, PipelineError, PIPELINE_WINDOW};
 use super::error::{self, db, db_err};
 use super::listen::bump;
+use super::server_batch::{NotEligible, ServerFn};
 use super::{partition_i32, PgBatch, PgBody, PgParam, PgStore};
 use crate::core::error::{BatchFailure, Error, HandlerError, Result};
 use crate::core::projection::Applied;
 use crate::core::store::{Commit, CommitError};
+use crate::declarative::SqlBody;
+
+/// After a batch failed on an event, how many of the projection's next batches (per
+/// partition) run with one statement in flight; each batch that commits counts one down.
+const CAREFUL_BATCHES: u32 = 16;
 
 impl PgStore {
     pub(super) async fn commit_pg(&self, c: Commit<PgBody>) -> Result<(), CommitError> {
         if c.body.batch_wide() {
             return self.commit_batch_wide(c).await;
         }
+        let key = (c.projection.clone(), c.partition);
+        let careful = self.careful().get(&key).copied().unwrap_or(0) > 0;
+        let window = if careful { 1 } else { PIPELINE_WINDOW };
+        let outcome = self.commit_per_event(c, window).await;
+        let mut after = self.careful();
+        match &outcome {
+            // A failing event: the next batches of this projection send one statement at a
+            // time, so that a failure leaves nothing queued behind it that the server would
+            // reject and log (see docs/operations.md).
+            Err(CommitError::Handler(_)) => {
+                after.insert(key, CAREFUL_BATCHES);
+            }
+            Ok(()) => {
+                if let Some(n) = after.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        after.remove(&key);
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    fn careful(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(Arc<str>, u32), u32>> {
+        self.inner.careful.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A commit of a per-event body, with at most `window` statements in flight.
+    async fn commit_per_event(&self, c: Commit<PgBody>, window: usize) -> Result<(), CommitError> {
         let inner = &self.inner;
         let sql = &inner.sql;
         let partition = partition_i32(c.partition)?;
@@ -55,8 +92,12 @@ impl PgStore {
         }
         let batch = Arc::new(batch);
         let mut client = self.client_for("beginning a batch").await?;
+        let server = match c.body.declarative() {
+            Some(body) => self.server_fn(&mut client, body).await?,
+            None => None,
+        };
         let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
-        let mut flusher = Flusher::new(&tx);
+        let mut flusher = Flusher::new(&tx).with_window(window);
         // The lease check and the checkpoint's compare-and-set go first, on their own: a fenced
         // runner learns it from their row counts before it sends any write (so it takes no row
         // lock, and no statement fails: the server logs nothing for a fenced batch).
@@ -78,23 +119,78 @@ impl PgStore {
             let _ = tx.rollback().await;
             return Err(self.diagnose(&client, &c.projection, partition).await);
         }
-        // Bodies run per event, so that each queued statement is known by its event; a query
-        // sends the statements queued before it.
-        let (applied, early_failure) = apply::per_event(
-            &mut flusher,
-            &batch,
-            c.body.clone(),
-            c.events.clone(),
-            c.range.clone(),
-        )
-        .await
-        .map_err(CommitError::Store)?;
+        let (applied, early_failure) = match (&server, c.body.declarative()) {
+            // A declarative body: the batch in one call of its function.
+            (Some(f), Some(body)) => {
+                let events = c.events.get(c.range.clone()).unwrap_or_default();
+                match f.apply(&tx, body, events, c.range.start).await {
+                    Ok(Ok(applied)) => (applied, None),
+                    Ok(Err(failure)) => (Applied::default(), Some(failure)),
+                    Err(e) => {
+                        drop(flusher);
+                        let _ = tx.rollback().await;
+                        // Its function may be gone (a dropped schema): made again next time.
+                        self.forget_server_fn(body);
+                        return Err(CommitError::Store(e));
+                    }
+                }
+            }
+            // Bodies run per event, so that each queued statement is known by its event; a
+            // query sends the statements queued before it.
+            _ => apply::per_event(
+                &mut flusher,
+                &batch,
+                c.body.clone(),
+                c.events.clone(),
+                c.range.clone(),
+            )
+            .await
+            .map_err(CommitError::Store)?,
+        };
         if let Some(f) = early_failure {
             let _ = tx.rollback().await;
             return Err(CommitError::Handler(f));
         }
         let outcome = self.finish(flusher, &batch, &c, partition, applied).await;
         self.end(tx, outcome).await
+    }
+
+    /// The function that applies `body`'s batches in one call, made once per process (see
+    /// `server_batch`); `None` when the body stays on the per-event path.
+    async fn server_fn(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        body: &SqlBody,
+    ) -> Result<Option<Arc<ServerFn>>> {
+        if !self.inner.server_batches {
+            return Ok(None);
+        }
+        let key = body.fingerprint();
+        if let Some(f) = self.server_fns().get(key) {
+            return Ok(f.clone());
+        }
+        let made = match ServerFn::ensure(client, &self.inner.schema, body).await? {
+            Ok(f) => Some(Arc::new(f)),
+            Err(NotEligible(why)) => {
+                tracing::info!(
+                    projection = %body.def().name,
+                    "applying events one statement at a time, not in one call per batch: {why}"
+                );
+                None
+            }
+        };
+        self.server_fns().insert(key.to_owned(), made.clone());
+        Ok(made)
+    }
+
+    fn forget_server_fn(&self, body: &SqlBody) {
+        self.server_fns().remove(body.fingerprint());
+    }
+
+    fn server_fns(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Option<Arc<ServerFn>>>> {
+        self.inner.server_fns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues what every commit ends with: dead letters, seen event ids, counters and the

@@ -97,6 +97,7 @@ pub struct PgBuilder {
     /// unqualified names in the shadow first, then in the live schema.
     pub(super) also_search: Option<String>,
     seen_retention: Duration,
+    server_batches: bool,
 }
 
 /// How long the ids of applied events are kept for sources that redeliver (RabbitMQ), by
@@ -123,6 +124,12 @@ impl PgBuilder {
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
         self
+    }
+
+    /// The schema of the engine's tables, as set so far (`public` unless the URL or
+    /// [`schema`](Self::schema) named one).
+    pub fn schema_name(&self) -> &str {
+        &self.schema
     }
 
     /// The `application_name` of the store's connections (default `projectionist`).
@@ -160,6 +167,14 @@ impl PgBuilder {
     /// RabbitMQ that have no position to compare); default [`DEFAULT_SEEN_RETENTION`].
     pub fn seen_retention(mut self, window: Duration) -> Self {
         self.seen_retention = window;
+        self
+    }
+
+    /// Whether a declarative projection applies a batch in one call of a PL/pgSQL function
+    /// generated from its statements (default `true`; see docs/postgres.md), rather than
+    /// sending its statements one per event.
+    pub fn server_batches(mut self, yes: bool) -> Self {
+        self.server_batches = yes;
         self
     }
 
@@ -315,6 +330,9 @@ impl PgBuilder {
                 created,
                 seen_retention: self.seen_retention,
                 last_prune: Mutex::new(None),
+                server_fns: Default::default(),
+                server_batches: self.server_batches,
+                careful: Default::default(),
                 _stop: stop,
             }),
         })
@@ -359,6 +377,7 @@ impl PgStore {
             document_write: DocumentWrite::default(),
             also_search: None,
             seen_retention: DEFAULT_SEEN_RETENTION,
+            server_batches: true,
         }
     }
 }

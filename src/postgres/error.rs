@@ -9,14 +9,7 @@ pub(crate) fn retryable(e: &tokio_postgres::Error) -> bool {
         return true;
     }
     if let Some(code) = e.code() {
-        let c = code.code();
-        return c.starts_with("08")
-            || c.starts_with("53")
-            || c.starts_with("57P")
-            || c == "57014"
-            || c == "40001"
-            || c == "40P01"
-            || c == "55P03";
+        return retryable_code(code.code());
     }
     // No SQLSTATE: I/O trouble is retryable; a value conversion error is not.
     let mut source = std::error::Error::source(e);
@@ -27,6 +20,17 @@ pub(crate) fn retryable(e: &tokio_postgres::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// Whether an error of SQLSTATE `c` is worth retrying later (see [`retryable`]).
+pub(crate) fn retryable_code(c: &str) -> bool {
+    c.starts_with("08")
+        || c.starts_with("53")
+        || c.starts_with("57P")
+        || c == "57014"
+        || c == "40001"
+        || c == "40P01"
+        || c == "55P03"
 }
 
 /// The error's text, with the server's detail and hint when there are some.

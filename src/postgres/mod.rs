@@ -55,6 +55,7 @@ mod query;
 mod read;
 mod rows;
 mod schema;
+mod server_batch;
 mod sql;
 mod sql_tx;
 
@@ -121,6 +122,13 @@ struct Inner {
     created: bool,
     seen_retention: Duration,
     last_prune: Mutex<Option<std::time::Instant>>,
+    /// Declarative projections' server-side functions (see `server_batch`).
+    server_fns: server_batch::ServerFns,
+    /// Whether declarative projections run a batch in one call of a generated function.
+    server_batches: bool,
+    /// Projections (and partitions) whose batches send one statement at a time for a while
+    /// after a failing event, with how many batches are left (see `commit`).
+    careful: Mutex<std::collections::HashMap<(Arc<str>, u32), u32>>,
     /// Dropped with the last handle: stops the listener.
     _stop: watch::Sender<()>,
 }

@@ -5,12 +5,16 @@
 //! 1. load: generate the workload deterministically and bulk-load it;
 //! 2. reference: `order_summary` computed inside the database by one set-based
 //!    `INSERT … SELECT … GROUP BY stream_id`;
-//! 3. rebuild of `order_summary` as a declarative SQL projection;
-//! 4. the same as a typed document projection (fold by key);
-//! 5. the same as typed per-event handlers;
-//! 6. live latency from append to visible at a steady rate;
+//! 3. the per-event reference: the declarative config's statements run per event without the
+//!    engine (PostgreSQL: a PL/pgSQL loop over the events table; SQLite: prepared statements
+//!    run by this process), the speed of light of a per-event projection;
+//! 4. rebuild of `order_summary` as a declarative SQL projection;
+//! 5. the same as a typed document projection (fold by key);
+//! 6. the same as typed per-event handlers;
+//! 7. live latency from append to visible at a steady rate;
 //!
-//! and the peak resident memory of each phase.
+//! and the peak resident memory of each phase. Every throughput is also given as a ratio to
+//! each reference measured in the same run.
 //!
 //! The phases are written once over the library's store traits (`store`); each backend module
 //! opens its database and says what differs (its dialect's reference statement, its typed
@@ -74,6 +78,9 @@ impl Style {
 /// The reference read model's table.
 pub const REFERENCE_TABLE: &str = "bench_reference_summary";
 
+/// The per-event reference's table.
+pub const PER_EVENT_TABLE: &str = "bench_loop_summary";
+
 /// The columns of `order_summary` (DESIGN.md), in order.
 pub const COLUMNS: &str =
     "order_id, customer_name, status, item_count, total_amount, carrier, tracking_number, version";
@@ -99,8 +106,10 @@ pub struct Phase {
     pub events: u64,
     pub seconds: f64,
     pub events_per_second: f64,
-    /// Throughput relative to the reference phase of the same run.
+    /// Throughput relative to the set-based reference phase of the same run.
     pub ratio_to_reference: Option<f64>,
+    /// Throughput relative to the per-event reference phase of the same run.
+    pub ratio_to_per_event_loop: Option<f64>,
     /// Peak resident memory during the phase, in MiB.
     pub peak_rss_mib: Option<f64>,
     /// Whether the result equals the reference read model.
@@ -195,21 +204,41 @@ where
         events: s.events,
         seconds: secs,
         events_per_second: reference_rate,
-        ratio_to_reference: Some(1.0),
         peak_rss_mib: rss,
         verified: Some(true),
         ..Phase::default()
     });
     say(format!("  reference: {} events/s", output::rate(s.events, secs)));
 
-    // 3–5. Rebuilds.
+    // 3. The per-event reference.
+    let ((), secs, rss) = timed(backend.per_event_loop()).await?;
+    let loop_rate = s.events as f64 / secs;
+    let mismatch = verify(backend, PER_EVENT_TABLE).await?;
     let mut failed = Vec::new();
+    if !mismatch.is_exact() {
+        failed.push(format!("{PER_EVENT_TABLE}: {mismatch:?}"));
+    }
+    phases.push(Phase {
+        name: backend.per_event_loop_name().into(),
+        events: s.events,
+        seconds: secs,
+        events_per_second: loop_rate,
+        peak_rss_mib: rss,
+        verified: Some(mismatch.is_exact()),
+        ..Phase::default()
+    });
+    say(format!(
+        "  per-event reference: {} events/s",
+        output::rate(s.events, secs)
+    ));
+
+    // 4–6. Rebuilds.
     for style in Style::ALL {
         let bar = output::bar(s.events, output::EVENTS_BAR);
         bar.set_prefix(style.projection());
         let (applied, secs, rss) = timed(backend.rebuild(style, &bar)).await?;
         bar.finish_and_clear();
-        let mismatch = backend.compare(style.table()).await?;
+        let mismatch = verify(backend, style.table()).await?;
         if !mismatch.is_exact() {
             failed.push(format!("{}: {mismatch:?}", style.table()));
         }
@@ -224,14 +253,13 @@ where
             events: s.events,
             seconds: secs,
             events_per_second: rate,
-            ratio_to_reference: Some(rate / reference_rate),
             peak_rss_mib: rss,
             verified: Some(mismatch.is_exact()),
             ..Phase::default()
         });
     }
 
-    // 6. Live latency.
+    // 7. Live latency.
     if s.live_seconds > 0 && s.live_rate > 0 {
         let n = s.live_seconds * u64::from(s.live_rate);
         let live: Vec<WorkloadEvent> = Orders::new(s.seed, s.events + n)
@@ -253,11 +281,31 @@ where
         });
     }
 
+    // Every throughput as a ratio to both references (not the live phase: its rate is the
+    // rate it was given).
+    for p in phases.iter_mut() {
+        if p.p50_ms.is_none() {
+            p.ratio_to_reference = Some(p.events_per_second / reference_rate);
+            p.ratio_to_per_event_loop = Some(p.events_per_second / loop_rate);
+        }
+    }
+
     if !failed.is_empty() {
         print_table(&phases);
         bail!("read models differ from the reference: {}", failed.join("; "));
     }
     Ok(phases)
+}
+
+/// How `table` differs from the reference read model.
+async fn verify<St>(backend: &Bench<St>, table: &str) -> Result<Mismatch>
+where
+    St: BenchStore,
+    St::Tx: DocumentStorage + Sized,
+{
+    #[cfg(test)]
+    tests::corrupt(backend, table).await?;
+    backend.compare(table).await
 }
 
 /// The results as a table.
@@ -271,6 +319,8 @@ pub fn print_table(phases: &[Phase]) {
                 format!("{:.2}", p.seconds),
                 output::thousands(p.events_per_second.round() as u64),
                 p.ratio_to_reference.map_or("-".into(), |r| format!("{r:.3}")),
+                p.ratio_to_per_event_loop
+                    .map_or("-".into(), |r| format!("{r:.3}")),
                 match (p.p50_ms, p.p99_ms, p.max_ms) {
                     (Some(a), Some(b), Some(c)) => format!("p50 {a:.2} / p99 {b:.2} / max {c:.2} ms"),
                     _ => "-".into(),
@@ -292,7 +342,8 @@ pub fn print_table(phases: &[Phase]) {
                 "EVENTS",
                 "SECONDS",
                 "EVENTS/S",
-                "× REFERENCE",
+                "× SET-BASED",
+                "× PER-EVENT LOOP",
                 "LATENCY",
                 "PEAK RSS MIB",
                 "CHECK"
@@ -300,4 +351,69 @@ pub fn print_table(phases: &[Phase]) {
             &rows
         )
     );
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The table the next run changes before comparing it (one test sets it).
+    static CORRUPT: Mutex<Option<&'static str>> = Mutex::new(None);
+
+    pub(super) async fn corrupt<St>(backend: &Bench<St>, table: &str) -> Result<()>
+    where
+        St: BenchStore,
+        St::Tx: DocumentStorage + Sized,
+    {
+        let wanted = *CORRUPT.lock().unwrap_or_else(|p| p.into_inner());
+        if wanted == Some(table) {
+            backend
+                .execute(format!(
+                    "UPDATE {table} SET item_count = item_count + 1 WHERE order_id = \
+                     (SELECT min(order_id) FROM {table})"
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A read model that differs from the reference in one row fails the run, for each
+    /// verified phase: the per-event reference and every rebuild.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wrong_read_model_fails_the_run() {
+        let settings = Settings {
+            events: 400,
+            seed: 7,
+            live_seconds: 0,
+            live_rate: 0,
+        };
+        let tables = [
+            PER_EVENT_TABLE,
+            Style::Sql.table(),
+            Style::Documents.table(),
+            Style::Handlers.table(),
+        ];
+        for table in tables {
+            *CORRUPT.lock().unwrap_or_else(|p| p.into_inner()) = Some(table);
+            let bench = sqlite::open(None, None)
+                .await
+                .expect("a temporary bench database");
+            let out = run(&bench, &settings, true).await;
+            let err = out.expect_err("a wrong read model must fail the run").to_string();
+            assert!(
+                err.contains("differ from the reference") && err.contains(table),
+                "{table}: {err}"
+            );
+        }
+        *CORRUPT.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let bench = sqlite::open(None, None)
+            .await
+            .expect("a temporary bench database");
+        let phases = run(&bench, &settings, true)
+            .await
+            .expect("an untouched run passes");
+        assert!(phases.iter().all(|p| p.verified != Some(false)));
+    }
 }

@@ -1,18 +1,26 @@
 //! The bench on PostgreSQL: a dedicated schema, dropped and created fresh for each run.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use projectionist::postgres::{PgBatch, PgHandlers, PgStore};
 use projectionist::Handlers;
 
 use super::orders::{create_table, Created, Item, Nothing, Shipped};
-use super::{Bench, BenchStore, COLUMNS, REFERENCE_TABLE};
+use super::{Bench, BenchStore, COLUMNS, PER_EVENT_TABLE, REFERENCE_TABLE};
 
-/// The schema the bench owns (dropped and created again at each run).
+/// The schema the bench owns (dropped and created again at each run), unless the URL names
+/// another (`?schema=NAME`).
 pub const SCHEMA: &str = "projectionist_bench";
 
 /// Connects to `url` (the password never shown; `shown` is the URL without it) and recreates
-/// the bench's own schema.
+/// the bench's own schema: [`SCHEMA`], or the one the URL names, which must be empty or hold a
+/// previous bench's tables (the bench drops it).
 pub async fn open(url: &str, shown: String, batch_size: Option<usize>) -> Result<Bench<PgStore>> {
+    let named = PgStore::builder(url)?.schema_name().to_owned();
+    let schema = if named == "public" {
+        SCHEMA.to_owned()
+    } else {
+        named
+    };
     let admin = PgStore::builder(url)?
         .schema("public")
         .listen(false)
@@ -22,14 +30,29 @@ pub async fn open(url: &str, shown: String, batch_size: Option<usize>) -> Result
         .connect()
         .await
         .context("connecting to PostgreSQL for the bench")?;
-    admin
-        .client()
-        .await?
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+    let client = admin.client().await?;
+    let foreign = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE c.relname = $2), count(*)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind = 'r'",
+            &[&schema, &REFERENCE_TABLE],
+        )
+        .await
+        .context("looking at the bench schema")?;
+    let (previous, tables): (i64, i64) = (foreign.get(0), foreign.get(1));
+    if tables > 0 && previous == 0 {
+        bail!(
+            "schema {schema} holds tables but no previous bench's; the bench drops its schema, so \
+             name an empty one (?schema=NAME)"
+        );
+    }
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
         .await
         .context("dropping the previous bench schema")?;
-    let store = PgStore::builder(url)?.schema(SCHEMA).connect().await?;
-    let describe = format!("PostgreSQL {shown} (schema {SCHEMA})");
+    let store = PgStore::builder(url)?.schema(&schema).connect().await?;
+    let describe = format!("PostgreSQL {shown} (schema {schema})");
     Ok(Bench::new(store, describe, batch_size, None))
 }
 
@@ -66,6 +89,12 @@ impl BenchStore for PgStore {
     async fn execute(&self, sql: String) -> Result<()> {
         self.client().await?.batch_execute(&sql).await?;
         Ok(())
+    }
+
+    const PER_EVENT_LOOP: &'static str = "reference: per-event loop in the database (PL/pgSQL)";
+
+    async fn per_event_loop(&self) -> Result<()> {
+        self.execute(per_event_loop_sql()).await
     }
 
     async fn after_load(&self) -> Result<()> {
@@ -156,4 +185,56 @@ fn typed_handlers(table: &str) -> PgHandlers {
         })
         .on("OrderDelivered", status("delivered"))
         .on("OrderCancelled", status("cancelled"))
+}
+
+/// The per-event reference: the declarative config's six `order_summary` statements, run per
+/// event by a PL/pgSQL loop over the events table in `(xid, position)` order (static SQL, plans
+/// cached), in one call: no client, no engine.
+fn per_event_loop_sql() -> String {
+    let t = PER_EVENT_TABLE;
+    let status = |s: &str| {
+        format!(
+            "UPDATE {t} SET status = '{s}', version = ev.stream_version
+              WHERE order_id = ev.stream_id AND version < ev.stream_version;"
+        )
+    };
+    format!(
+        "{create};
+         TRUNCATE {t};
+         CREATE OR REPLACE FUNCTION bench_per_event_loop() RETURNS bigint LANGUAGE plpgsql AS $loop$
+         DECLARE
+           ev record;
+           n bigint := 0;
+         BEGIN
+           FOR ev IN SELECT stream_id, stream_version, event_type, data FROM events ORDER BY xid, position LOOP
+             CASE ev.event_type
+             WHEN 'OrderCreated' THEN
+               INSERT INTO {t} (order_id, customer_name, status, version)
+               VALUES (ev.stream_id, ev.data ->> 'customer_name', 'created', ev.stream_version)
+               ON CONFLICT (order_id) DO NOTHING;
+             WHEN 'ItemAdded' THEN
+               UPDATE {t} SET item_count = item_count + (ev.data ->> 'quantity')::bigint,
+                      total_amount = total_amount + (ev.data ->> 'quantity')::bigint * (ev.data ->> 'unit_price')::float8,
+                      version = ev.stream_version
+                WHERE order_id = ev.stream_id AND version < ev.stream_version;
+             WHEN 'OrderConfirmed' THEN {confirmed}
+             WHEN 'OrderShipped' THEN
+               UPDATE {t} SET status = 'shipped', carrier = ev.data ->> 'carrier',
+                      tracking_number = ev.data ->> 'tracking_number', version = ev.stream_version
+                WHERE order_id = ev.stream_id AND version < ev.stream_version;
+             WHEN 'OrderDelivered' THEN {delivered}
+             WHEN 'OrderCancelled' THEN {cancelled}
+             ELSE NULL;
+             END CASE;
+             n := n + 1;
+           END LOOP;
+           RETURN n;
+         END
+         $loop$;
+         SELECT bench_per_event_loop();",
+        create = create_table(t),
+        confirmed = status("confirmed"),
+        delivered = status("delivered"),
+        cancelled = status("cancelled"),
+    )
 }

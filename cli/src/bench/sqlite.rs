@@ -7,7 +7,7 @@ use projectionist::sqlite::{rusqlite, SqliteHandlers, SqliteStore};
 use projectionist::{HandlerError, Handlers};
 
 use super::orders::{create_table, Created, Item, Nothing, Shipped};
-use super::{Bench, BenchStore, COLUMNS, REFERENCE_TABLE};
+use super::{Bench, BenchStore, COLUMNS, PER_EVENT_TABLE, REFERENCE_TABLE};
 
 /// Opens a fresh database at `path`, or in a temporary folder when `path` is `None`. Refuses a
 /// database that already holds events: the bench needs its own.
@@ -66,6 +66,17 @@ impl BenchStore for SqliteStore {
         self.write(move |db| db.execute_batch(&sql)).await?;
         Ok(())
     }
+
+    const PER_EVENT_LOOP: &'static str = "reference: per-event loop, prepared statements in-process";
+
+    /// SQLite runs inside the process, so its per-event reference is the same statements run
+    /// per event by this process: one transaction, one prepared `SELECT` over the events in
+    /// position order, each event's payload decoded with serde_json and its statements run as
+    /// cached prepared statements. No engine: no batches, checkpoints or policies.
+    async fn per_event_loop(&self) -> Result<()> {
+        self.write(per_event_loop).await?;
+        Ok(())
+    }
 }
 
 /// `order_summary` as typed per-event handlers.
@@ -120,4 +131,63 @@ fn typed_handlers(table: &str) -> SqliteHandlers {
         })
         .on("OrderDelivered", status("delivered"))
         .on("OrderCancelled", status("cancelled"))
+}
+
+/// The declarative config's six `order_summary` statements, run per event over the events
+/// table (see [`BenchStore::per_event_loop`]).
+fn per_event_loop(db: &rusqlite::Connection) -> rusqlite::Result<u64> {
+    let t = PER_EVENT_TABLE;
+    db.execute_batch(&format!("{}; DELETE FROM {t};", create_table(t)))?;
+    let insert = format!(
+        "INSERT INTO {t} (order_id, customer_name, status, version) VALUES (?1, ?2, 'created', ?3)
+         ON CONFLICT (order_id) DO NOTHING"
+    );
+    let item = format!(
+        "UPDATE {t} SET item_count = item_count + ?2, total_amount = total_amount + ?2 * ?3, version = ?4
+          WHERE order_id = ?1 AND version < ?4"
+    );
+    let ship = format!(
+        "UPDATE {t} SET status = 'shipped', carrier = ?2, tracking_number = ?3, version = ?4
+          WHERE order_id = ?1 AND version < ?4"
+    );
+    let status = format!("UPDATE {t} SET status = ?2, version = ?3 WHERE order_id = ?1 AND version < ?3");
+    let mut events =
+        db.prepare("SELECT stream_id, stream_version, event_type, data FROM events ORDER BY position")?;
+    let mut rows = events.query([])?;
+    let mut n = 0u64;
+    let bad = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+    while let Some(row) = rows.next()? {
+        let stream: String = row.get(0)?;
+        let version: i64 = row.get(1)?;
+        let kind: String = row.get(2)?;
+        let data: String = row.get(3)?;
+        match kind.as_str() {
+            "OrderCreated" => {
+                let e: Created = serde_json::from_str(&data).map_err(bad)?;
+                db.prepare_cached(&insert)?
+                    .execute((&stream, e.customer_name, version))?;
+            }
+            "ItemAdded" => {
+                let e: Item = serde_json::from_str(&data).map_err(bad)?;
+                db.prepare_cached(&item)?
+                    .execute((&stream, e.quantity, e.unit_price, version))?;
+            }
+            "OrderShipped" => {
+                let e: Shipped = serde_json::from_str(&data).map_err(bad)?;
+                db.prepare_cached(&ship)?
+                    .execute((&stream, e.carrier, e.tracking_number, version))?;
+            }
+            "OrderConfirmed" | "OrderDelivered" | "OrderCancelled" => {
+                let s = match kind.as_str() {
+                    "OrderConfirmed" => "confirmed",
+                    "OrderDelivered" => "delivered",
+                    _ => "cancelled",
+                };
+                db.prepare_cached(&status)?.execute((&stream, s, version))?;
+            }
+            _ => {}
+        }
+        n += 1;
+    }
+    Ok(n)
 }

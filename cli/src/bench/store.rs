@@ -38,6 +38,14 @@ where
     /// Runs SQL text (several statements) outside any projection.
     fn execute(&self, sql: String) -> impl Future<Output = Result<()>> + Send;
 
+    /// The per-event reference phase's name: what runs it on this backend.
+    const PER_EVENT_LOOP: &'static str;
+
+    /// Fills [`PER_EVENT_TABLE`](super::PER_EVENT_TABLE) with the declarative config's
+    /// statements run per event without the engine: the speed of light of a per-event
+    /// projection on this backend.
+    fn per_event_loop(&self) -> impl Future<Output = Result<()>> + Send;
+
     /// Settles the database after the load (statistics). Default: nothing.
     fn after_load(&self) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
@@ -152,6 +160,22 @@ where
     /// Computes the reference read model with one set-based statement.
     pub async fn reference(&self) -> Result<()> {
         self.store.execute(St::reference_sql()).await
+    }
+
+    /// Runs SQL text on the bench's database (tests change a read model with it).
+    #[cfg(test)]
+    pub async fn execute(&self, sql: String) -> Result<()> {
+        self.store.execute(sql).await
+    }
+
+    /// Computes the per-event reference read model (see [`BenchStore::per_event_loop`]).
+    pub async fn per_event_loop(&self) -> Result<()> {
+        self.store.per_event_loop().await
+    }
+
+    /// The per-event reference phase's name on this backend.
+    pub fn per_event_loop_name(&self) -> &'static str {
+        St::PER_EVENT_LOOP
     }
 
     /// Rebuilds `style`'s read model from the start; returns the events it applied.

@@ -44,6 +44,10 @@ impl<C: SqlTx + 'static> Apply<C> for Neutral {
     fn around(&self, run: &mut dyn FnMut()) {
         self.0.around(run)
     }
+
+    fn declarative(&self) -> Option<&crate::declarative::SqlBody> {
+        self.0.declarative()
+    }
 }
 
 /// `body` as a body of a store whose context is `C`.

@@ -1,0 +1,359 @@
+//! Declarative projections on PostgreSQL applying a batch in one call of a generated function,
+//! against the per-event path:
+//!
+//! - a failing statement in the middle of a batch: the events before it are committed, the
+//!   failing one goes through its policy (a dead letter naming the statement), the rest follow,
+//!   in order and once each; the same outcome on the per-event path and for typed handlers;
+//! - SIGKILL of a runner mid-batch, five times: after a final run every event counted once per
+//!   stream, equal to a clean rebuild on the per-event path.
+#![cfg(feature = "postgres")]
+
+#[path = "postgres_common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use projectionist::backend::{Source, Store};
+use projectionist::declarative::Config;
+use projectionist::postgres::{PgBatch, PgHandlers, PgProjection, PgStore, StreamAppend};
+use projectionist::workload::Orders;
+use projectionist::{ErrorPolicy, EventLog, ExpectedVersion, NewEvent};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+/// How many events the failing-batch tests append (one batch), and which ones fail.
+const EVENTS: i64 = 50;
+const FAILING: [i64; 2] = [17, 33];
+
+/// `picky` with a CHECK that `q > 0`, a count per row, and an order check over all events.
+const PICKY_SETUP: &str = "CREATE TABLE IF NOT EXISTS picky (id TEXT PRIMARY KEY, q BIGINT NOT NULL CHECK (q > 0), seen BIGINT NOT NULL DEFAULT 0); \
+     CREATE TABLE IF NOT EXISTS ordered (k TEXT PRIMARY KEY, last BIGINT NOT NULL, out_of_order BIGINT NOT NULL)";
+
+fn picky_config() -> String {
+    format!(
+        r#"
+[[projection]]
+name = "picky"
+batch_size = 100
+error_policy = "dead_letter"
+setup = "{PICKY_SETUP}"
+reset = "TRUNCATE picky, ordered"
+
+[projection.handlers]
+Added = [
+    "INSERT INTO picky (id, q) VALUES (:stream_id, :data.q)",
+    "UPDATE picky SET seen = seen + 1 WHERE id = :stream_id",
+    "INSERT INTO ordered AS o (k, last, out_of_order) VALUES ('all', :position, 0) ON CONFLICT (k) DO UPDATE SET out_of_order = o.out_of_order + (excluded.last <= o.last)::int, last = excluded.last",
+]
+"#
+    )
+}
+
+fn declarative(config: &str) -> PgProjection {
+    let config = Config::parse(config, "test").expect("the test config parses");
+    let def = config.projections.first().expect("one projection");
+    projectionist::declarative::projection::<PgBatch>(def)
+}
+
+/// The same statements as typed per-event handlers.
+fn picky_handlers() -> PgHandlers {
+    PgHandlers::new()
+        .setup(|cx| {
+            cx.batch_execute(PICKY_SETUP);
+            Ok(())
+        })
+        .reset(|cx| {
+            cx.batch_execute("TRUNCATE picky, ordered");
+            Ok(())
+        })
+        .on_json("Added", |cx, ev, v| {
+            let q = v.get("q").and_then(|q| q.as_i64()).unwrap_or(0);
+            cx.execute("INSERT INTO picky (id, q) VALUES ($1, $2)", (ev.stream_id.clone(), q));
+            cx.execute("UPDATE picky SET seen = seen + 1 WHERE id = $1", (ev.stream_id.clone(),));
+            cx.execute(
+                "INSERT INTO ordered AS o (k, last, out_of_order) VALUES ('all', $1, 0) ON CONFLICT (k) \
+                 DO UPDATE SET out_of_order = o.out_of_order + (excluded.last <= o.last)::int, last = excluded.last",
+                (ev.position,),
+            );
+            Ok(())
+        })
+}
+
+async fn store(schema: &str, server_batches: bool) -> PgStore {
+    PgStore::builder(&common::url())
+        .expect("url")
+        .schema(schema)
+        .application_name("pt-server-batch")
+        .server_batches(server_batches)
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Appends `EVENTS` `Added` events, one per stream; those in `FAILING` break the CHECK.
+async fn append_picky(store: &PgStore) {
+    for i in 1..=EVENTS {
+        let q = if FAILING.contains(&i) { 0 } else { i };
+        store
+            .append(
+                format!("e-{i:03}"),
+                ExpectedVersion::Exact(0),
+                vec![NewEvent::new("Added", json!({ "q": q }))],
+            )
+            .await
+            .expect("append");
+    }
+}
+
+/// Projects `projection` over the picky events in one batch and checks the outcome: every
+/// event but the failing ones applied once and in order, each failing one a dead letter whose
+/// error names `label`, and the checkpoint at the head.
+async fn failing_mid_batch(name: &str, server_batches: bool, projection: PgProjection, label: &str) {
+    let Some(schema) = common::schema(name).await else {
+        return;
+    };
+    let store = store(&schema, server_batches).await;
+    append_picky(&store).await;
+    let engine = store
+        .engine()
+        .with(projection.batch_size(100).error_policy(ErrorPolicy::DeadLetter))
+        .expect("engine");
+    engine.catch_up().await.expect("catch up");
+
+    let raw = common::raw(Some(&schema)).await.expect("raw connection");
+    let one = |sql: &'static str| {
+        let raw = &raw;
+        async move { raw.query_one(sql, &[]).await.expect(sql).get::<_, i64>(0) }
+    };
+    let good = EVENTS - FAILING.len() as i64;
+    assert_eq!(one("SELECT count(*) FROM picky").await, good, "{name}: rows");
+    assert_eq!(
+        one("SELECT count(*) FROM picky WHERE seen = 1").await,
+        good,
+        "{name}: once each"
+    );
+    assert_eq!(
+        one("SELECT out_of_order FROM ordered").await,
+        0,
+        "{name}: in order"
+    );
+    let head = store.head().await.expect("head");
+    assert_eq!(
+        one("SELECT last FROM ordered").await,
+        head.position,
+        "{name}: the events after the failures were applied"
+    );
+    let dls = store.dead_letters(Some("picky")).await.expect("dead letters");
+    let mut failed: Vec<String> = dls.iter().map(|d| d.event.stream_id.clone()).collect();
+    failed.sort();
+    let expected: Vec<String> = FAILING.iter().map(|i| format!("e-{i:03}")).collect();
+    assert_eq!(
+        failed, expected,
+        "{name}: the failing events are the dead letters"
+    );
+    for d in &dls {
+        assert!(
+            d.error.contains("violates check constraint") && d.error.contains(label),
+            "{name}: {}",
+            d.error
+        );
+    }
+    let record = store.record("picky", 0).await.expect("record").expect("a record");
+    assert_eq!(record.checkpoint, head, "{name}: checkpoint at the head");
+    assert_eq!(
+        (record.applied, record.dead_letters),
+        (good as u64, FAILING.len() as u64)
+    );
+    let functions = one(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+          WHERE n.nspname = current_schema() AND p.proname LIKE 'projectionist_batch_%'",
+    )
+    .await;
+    let declarative = label.starts_with("Added handler");
+    assert_eq!(
+        functions,
+        i64::from(server_batches && declarative),
+        "{name}: a function exactly where batches run in one call"
+    );
+    common::drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_mid_batch_declarative_in_one_call() {
+    failing_mid_batch(
+        "perevent_fail_decl",
+        true,
+        declarative(&picky_config()),
+        "Added handler, statement 1 of 3",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_mid_batch_declarative_per_event() {
+    failing_mid_batch(
+        "perevent_fail_decl_pe",
+        false,
+        declarative(&picky_config()),
+        "Added handler, statement 1 of 3",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_mid_batch_typed_handlers() {
+    failing_mid_batch(
+        "perevent_fail_typed",
+        true,
+        PgProjection::new("picky", picky_handlers()),
+        "",
+    )
+    .await;
+}
+
+/// Counts each event once per stream, by type, through the generated function.
+const COUNTING: &str = r#"
+[[projection]]
+name = "NAME"
+batch_size = 200
+setup = "CREATE TABLE IF NOT EXISTS READ_MODEL (order_id TEXT PRIMARY KEY, status TEXT NOT NULL, items BIGINT NOT NULL DEFAULT 0, applied BIGINT NOT NULL DEFAULT 0)"
+reset = "TRUNCATE READ_MODEL"
+
+[projection.handlers]
+OrderCreated = "INSERT INTO READ_MODEL (order_id, status, applied) VALUES (:stream_id, 'created', 1)"
+ItemAdded = "UPDATE READ_MODEL SET items = items + :data.quantity, applied = applied + 1 WHERE order_id = :stream_id"
+OrderConfirmed = "UPDATE READ_MODEL SET status = 'confirmed', applied = applied + 1 WHERE order_id = :stream_id"
+OrderShipped = "UPDATE READ_MODEL SET status = 'shipped', applied = applied + 1 WHERE order_id = :stream_id"
+OrderDelivered = "UPDATE READ_MODEL SET status = 'delivered', applied = applied + 1 WHERE order_id = :stream_id"
+OrderCancelled = "UPDATE READ_MODEL SET status = 'cancelled', applied = applied + 1 WHERE order_id = :stream_id"
+"#;
+
+fn counting(name: &str, table: &str) -> PgProjection {
+    declarative(&COUNTING.replace("NAME", name).replace("READ_MODEL", table))
+}
+
+const CHILD_ENV: &str = "PROJECTIONIST_PG_SERVER_BATCH_CHILD_SCHEMA";
+const CRASH_TEST: &str = "sigkill_mid_batch_in_one_call_keeps_exactly_once";
+const CRASH_EVENTS: u64 = 60_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_batch_in_one_call_keeps_exactly_once() {
+    if let Ok(schema) = std::env::var(CHILD_ENV) {
+        let engine = store(&schema, true)
+            .await
+            .engine()
+            .with(counting("orders", "crash_orders"))
+            .expect("engine");
+        engine.catch_up().await.expect("catch up");
+        return;
+    }
+    let Some(schema) = common::schema("perevent_crash").await else {
+        return;
+    };
+    let store = store(&schema, true).await;
+    let items = Orders::new(11, CRASH_EVENTS).map(|e| {
+        Ok(StreamAppend::new(
+            e.stream_id.clone(),
+            ExpectedVersion::Exact(e.stream_version - 1),
+            vec![e.to_new_event()],
+        ))
+    });
+    let n = store.import(items, None).await.expect("import");
+    let exe = std::env::current_exe().expect("the test binary");
+    let spawn = || {
+        std::process::Command::new(&exe)
+            .args(["--exact", CRASH_TEST, "--nocapture"])
+            .env(CHILD_ENV, &schema)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the child")
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(u64::from(std::process::id()));
+    let mut checkpoints = Vec::new();
+    let mut kills = 0;
+    while kills < 5 {
+        let mut c = spawn();
+        // Kill once the child has committed a batch of this life (so that it is projecting,
+        // mid-batch almost always: the batch's one call is most of its time), at a random
+        // moment after that.
+        let before = store
+            .record("orders", 0)
+            .await
+            .expect("record")
+            .map_or(0, |r| r.checkpoint.position);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = store
+                .record("orders", 0)
+                .await
+                .expect("record")
+                .map_or(0, |r| r.checkpoint.position);
+            if now > before || Instant::now() > deadline {
+                break;
+            }
+            if c.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
+        if let Some(status) = c.try_wait().expect("try_wait") {
+            assert!(status.success(), "the child failed: {status}");
+            panic!("the child finished before it could be killed; make the workload larger");
+        }
+        c.kill().expect("SIGKILL");
+        c.wait().expect("wait");
+        kills += 1;
+        checkpoints.push(
+            store
+                .record("orders", 0)
+                .await
+                .expect("record")
+                .map_or(0, |r| r.checkpoint.position),
+        );
+    }
+    eprintln!("server batch crash: killed 5 times; checkpoints after each kill: {checkpoints:?}");
+    let status = spawn().wait().expect("final run");
+    assert!(status.success(), "final run failed: {status}");
+    let record = store
+        .record("orders", 0)
+        .await
+        .expect("record")
+        .expect("a record");
+    assert_eq!(record.checkpoint, store.head().await.expect("head"));
+    assert_eq!(record.applied, n, "applied counter");
+
+    // Every stream counted once per event, and equal to a clean rebuild on the per-event path.
+    let raw = common::raw(Some(&schema)).await.expect("raw connection");
+    let wrong: i64 = raw
+        .query_one(
+            "SELECT count(*) FROM crash_orders o FULL JOIN \
+               (SELECT stream_id, count(*) AS c FROM events GROUP BY stream_id) e ON e.stream_id = o.order_id \
+              WHERE o.applied IS DISTINCT FROM e.c",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(wrong, 0, "streams whose events were not applied exactly once");
+    let clean = self::store(&schema, false).await;
+    clean
+        .engine()
+        .with(counting("orders_clean", "clean_orders"))
+        .expect("engine")
+        .catch_up()
+        .await
+        .expect("clean rebuild");
+    let diff: i64 = raw
+        .query_one(
+            "SELECT count(*) FROM ((SELECT * FROM crash_orders EXCEPT SELECT * FROM clean_orders) \
+             UNION ALL (SELECT * FROM clean_orders EXCEPT SELECT * FROM crash_orders)) d",
+            &[],
+        )
+        .await
+        .expect("diff")
+        .get(0);
+    assert_eq!(diff, 0, "the killed runs' read model equals a clean rebuild");
+    common::drop_schema(&schema).await;
+}
