@@ -23,6 +23,7 @@ pub mod envelope;
 mod error;
 mod group;
 mod reader;
+mod watermark;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +38,8 @@ use tracing::warn;
 use self::address::Address;
 use self::error::{broker, config_error};
 use self::group::{parse_assignment, Member};
-use self::reader::{Reader, METADATA_WAIT};
+use self::reader::Reader;
+use self::watermark::{watermarks, METADATA_WAIT};
 use crate::core::error::{Error, Result};
 use crate::core::event::Checkpoint;
 use crate::core::source::{Batch, Filter, Lag, PartitionSlice, Source};
@@ -220,13 +222,9 @@ impl KafkaSource {
             .topics
             .locate(index)
             .ok_or_else(|| Error::Internal(format!("no Kafka partition has index {index}")))?;
-        let (topic, admin) = (topic.to_owned(), self.inner.admin.clone());
-        blocking(move || {
-            admin
-                .fetch_watermarks(&topic, partition, METADATA_WAIT)
-                .map_err(|e| broker(format!("reading the watermarks of {topic}[{partition}]"), e))
-        })
-        .await
+        let (topic, config) = (topic.to_owned(), self.inner.config.clone());
+        let group = format!("{}probe", self.inner.address.group_prefix);
+        blocking(move || watermarks(&config, &group, &topic, partition)).await
     }
 
     fn member(&self, projection: &str) -> Result<Option<Arc<Member>>> {
@@ -268,6 +266,7 @@ impl Source for KafkaSource {
                         topic.to_owned(),
                         partition,
                         projection.to_string(),
+                        self.group_of(&projection),
                         self.inner.address.accept_partial_history,
                     )))
                 })

@@ -6,11 +6,13 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::ClientConfig;
 
 use super::envelope::decode;
 use super::error::{broker, config_error};
+use super::watermark::{assign, Quiet, METADATA_WAIT, SETTLE};
 use crate::core::envelope::MALFORMED_TYPE;
 use crate::core::error::Result;
 use crate::core::event::Checkpoint;
@@ -18,17 +20,20 @@ use crate::core::source::{Batch, Filter};
 
 /// How long a read waits for its first record.
 const FIRST_WAIT: Duration = Duration::from_millis(200);
-/// How long metadata requests wait.
-pub(crate) const METADATA_WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Reader {
     pub topic: String,
     pub partition: i32,
     pub projection: String,
+    /// The projection's consumer group: librdkafka needs one, though an assigned consumer
+    /// never joins it.
+    pub group: String,
     pub accept_partial_history: bool,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<BaseConsumer<Quiet>>,
     /// The offset the next record read will have.
     next: i64,
+    /// A record read while positioning, not yet returned.
+    pending: Option<OwnedMessage>,
 }
 
 /// What one read returned, and what it dropped.
@@ -40,14 +45,22 @@ pub(crate) struct Read {
 }
 
 impl Reader {
-    pub fn new(topic: String, partition: i32, projection: String, accept_partial_history: bool) -> Self {
+    pub fn new(
+        topic: String,
+        partition: i32,
+        projection: String,
+        group: String,
+        accept_partial_history: bool,
+    ) -> Self {
         Reader {
             topic,
             partition,
             projection,
+            group,
             accept_partial_history,
             consumer: None,
             next: -1,
+            pending: None,
         }
     }
 
@@ -56,18 +69,20 @@ impl Reader {
         if self.consumer.is_none() {
             let mut config = config.clone();
             config
+                .set("group.id", &self.group)
                 .set("enable.auto.commit", "false")
                 .set("auto.offset.reset", "error")
+                .set("enable.partition.eof", "true")
                 .set("queued.max.messages.kbytes", "8192");
-            let consumer: BaseConsumer = config
-                .create()
+            let consumer: BaseConsumer<Quiet> = config
+                .create_with_context(Quiet)
                 .map_err(|e| broker(format!("opening a reader of {what}"), e))?;
             self.consumer = Some(consumer);
         }
         let Some(consumer) = self.consumer.as_ref() else {
             return Ok(());
         };
-        let (low, high) = consumer
+        let (low, _) = consumer
             .fetch_watermarks(&self.topic, self.partition, METADATA_WAIT)
             .map_err(|e| broker(format!("reading the watermarks of {what}"), e))?;
         let mut start = after.position;
@@ -84,19 +99,34 @@ impl Reader {
             }
             start = low;
         }
-        if start > high {
-            return Err(config_error(format!(
-                "projection {}'s checkpoint of Kafka {what} is offset {start}, beyond its end ({high}): \
-                 the topic was deleted and created again? Rebuild the projection",
-                self.projection
-            )));
+        assign(consumer, &self.topic, self.partition, start)?;
+        self.pending = None;
+        // A record, or the partition's end, comes at once. A broker that fetches only from
+        // the start of a record batch (tansu) stays silent instead: read from the partition's
+        // start then, dropping what lies below the checkpoint.
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            match consumer.poll(Duration::from_millis(50)) {
+                // The first record is the one asked for (or one below it, of its batch).
+                Some(Ok(m)) if m.offset() <= start => {
+                    self.pending = Some(m.detach());
+                    break;
+                }
+                // A record past it: the broker skipped to the next batch (tansu does), or
+                // compaction removed the one asked for. Read from the start to be sure.
+                Some(Ok(_)) => {
+                    assign(consumer, &self.topic, self.partition, low)?;
+                    break;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(broker(format!("reading {what}"), e)),
+                None if std::time::Instant::now() >= deadline => {
+                    assign(consumer, &self.topic, self.partition, low)?;
+                    break;
+                }
+                None => {}
+            }
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(start))
-            .map_err(|e| broker(format!("assigning {what}"), e))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| broker(format!("assigning {what}"), e))?;
         self.next = start;
         Ok(())
     }
@@ -125,10 +155,18 @@ impl Reader {
         };
         let mut wait = FIRST_WAIT;
         while out.batch.events.len() < limit {
-            let Some(polled) = consumer.poll(wait) else { break };
+            let polled = match self.pending.take() {
+                Some(m) => Ok(m),
+                None => match consumer.poll(wait) {
+                    None => break,
+                    Some(r) => r.map(|m| m.detach()),
+                },
+            };
             wait = Duration::ZERO;
             let message = match polled {
                 Ok(m) => m,
+                // At the partition's end.
+                Err(KafkaError::PartitionEOF(_)) => break,
                 Err(e) if out.batch.events.is_empty() && out.batch.ignored == 0 => {
                     self.next = -1;
                     return Err(broker(
