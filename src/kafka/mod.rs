@@ -99,6 +99,8 @@ pub struct KafkaSource {
 }
 
 type Shared<T> = Arc<Mutex<T>>;
+/// Each projection's reader of each partition.
+type Readers = HashMap<(Arc<str>, u32), Shared<Reader>>;
 
 struct Inner {
     address: Address,
@@ -106,7 +108,7 @@ struct Inner {
     topics: Arc<Topics>,
     /// For metadata, watermarks and group descriptions.
     admin: Arc<BaseConsumer>,
-    readers: Mutex<HashMap<(Arc<str>, u32), Shared<Reader>>>,
+    readers: Mutex<Readers>,
     members: Mutex<HashMap<Arc<str>, Arc<Member>>>,
     changes: watch::Sender<u64>,
     redelivered: AtomicU64,
