@@ -532,6 +532,14 @@ Paid = "INSERT INTO paid (stream_id, amount) VALUES (:stream_id, :data.amount) O
     assert!(text.contains("projectionist.malformed"), "{text}");
     assert!(text.contains("raw_base64"), "{text}");
 
+    let retry = |id: i64| {
+        cli(
+            dir.path(),
+            Some(&source),
+            "sqlite://rm.db",
+            &["dead-letters", "retry", &id.to_string()],
+        )
+    };
     // Fix the cause of the failing one, then retry it: applied once.
     Connection::open(&db)
         .expect("open")
@@ -542,24 +550,26 @@ Paid = "INSERT INTO paid (stream_id, amount) VALUES (:stream_id, :data.amount) O
         .find(|l| l.to_string().contains("\"c\""))
         .and_then(|l| l["id"].as_i64())
         .expect("the failing record's dead letter");
-    ok(&cli(
-        dir.path(),
-        Some(&source),
-        "sqlite://rm.db",
-        &["dead-letters", "retry", &failing.to_string()],
-    ));
+    ok(&retry(failing));
     assert_eq!(
         scalar(&db, "SELECT amount FROM paid WHERE stream_id = 'c'"),
         -5,
         "applied once"
     );
-    let again = cli(
-        dir.path(),
-        Some(&source),
-        "sqlite://rm.db",
-        &["dead-letters", "retry", &failing.to_string()],
-    );
+    let again = retry(failing);
     assert!(!again.status.success(), "a retried dead letter is gone");
+    // A malformed record cannot be applied by a retry: refused, and kept.
+    let malformed = list
+        .iter()
+        .find(|l| l.to_string().contains("projectionist.malformed"))
+        .and_then(|l| l["id"].as_i64())
+        .expect("the malformed record's dead letter");
+    let refused = retry(malformed);
+    assert!(!refused.status.success(), "a malformed record is not retried");
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("raw bytes"),
+        "{refused:?}"
+    );
     assert_eq!(
         scalar(&db, "SELECT amount FROM paid WHERE stream_id = 'c'"),
         -5,

@@ -555,6 +555,17 @@ impl<S: Source, St: Store> Engine<S, St> {
     pub async fn retry_dead_letter(&self, id: i64) -> Result<()> {
         let dl = self.find_dead_letter(id).await?;
         let p = self.projection(&dl.projection)?;
+        if dl.event.event_type == super::envelope::MALFORMED_TYPE {
+            // Applying it again cannot decode it: it would only be passed over.
+            return Err(Error::RetryFailed {
+                id,
+                projection: dl.projection.clone(),
+                message: format!(
+                    "{}; its raw bytes are in the dead letter: republish a corrected record, then discard this one",
+                    super::envelope::malformed_reason(&dl.event.data)
+                ),
+            });
+        }
         self.store
             .retry_dead_letter(id, p.body().clone())
             .await?
