@@ -34,6 +34,8 @@ pub mod postgres;
 #[cfg(feature = "nats")]
 pub mod nats;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 

@@ -225,7 +225,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
 
 /// Records how a worker ended; a worker that ended on a fatal error (or panicked) leaves its
 /// error in `fatal`, and the group stops.
-fn collect(
+pub(crate) fn collect(
     reports: &mut BTreeMap<u32, WorkerReport>,
     fatal: &mut Option<Error>,
     name: &str,

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::info;
 
+use super::assignment::BrokerGroup;
 use super::coordinator::{check_partitioning, prepare_partitions, Coordinator};
 use super::error::{Error, Result};
 use super::event::Checkpoint;
@@ -156,6 +157,19 @@ impl<S: Source, St: Store> Engine<S, St> {
                 projection.name()
             )));
         }
+        // A source with partitions of its own (Kafka) gives the projection its partitions.
+        let projection = match self.source.partition_count(projection.name()) {
+            Some(n) if projection.is_partitioned() && projection.options().partitions != n => {
+                return Err(Error::Config(format!(
+                    "projection {} has partitions = {}, and its source has {n} partitions of its own, \
+                     which are the projection's partitions; remove `partitions`",
+                    projection.name(),
+                    projection.options().partitions
+                )));
+            }
+            Some(n) => projection.partitions(n),
+            None => projection,
+        };
         self.projections.push(projection);
         Ok(self)
     }
@@ -297,7 +311,16 @@ impl<S: Source, St: Store> Engine<S, St> {
         let mut set = JoinSet::new();
         let mut groups = JoinSet::new();
         for p in selected {
-            if p.is_partitioned() || self.store.leases_every_runner() {
+            if self.source.partition_count(p.name()).is_some() {
+                let group = BrokerGroup {
+                    source: self.source.clone(),
+                    store: self.store.clone(),
+                    projection: p,
+                    settings: self.settings.clone(),
+                    scheduler: self.scheduler.clone(),
+                };
+                groups.spawn(group.run(shutdown.clone()));
+            } else if p.is_partitioned() || self.store.leases_every_runner() {
                 let coordinator = Coordinator {
                     source: self.source.clone(),
                     store: self.store.clone(),
@@ -410,7 +433,7 @@ impl<S: Source, St: Store> Engine<S, St> {
         let reports = join_all(set).await?;
         let done = reports
             .iter()
-            .all(|r| r.state != RunState::Rebuilding || r.checkpoint >= target);
+            .all(|r| r.state != RunState::Rebuilding || r.reached_target);
         if done {
             self.store.set_state(name, None, RunState::Running, None).await?;
         }
@@ -474,8 +497,16 @@ impl<S: Source, St: Store> Engine<S, St> {
                 out.push(status_of(p, None, head, lag));
                 continue;
             }
-            let leases = if count > 1 || self.store.leases_every_runner() {
-                self.store.leases(p.name()).await?
+            let broker = self.source.partition_count(p.name()).is_some();
+            let owners: Vec<(u32, String)> = if broker {
+                self.source.partition_owners(p.name()).await?
+            } else if count > 1 || self.store.leases_every_runner() {
+                self.store
+                    .leases(p.name())
+                    .await?
+                    .into_iter()
+                    .filter_map(|l| l.owner.map(|o| (l.partition, o)))
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -489,11 +520,20 @@ impl<S: Source, St: Store> Engine<S, St> {
                 } else {
                     self.source.lag(r.checkpoint).await?
                 };
+                let slice = super::source::PartitionSlice {
+                    index: r.partition,
+                    count,
+                };
+                let head = if broker {
+                    self.source.partition_head(slice).await?.unwrap_or(head)
+                } else {
+                    head
+                };
                 let mut s = status_of(p, Some(r), head, lag);
-                s.owner = leases
+                s.owner = owners
                     .iter()
-                    .find(|l| l.partition == r.partition)
-                    .and_then(|l| l.owner.clone());
+                    .find(|(partition, _)| *partition == r.partition)
+                    .map(|(_, o)| o.clone());
                 out.push(s);
             }
         }
@@ -515,6 +555,17 @@ impl<S: Source, St: Store> Engine<S, St> {
     pub async fn retry_dead_letter(&self, id: i64) -> Result<()> {
         let dl = self.find_dead_letter(id).await?;
         let p = self.projection(&dl.projection)?;
+        if dl.event.event_type == super::envelope::MALFORMED_TYPE {
+            // Applying it again cannot decode it: it would only be passed over.
+            return Err(Error::RetryFailed {
+                id,
+                projection: dl.projection.clone(),
+                message: format!(
+                    "{}; its raw bytes are in the dead letter: republish a corrected record, then discard this one",
+                    super::envelope::malformed_reason(&dl.event.data)
+                ),
+            });
+        }
         self.store
             .retry_dead_letter(id, p.body().clone())
             .await?

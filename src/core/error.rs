@@ -47,6 +47,20 @@ impl HandlerError {
         }
     }
 
+    /// A message the source could not decode (an event of type
+    /// [`MALFORMED_TYPE`](super::envelope::MALFORMED_TYPE)).
+    pub fn malformed(event: &Event) -> Self {
+        HandlerError {
+            kind: HandlerErrorKind::Decode,
+            message: format!(
+                "cannot decode the message at position {} of the source: {}",
+                event.position,
+                super::envelope::malformed_reason(&event.data)
+            ),
+            source: None,
+        }
+    }
+
     pub fn kind(&self) -> HandlerErrorKind {
         self.kind
     }

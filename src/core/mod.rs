@@ -1,5 +1,6 @@
 //! The core: events, projections, the runner and its policies. It knows no database.
 
+pub(crate) mod assignment;
 pub(crate) mod coordinator;
 pub mod document;
 pub mod engine;

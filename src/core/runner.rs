@@ -9,6 +9,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use super::envelope::MALFORMED_TYPE;
 use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
 use super::lease::Fence;
@@ -76,6 +77,9 @@ pub struct WorkerReport {
     /// Events that went through a commit in this run.
     pub events: u64,
     pub seconds: f64,
+    /// A catch-up or rebuild reached its target (its partition's head, for a source with
+    /// partitions of its own).
+    pub reached_target: bool,
 }
 
 #[derive(Clone)]
@@ -99,6 +103,14 @@ impl Mode {
         match self {
             Mode::Live => None,
             Mode::ToHead { target, .. } | Mode::Rebuild { target, .. } => Some(*target),
+        }
+    }
+
+    /// Moves a catch-up's or rebuild's target (to one partition's own head).
+    fn retarget(&mut self, to: Checkpoint) {
+        match self {
+            Mode::Live => {}
+            Mode::ToHead { target, .. } | Mode::Rebuild { target, .. } => *target = to,
         }
     }
 
@@ -254,6 +266,14 @@ impl<S: Source, St: Store> Worker<S, St> {
         };
         retry = self.settings.retry_min;
         self.checkpoint = record.checkpoint;
+        if let (Some(slice), Some(_)) = (self.filter.partition, self.mode.target()) {
+            // A source with partitions of its own: this partition's head is the target.
+            match self.source.partition_head(slice).await {
+                Ok(Some(head)) => self.mode.retarget(head),
+                Ok(None) => {}
+                Err(e) => return Err(self.fatal(e)),
+            }
+        }
         let mut state = record.state;
         let start = self.checkpoint;
         let mut changes = self.source.changes();
@@ -425,6 +445,7 @@ impl<S: Source, St: Store> Worker<S, St> {
             state,
             events: self.events,
             seconds: started.elapsed().as_secs_f64(),
+            reached_target: self.mode.target().is_some_and(|t| self.checkpoint >= t),
         })
     }
 
@@ -506,6 +527,20 @@ impl<S: Source, St: Store> Worker<S, St> {
         let mut to = batch.scanned_to;
         let mut failure: Option<BatchFailure> = None;
         let mut ignored = batch.ignored;
+        // A message the source could not decode fails before any handler sees it.
+        if let Some(index) = events.iter().position(|e| e.event_type == MALFORMED_TYPE) {
+            ignored = 0;
+            end = index;
+            to = if end > 0 {
+                events[end - 1].checkpoint()
+            } else {
+                self.checkpoint
+            };
+            failure = Some(BatchFailure {
+                index,
+                error: HandlerError::malformed(&events[index]),
+            });
+        }
         while end > 0 || failure.is_none() {
             let stats = CommitStats {
                 ignored,
@@ -622,6 +657,12 @@ impl<S: Source, St: Store> Worker<S, St> {
                 Decision::Retry(delay) => {
                     if sleep_or_shutdown(delay, shutdown).await {
                         return Err(Error::Shutdown);
+                    }
+                    if event.event_type == MALFORMED_TYPE {
+                        // Retrying cannot decode it: the next decision (dead letter, skip,
+                        // stop, or retry up to the policy's limit) comes at once.
+                        attempt += 1;
+                        continue;
                     }
                     let commit =
                         self.commit(&single, 1, event.checkpoint(), CommitStats { errors: 1, ..stats });

@@ -136,6 +136,55 @@ pub trait Source: Send + Sync + 'static {
         false
     }
 
+    /// The partitions of the source itself, for the reader `projection`, when the broker
+    /// splits its log into partitions and assigns them to the members of a group (Kafka): the
+    /// projection then has one checkpoint per source partition (its
+    /// [`PartitionSlice::index`]), and `run` reads only the partitions that
+    /// [`join`](Source::join) assigns to this process. `None` (default): the source has no
+    /// partitions of its own.
+    fn partition_count(&self, projection: &str) -> Option<u32> {
+        let _ = projection;
+        None
+    }
+
+    /// Joins the broker's group of the reader `filter` (see [`partition_count`](Source::partition_count)):
+    /// the receiver holds the partitions assigned to this process, and changes at every
+    /// rebalance. Reads of a partition this process does not hold return nothing. Until
+    /// [`leave`](Source::leave), the membership lives on.
+    fn join(&self, filter: &Filter) -> impl Future<Output = Result<watch::Receiver<Vec<u32>>>> + Send {
+        let _ = filter;
+        async {
+            Err(super::error::Error::Unsupported(
+                "this source assigns no partitions: it has no consumer groups".into(),
+            ))
+        }
+    }
+
+    /// Leaves the group that [`join`](Source::join) joined (its partitions go to the other
+    /// members at once).
+    fn leave(&self, filter: &Filter) -> impl Future<Output = ()> + Send {
+        let _ = filter;
+        async {}
+    }
+
+    /// The checkpoint of the newest event of one partition of the source's own (see
+    /// [`partition_count`](Source::partition_count)): a catch-up or rebuild of that partition
+    /// goes to it. `None` (default): every partition reads up to [`head`](Source::head).
+    fn partition_head(
+        &self,
+        partition: PartitionSlice,
+    ) -> impl Future<Output = Result<Option<Checkpoint>>> + Send {
+        let _ = partition;
+        async { Ok(None) }
+    }
+
+    /// Who holds each partition of the reader `projection` (the broker group's member ids),
+    /// for status. Default: nobody known.
+    fn partition_owners(&self, projection: &str) -> impl Future<Output = Result<Vec<(u32, String)>>> + Send {
+        let _ = projection;
+        async { Ok(Vec::new()) }
+    }
+
     /// Called after every commit of the reader `filter`, with the checkpoint it committed:
     /// everything up to `through` is durable in the read model. Broker sources acknowledge
     /// their messages here (never before the commit, so a crash redelivers instead of losing).

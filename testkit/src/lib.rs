@@ -33,6 +33,8 @@ pub enum Service {
     /// NATS with JetStream.
     Nats,
     RabbitMq,
+    /// A Kafka-protocol broker (tansu, Kafka, Redpanda).
+    Kafka,
 }
 
 impl Service {
@@ -42,6 +44,7 @@ impl Service {
             Service::Postgres => "PostgreSQL",
             Service::Nats => "NATS (with JetStream)",
             Service::RabbitMq => "RabbitMQ",
+            Service::Kafka => "a Kafka broker",
         }
     }
 
@@ -51,6 +54,7 @@ impl Service {
             Service::Postgres => "PROJECTIONIST_TEST_POSTGRES_URL",
             Service::Nats => "PROJECTIONIST_TEST_NATS_URL",
             Service::RabbitMq => "PROJECTIONIST_TEST_AMQP_URL",
+            Service::Kafka => "PROJECTIONIST_TEST_KAFKA_URL",
         }
     }
 
@@ -60,6 +64,7 @@ impl Service {
             Service::Postgres => "postgres://postgres@127.0.0.1:5432/test",
             Service::Nats => "nats://127.0.0.1:4222",
             Service::RabbitMq => "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Service::Kafka => "kafka://127.0.0.1:9092",
         }
     }
 
@@ -84,6 +89,12 @@ pub fn nats_url() -> String {
 /// `amqp://guest:guest@127.0.0.1:5672/%2f`).
 pub fn amqp_url() -> String {
     Service::RabbitMq.url()
+}
+
+/// The Kafka URL, without a topic (`PROJECTIONIST_TEST_KAFKA_URL`, default
+/// `kafka://127.0.0.1:9092`).
+pub fn kafka_url() -> String {
+    Service::Kafka.url()
 }
 
 /// `base` with the query parameters `params` (`a=1&b=2`) added.

@@ -14,6 +14,8 @@ mod registry;
 mod source;
 mod url;
 
+#[cfg(feature = "kafka")]
+mod kafka;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "postgres")]
@@ -80,6 +82,13 @@ pub const SOURCES: &[Kind<dyn SourceBackend>] = &[
         schemes: &["amqp", "amqps"],
         example: "amqp://USER:PASSWORD@HOST:5672/VHOST?exchange=NAME (RabbitMQ)",
         backend: built_in!("rabbitmq", rabbitmq::Rabbit => dyn SourceBackend),
+    },
+    Kind {
+        name: "Kafka",
+        feature: "kafka",
+        schemes: &["kafka"],
+        example: "kafka://HOST:9092?topic=NAME (Kafka, Redpanda)",
+        backend: built_in!("kafka", kafka::Kafka => dyn SourceBackend),
     },
     Kind {
         name: "events table",

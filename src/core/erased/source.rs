@@ -27,6 +27,11 @@ trait DynSource: Send + Sync + 'static {
     fn can_replay(&self) -> bool;
     fn reads_beside(&self) -> bool;
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>>;
+    fn partition_count(&self, projection: &str) -> Option<u32>;
+    fn join<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<watch::Receiver<Vec<u32>>>>;
+    fn leave<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, ()>;
+    fn partition_head(&self, partition: PartitionSlice) -> BoxFuture<'_, Result<Option<Checkpoint>>>;
+    fn partition_owners<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<Vec<(u32, String)>>>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -70,6 +75,26 @@ impl<S: Source> DynSource for S {
 
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>> {
         Box::pin(Source::acknowledge(self, filter, through))
+    }
+
+    fn partition_count(&self, projection: &str) -> Option<u32> {
+        Source::partition_count(self, projection)
+    }
+
+    fn join<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<watch::Receiver<Vec<u32>>>> {
+        Box::pin(Source::join(self, filter))
+    }
+
+    fn leave<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, ()> {
+        Box::pin(Source::leave(self, filter))
+    }
+
+    fn partition_head(&self, partition: PartitionSlice) -> BoxFuture<'_, Result<Option<Checkpoint>>> {
+        Box::pin(Source::partition_head(self, partition))
+    }
+
+    fn partition_owners<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<Vec<(u32, String)>>> {
+        Box::pin(Source::partition_owners(self, projection))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -140,5 +165,25 @@ impl Source for AnySource {
 
     async fn acknowledge(&self, filter: &Filter, through: Checkpoint) -> Result<()> {
         self.inner.acknowledge(filter, through).await
+    }
+
+    fn partition_count(&self, projection: &str) -> Option<u32> {
+        self.inner.partition_count(projection)
+    }
+
+    async fn join(&self, filter: &Filter) -> Result<watch::Receiver<Vec<u32>>> {
+        self.inner.join(filter).await
+    }
+
+    async fn leave(&self, filter: &Filter) {
+        self.inner.leave(filter).await
+    }
+
+    async fn partition_head(&self, partition: PartitionSlice) -> Result<Option<Checkpoint>> {
+        self.inner.partition_head(partition).await
+    }
+
+    async fn partition_owners(&self, projection: &str) -> Result<Vec<(u32, String)>> {
+        self.inner.partition_owners(projection).await
     }
 }

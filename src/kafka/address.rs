@@ -1,0 +1,241 @@
+//! The source URL:
+//! `kafka://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]?topic=NAME[,NAME…][&group=PREFIX][&partial_history=accept][&CLIENT.SETTING=VALUE…]`.
+//!
+//! Every parameter whose name holds a dot (`security.protocol`, `sasl.mechanism`,
+//! `sasl.username`, `sasl.password`, `ssl.ca.location`, `session.timeout.ms`, …) is passed to
+//! librdkafka as it is. `USER:PASSWORD@` is SASL's user name and password (mechanism `PLAIN`
+//! and protocol `SASL_PLAINTEXT` unless the URL says otherwise).
+
+use std::collections::BTreeMap;
+
+use crate::core::error::{Error, Result};
+
+/// The default prefix of consumer-group names: a projection's group is the prefix and its name.
+pub const DEFAULT_GROUP_PREFIX: &str = "projectionist-";
+
+/// Parameters of projectionist itself (the others, with a dot, go to librdkafka).
+pub const PARAMETERS: &[&str] = &["topic", "group", "partial_history"];
+
+/// What a source URL says.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Address {
+    /// `HOST:PORT,…`, as librdkafka's `bootstrap.servers`.
+    pub brokers: String,
+    /// The topics, in the URL's order.
+    pub topics: Vec<String>,
+    /// The consumer-group prefix.
+    pub group_prefix: String,
+    /// Whether a partition whose start retention dropped may be read from its low watermark.
+    pub accept_partial_history: bool,
+    /// librdkafka settings, SASL credentials included.
+    pub client: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client: BTreeMap<&str, &str> = self
+            .client
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("Address")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group_prefix", &self.group_prefix)
+            .field("accept_partial_history", &self.accept_partial_history)
+            .field("client", &client)
+            .finish()
+    }
+}
+
+/// Whether a client setting holds a secret (never logged or shown).
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["pass", "secret", "token", "key"].iter().any(|s| k.contains(s))
+}
+
+fn invalid(message: String) -> Error {
+    Error::Config(message)
+}
+
+/// Decodes `%XX` escapes (a `+` stays a `+`).
+fn percent_decode(text: &str) -> Result<String> {
+    let escaped = format!("v={}", text.replace('+', "%2B"));
+    url::form_urlencoded::parse(escaped.as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| invalid("a Kafka source URL has a malformed user name or password".into()))
+}
+
+impl Address {
+    /// Parses a source URL. Errors never repeat a password.
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        let example = "kafka://HOST:9092?topic=EVENTS";
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(invalid(format!(
+                "a Kafka source URL looks like {example}; this one has no scheme"
+            )));
+        };
+        if !scheme.eq_ignore_ascii_case("kafka") {
+            return Err(invalid(format!(
+                "unsupported scheme `{scheme}` for a Kafka source; use {example}"
+            )));
+        }
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if rest.contains('#') {
+            return Err(invalid("a Kafka source URL takes no #fragment".into()));
+        }
+        let authority = authority.trim_end_matches('/');
+        if authority.contains('/') {
+            return Err(invalid(format!(
+                "a Kafka source URL has no path; name the topic with ?topic=NAME ({example})"
+            )));
+        }
+        let mut out = Address {
+            group_prefix: DEFAULT_GROUP_PREFIX.to_owned(),
+            ..Address::default()
+        };
+        let hosts = match authority.rfind('@') {
+            Some(at) => {
+                let (user, password) = authority[..at].split_once(':').ok_or_else(|| {
+                    invalid("a Kafka source URL's user-info is USER:PASSWORD (SASL)".into())
+                })?;
+                out.client.insert("sasl.username".into(), percent_decode(user)?);
+                out.client
+                    .insert("sasl.password".into(), percent_decode(password)?);
+                &authority[at + 1..]
+            }
+            None => authority,
+        };
+        let brokers: Vec<&str> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect();
+        if brokers.is_empty() {
+            return Err(invalid(format!(
+                "a Kafka source URL names at least one broker: {example}"
+            )));
+        }
+        out.brokers = brokers
+            .iter()
+            .map(|h| {
+                if h.contains(':') {
+                    (*h).to_owned()
+                } else {
+                    format!("{h}:9092")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "topic" => out.topics.extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned),
+                ),
+                "group" => out.group_prefix = value.into_owned(),
+                "partial_history" => {
+                    out.accept_partial_history = match value.as_ref() {
+                        "accept" | "true" | "yes" => true,
+                        "refuse" | "false" | "no" => false,
+                        other => {
+                            return Err(invalid(format!(
+                                "partial_history is `accept` or `refuse`, not `{other}`"
+                            )))
+                        }
+                    }
+                }
+                k if k.contains('.') => {
+                    out.client.insert(k.to_owned(), value.into_owned());
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "unknown parameter `{other}` in a Kafka source URL; known: {}, or a librdkafka \
+                         setting such as security.protocol or sasl.mechanism",
+                        PARAMETERS.join(", ")
+                    )))
+                }
+            }
+        }
+        if out.topics.is_empty() {
+            return Err(invalid(format!("a Kafka source URL names its topic: {example}")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = out.topics.iter().find(|t| !seen.insert(t.as_str())) {
+            return Err(invalid(format!(
+                "topic {dup} is named twice in the Kafka source URL"
+            )));
+        }
+        if out.client.contains_key("sasl.username") {
+            out.client
+                .entry("sasl.mechanism".into())
+                .or_insert_with(|| "PLAIN".into());
+            out.client
+                .entry("security.protocol".into())
+                .or_insert_with(|| "SASL_PLAINTEXT".into());
+        }
+        Ok(out)
+    }
+
+    /// The brokers and topics, for logs (no credentials).
+    pub fn location(&self) -> String {
+        format!("{} topic {}", self.brokers, self.topics.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_url_parses() {
+        let a = Address::parse(
+            "kafka://alice:p%40ss+w@k1,k2:9093/?topic=orders,payments&group=app-&partial_history=accept&security.protocol=SASL_SSL&session.timeout.ms=6000",
+        )
+        .unwrap();
+        assert_eq!(a.brokers, "k1:9092,k2:9093");
+        assert_eq!(a.topics, ["orders", "payments"]);
+        assert_eq!(a.group_prefix, "app-");
+        assert!(a.accept_partial_history);
+        assert_eq!(a.client["sasl.username"], "alice");
+        assert_eq!(a.client["sasl.password"], "p@ss+w");
+        assert_eq!(a.client["sasl.mechanism"], "PLAIN");
+        assert_eq!(a.client["security.protocol"], "SASL_SSL");
+        assert_eq!(a.client["session.timeout.ms"], "6000");
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("p@ss"), "{shown}");
+    }
+
+    #[test]
+    fn defaults() {
+        let a = Address::parse("kafka://localhost:9092?topic=t").unwrap();
+        assert_eq!(a.group_prefix, DEFAULT_GROUP_PREFIX);
+        assert!(!a.accept_partial_history);
+        assert!(a.client.is_empty());
+        assert_eq!(a.location(), "localhost:9092 topic t");
+    }
+
+    #[test]
+    fn bad_urls_say_why_without_the_password() {
+        for (url, needle) in [
+            ("localhost:9092", "no scheme"),
+            ("nats://h?topic=t", "unsupported scheme"),
+            ("kafka://h", "names its topic"),
+            ("kafka://h/x?topic=t", "no path"),
+            ("kafka://?topic=t", "at least one broker"),
+            ("kafka://h?topic=t&stream=x", "unknown parameter `stream`"),
+            ("kafka://h?topic=t&partial_history=maybe", "partial_history"),
+            ("kafka://h?topic=t,t", "named twice"),
+            ("kafka://secret@h?topic=t", "USER:PASSWORD"),
+        ] {
+            let err = Address::parse(url).expect_err(url).to_string();
+            assert!(err.contains(needle), "{url}: {err}");
+            assert!(!err.contains("secret"), "{url}: {err}");
+        }
+    }
+}
