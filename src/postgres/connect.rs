@@ -125,6 +125,12 @@ impl PgBuilder {
         self
     }
 
+    /// The schema set so far (by [`schema`](Self::schema) or the URL's `?schema=`; `public` by
+    /// default).
+    pub fn schema_name(&self) -> &str {
+        &self.schema
+    }
+
     /// The `application_name` of the store's connections (default `projectionist`).
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.application_name = name.into();

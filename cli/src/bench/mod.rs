@@ -8,7 +8,9 @@
 //! 3. rebuild of `order_summary` as a declarative SQL projection;
 //! 4. the same as a typed document projection (fold by key);
 //! 5. the same as typed per-event handlers;
-//! 6. live latency from append to visible at a steady rate;
+//! 6. where the source reads partitions (PostgreSQL): the declarative projection again, split
+//!    into [`PARTITIONS`] partitions that one process runs side by side;
+//! 7. live latency from append to visible at a steady rate;
 //!
 //! and the peak resident memory of each phase.
 //!
@@ -41,9 +43,20 @@ pub enum Style {
     Sql,
     Documents,
     Handlers,
+    /// The declarative projection split into [`PARTITIONS`] partitions, all in this process.
+    SqlPartitioned,
 }
 
+/// The partitions of [`Style::SqlPartitioned`].
+pub const PARTITIONS: u32 = 8;
+const _: () = assert!(
+    PARTITIONS == 8,
+    "Style::SqlPartitioned's title names 8 partitions"
+);
+
 impl Style {
+    /// The styles every backend runs ([`Style::SqlPartitioned`] only runs where the source
+    /// reads partitions).
     pub const ALL: [Style; 3] = [Style::Sql, Style::Documents, Style::Handlers];
 
     pub fn table(self) -> &'static str {
@@ -51,6 +64,7 @@ impl Style {
             Style::Sql => "bench_sql_summary",
             Style::Documents => "bench_doc_summary",
             Style::Handlers => "bench_typed_summary",
+            Style::SqlPartitioned => "bench_sql_partitioned_summary",
         }
     }
 
@@ -59,6 +73,7 @@ impl Style {
             Style::Sql => "bench_sql",
             Style::Documents => "bench_documents",
             Style::Handlers => "bench_handlers",
+            Style::SqlPartitioned => "bench_sql_partitioned",
         }
     }
 
@@ -67,6 +82,7 @@ impl Style {
             Style::Sql => "rebuild: declarative SQL projection",
             Style::Documents => "rebuild: typed document projection",
             Style::Handlers => "rebuild: typed per-event handlers",
+            Style::SqlPartitioned => "rebuild: declarative SQL, 8 partitions in 1 process",
         }
     }
 }
@@ -202,9 +218,9 @@ where
     });
     say(format!("  reference: {} events/s", output::rate(s.events, secs)));
 
-    // 3–5. Rebuilds.
+    // 3–6. Rebuilds.
     let mut failed = Vec::new();
-    for style in Style::ALL {
+    for style in backend.styles() {
         let bar = output::bar(s.events, output::EVENTS_BAR);
         bar.set_prefix(style.projection());
         let (applied, secs, rss) = timed(backend.rebuild(style, &bar)).await?;
@@ -231,7 +247,7 @@ where
         });
     }
 
-    // 6. Live latency.
+    // 7. Live latency.
     if s.live_seconds > 0 && s.live_rate > 0 {
         let n = s.live_seconds * u64::from(s.live_rate);
         let live: Vec<WorkloadEvent> = Orders::new(s.seed, s.events + n)

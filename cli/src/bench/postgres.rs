@@ -7,12 +7,19 @@ use projectionist::Handlers;
 use super::orders::{create_table, Created, Item, Nothing, Shipped};
 use super::{Bench, BenchStore, COLUMNS, REFERENCE_TABLE};
 
-/// The schema the bench owns (dropped and created again at each run).
+/// The schema the bench owns (dropped and created again at each run), unless the URL names
+/// another one with `?schema=NAME`.
 pub const SCHEMA: &str = "projectionist_bench";
 
 /// Connects to `url` (the password never shown; `shown` is the URL without it) and recreates
-/// the bench's own schema.
+/// the bench's own schema: the URL's `?schema=` if it names one other than `public`, else
+/// [`SCHEMA`].
 pub async fn open(url: &str, shown: String, batch_size: Option<usize>) -> Result<Bench<PgStore>> {
+    let builder = PgStore::builder(url)?;
+    let schema = match builder.schema_name() {
+        "public" => SCHEMA.to_owned(),
+        named => named.to_owned(),
+    };
     let admin = PgStore::builder(url)?
         .schema("public")
         .listen(false)
@@ -25,11 +32,14 @@ pub async fn open(url: &str, shown: String, batch_size: Option<usize>) -> Result
     admin
         .client()
         .await?
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            schema.replace('"', "\"\"")
+        ))
         .await
         .context("dropping the previous bench schema")?;
-    let store = PgStore::builder(url)?.schema(SCHEMA).connect().await?;
-    let describe = format!("PostgreSQL {shown} (schema {SCHEMA})");
+    let store = builder.schema(schema.clone()).connect().await?;
+    let describe = format!("PostgreSQL {shown} (schema {schema})");
     Ok(Bench::new(store, describe, batch_size, None))
 }
 
