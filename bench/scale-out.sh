@@ -6,6 +6,8 @@
 #   cargo build --release -p projectionist-cli
 #   bash bench/scale-out.sh            # EVENTS=200000 by default
 #
+# SCHEMA_PREFIX (default scaleout) names the schemas it creates and drops: <prefix>_0 … _3.
+#
 # For each process count, the events are imported first and the projection is paused; the
 # processes start and share the partitions (leases); then the projection is resumed and the
 # clock runs until every partition's checkpoint is at the head. Throughputs are reported as
@@ -16,6 +18,7 @@ BIN=${PROJECTIONIST_BIN:-target/release/projectionist}
 PG=${PROJECTIONIST_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 EVENTS=${EVENTS:-200000}
 PARTITIONS=${PARTITIONS:-8}
+SCHEMA_PREFIX=${SCHEMA_PREFIX:-scaleout}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -37,7 +40,7 @@ cp examples/projectionist.toml "$WORK/unpartitioned.toml"
 
 declare -A RATE
 for procs in 0 1 2 3; do
-    schema="scaleout_$procs"
+    schema="${SCHEMA_PREFIX}_$procs"
     url="$PG${sep}schema=$schema"
     sql "DROP SCHEMA IF EXISTS $schema CASCADE"
     config="$WORK/projectionist.toml"

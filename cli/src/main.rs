@@ -15,6 +15,7 @@ mod commands;
 mod exit;
 mod http;
 mod jsonl;
+mod memory;
 mod output;
 mod signals;
 
@@ -67,6 +68,7 @@ fn quiet_on_closed_stdout() {
 }
 
 fn main() -> ExitCode {
+    memory::configure();
     quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_logging(&cli);

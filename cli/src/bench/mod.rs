@@ -11,7 +11,9 @@
 //! 4. rebuild of `order_summary` as a declarative SQL projection;
 //! 5. the same as a typed document projection (fold by key);
 //! 6. the same as typed per-event handlers;
-//! 7. live latency from append to visible at a steady rate;
+//! 7. where the source reads partitions (PostgreSQL): the declarative projection again, split
+//!    into [`PARTITIONS`] partitions that one process runs side by side;
+//! 8. live latency from append to visible at a steady rate;
 //!
 //! and the peak resident memory of each phase. Every throughput is also given as a ratio to
 //! each reference measured in the same run.
@@ -45,9 +47,20 @@ pub enum Style {
     Sql,
     Documents,
     Handlers,
+    /// The declarative projection split into [`PARTITIONS`] partitions, all in this process.
+    SqlPartitioned,
 }
 
+/// The partitions of [`Style::SqlPartitioned`].
+pub const PARTITIONS: u32 = 8;
+const _: () = assert!(
+    PARTITIONS == 8,
+    "Style::SqlPartitioned's title names 8 partitions"
+);
+
 impl Style {
+    /// The styles every backend runs ([`Style::SqlPartitioned`] only runs where the source
+    /// reads partitions).
     pub const ALL: [Style; 3] = [Style::Sql, Style::Documents, Style::Handlers];
 
     pub fn table(self) -> &'static str {
@@ -55,6 +68,7 @@ impl Style {
             Style::Sql => "bench_sql_summary",
             Style::Documents => "bench_doc_summary",
             Style::Handlers => "bench_typed_summary",
+            Style::SqlPartitioned => "bench_sql_partitioned_summary",
         }
     }
 
@@ -63,6 +77,7 @@ impl Style {
             Style::Sql => "bench_sql",
             Style::Documents => "bench_documents",
             Style::Handlers => "bench_handlers",
+            Style::SqlPartitioned => "bench_sql_partitioned",
         }
     }
 
@@ -71,6 +86,7 @@ impl Style {
             Style::Sql => "rebuild: declarative SQL projection",
             Style::Documents => "rebuild: typed document projection",
             Style::Handlers => "rebuild: typed per-event handlers",
+            Style::SqlPartitioned => "rebuild: declarative SQL, 8 partitions in 1 process",
         }
     }
 }
@@ -232,8 +248,8 @@ where
         output::rate(s.events, secs)
     ));
 
-    // 4–6. Rebuilds.
-    for style in Style::ALL {
+    // 4–7. Rebuilds.
+    for style in backend.styles() {
         let bar = output::bar(s.events, output::EVENTS_BAR);
         bar.set_prefix(style.projection());
         let (applied, secs, rss) = timed(backend.rebuild(style, &bar)).await?;

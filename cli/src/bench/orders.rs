@@ -20,12 +20,13 @@ pub fn create_table(table: &str) -> String {
 }
 
 /// `order_summary` as a declarative SQL projection (the same statements as the example config,
-/// without its extra `order_items` table).
-pub fn declarative_config(name: &str, table: &str, batch_size: usize) -> String {
+/// without its extra `order_items` table), in `partitions` partitions (1: not partitioned).
+pub fn declarative_config(name: &str, table: &str, batch_size: usize, partitions: u32) -> String {
     format!(
         r#"
 [[projection]]
 name = "{name}"
+partitions = {partitions}
 batch_size = {batch_size}
 error_policy = "stop"
 setup = """{setup}"""

@@ -3,8 +3,9 @@
 //! and how it runs SQL text. The declarative style runs on the CLI's type-erased engine, the
 //! typed styles on the store's own body type.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -19,7 +20,7 @@ use projectionist::{
 };
 
 use super::orders::{declarative_config, documents};
-use super::{Mismatch, Style, REFERENCE_TABLE};
+use super::{Mismatch, Style, PARTITIONS, REFERENCE_TABLE};
 
 /// A store the bench runs on: its events, its read models and their SQL.
 pub trait BenchStore: SqlStore + EventLog + Source + InlineAppend<Self> + ShadowStore + Clone
@@ -94,6 +95,16 @@ where
         &self.describe
     }
 
+    /// The styles this backend runs: every one, and the partitioned declarative projection
+    /// where the source reads partitions.
+    pub fn styles(&self) -> Vec<Style> {
+        let mut styles = Style::ALL.to_vec();
+        if self.store.supports_partitions() {
+            styles.push(Style::SqlPartitioned);
+        }
+        styles
+    }
+
     /// An engine on the store's own events with `projection`.
     fn engine(&self, projection: Projection<dyn Apply<St::Tx>>) -> Result<Engine<St, St>> {
         let settings = self.store.runner_settings();
@@ -112,11 +123,17 @@ where
     }
 
     /// The declarative `order_summary`, as the CLI runs it: on its one engine type, over the
-    /// type-erased store (so the phase also measures what the type erasure costs).
-    fn declarative(&self) -> Result<AnyEngine> {
-        let (name, table) = (Style::Sql.projection(), Style::Sql.table());
+    /// type-erased store (so the phase also measures what the type erasure costs); `style` is
+    /// [`Style::Sql`] or [`Style::SqlPartitioned`].
+    fn declarative(&self, style: Style) -> Result<AnyEngine> {
+        let (name, table) = (style.projection(), style.table());
+        let partitions = if style == Style::SqlPartitioned {
+            PARTITIONS
+        } else {
+            1
+        };
         let batch_size = self.batch_size.unwrap_or(projectionist::DEFAULT_BATCH_SIZE);
-        let config = Config::parse(&declarative_config(name, table, batch_size), "bench")?;
+        let config = Config::parse(&declarative_config(name, table, batch_size, partitions), "bench")?;
         let def = config
             .projections
             .first()
@@ -181,10 +198,16 @@ where
     /// Rebuilds `style`'s read model from the start; returns the events it applied.
     pub async fn rebuild(&self, style: Style, progress: &ProgressBar) -> Result<u64> {
         let bar = progress.clone();
-        let progress: Option<ProgressFn> = Some(Arc::new(move |p| bar.set_position(p.events)));
+        // Each partition counts its own events: the bar shows their sum.
+        let counts = Mutex::new(HashMap::new());
+        let progress: Option<ProgressFn> = Some(Arc::new(move |p| {
+            let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+            counts.insert(p.partition, p.events);
+            bar.set_position(counts.values().sum());
+        }));
         let report = match style {
-            Style::Sql => {
-                self.declarative()?
+            Style::Sql | Style::SqlPartitioned => {
+                self.declarative(style)?
                     .rebuild_with(style.projection(), progress)
                     .await?
             }
