@@ -578,10 +578,10 @@ fn bad_sources_are_refused_without_printing_secrets() {
         text(&missing)
     );
 
-    let unsupported = run("kafka://h:9092?topic=x");
+    let unsupported = run("mqtt://h:1883?topic=x");
     assert_eq!(unsupported.status.code(), Some(2));
     assert!(
-        text(&unsupported).contains("unsupported source scheme `kafka`"),
+        text(&unsupported).contains("unsupported source scheme `mqtt`"),
         "{}",
         text(&unsupported)
     );
