@@ -105,9 +105,13 @@ impl Sql {
                          ORDER BY xid, position LIMIT 1), \
                         (SELECT coalesce(max(position), 0) FROM {s}.events)"
             ),
+            // One backward probe of the (stream_id, stream_version) index per stream, whatever
+            // the table's statistics say: an import fills the table inside one transaction, so
+            // ANALYZE never sees what it wrote, and a `stream_id = ANY(…) GROUP BY` plan chosen
+            // for a small table became a parallel scan of a 10M-row one (one call ran > 14 min).
             versions: format!(
-                "SELECT stream_id, max(stream_version) FROM {s}.events \
-                 WHERE stream_id = ANY($1::text[]) GROUP BY stream_id"
+                "SELECT s.id, (SELECT e.stream_version FROM {s}.events e WHERE e.stream_id = s.id \
+                 ORDER BY e.stream_version DESC LIMIT 1) FROM unnest($1::text[]) AS s(id)"
             ),
             insert_returning: format!(
                 "INSERT INTO {s}.events (stream_id, stream_version, event_type, event_id, data, metadata) \
