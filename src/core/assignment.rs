@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
-use super::coordinator::{check_partitioning, collect, prepare_partitions};
+use super::coordinator::{check_partitioning, collect, prepare_partitions, reap, RunningWorker};
 use super::error::{Error, Result};
 use super::projection::Projection;
 use super::runner::{Mode, RunnerSettings, Worker, WorkerReport};
@@ -26,6 +26,12 @@ use super::store::Store;
 struct Running {
     stop: watch::Sender<bool>,
     handle: JoinHandle<Result<WorkerReport>>,
+}
+
+impl RunningWorker for Running {
+    fn handle(&mut self) -> &mut JoinHandle<Result<WorkerReport>> {
+        &mut self.handle
+    }
 }
 
 pub(crate) struct BrokerGroup<S: Source, St: Store> {
@@ -67,16 +73,7 @@ impl<S: Source, St: Store> BrokerGroup<S, St> {
         let mut reports: BTreeMap<u32, WorkerReport> = BTreeMap::new();
         let mut fatal: Option<Error> = None;
         loop {
-            let ended: Vec<u32> = running
-                .iter()
-                .filter(|(_, r)| r.handle.is_finished())
-                .map(|(p, _)| *p)
-                .collect();
-            for p in ended {
-                if let Some(r) = running.remove(&p) {
-                    collect(&mut reports, &mut fatal, &name, r.handle.await);
-                }
-            }
+            reap(&mut running, &mut reports, &mut fatal, &name).await;
             if *shutdown.borrow() || fatal.is_some() {
                 break;
             }

@@ -36,6 +36,12 @@ struct Running {
     handle: JoinHandle<Result<WorkerReport>>,
 }
 
+impl RunningWorker for Running {
+    fn handle(&mut self) -> &mut JoinHandle<Result<WorkerReport>> {
+        &mut self.handle
+    }
+}
+
 pub(crate) struct Coordinator<S: Source, St: Store> {
     pub source: Arc<S>,
     pub store: Arc<St>,
@@ -102,16 +108,7 @@ impl<S: Source, St: Store> Coordinator<S, St> {
         let mut fatal: Option<Error> = None;
         loop {
             // Workers that ended on their own: their lease was lost, or they failed.
-            let ended: Vec<u32> = running
-                .iter()
-                .filter(|(_, r)| r.handle.is_finished())
-                .map(|(p, _)| *p)
-                .collect();
-            for p in ended {
-                if let Some(r) = running.remove(&p) {
-                    collect(&mut reports, &mut fatal, &name, r.handle.await);
-                }
-            }
+            reap(&mut running, &mut reports, &mut fatal, &name).await;
 
             if *shutdown.borrow() || fatal.is_some() {
                 break;
@@ -220,6 +217,32 @@ impl<S: Source, St: Store> Coordinator<S, St> {
             return Err(e);
         }
         Ok(reports.into_values().collect())
+    }
+}
+
+/// A started partition worker, as a group keeps it.
+pub(crate) trait RunningWorker {
+    fn handle(&mut self) -> &mut JoinHandle<Result<WorkerReport>>;
+}
+
+/// Collects the workers of `running` that ended on their own (their lease or their assignment
+/// was lost, or they failed), with [`collect`].
+pub(crate) async fn reap<R: RunningWorker>(
+    running: &mut BTreeMap<u32, R>,
+    reports: &mut BTreeMap<u32, WorkerReport>,
+    fatal: &mut Option<Error>,
+    name: &str,
+) {
+    let mut ended = Vec::new();
+    for (p, r) in running.iter_mut() {
+        if r.handle().is_finished() {
+            ended.push(*p);
+        }
+    }
+    for p in ended {
+        if let Some(mut r) = running.remove(&p) {
+            collect(reports, fatal, name, r.handle().await);
+        }
     }
 }
 

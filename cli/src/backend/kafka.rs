@@ -6,9 +6,8 @@ use projectionist::backend::BoxFuture;
 use projectionist::declarative::Config;
 use projectionist::kafka::KafkaSource;
 
-use super::registry::OpenedSource;
+use super::registry::{not_opened, OpenedSource};
 use super::SourceBackend;
-use crate::exit::usage;
 
 /// The Kafka source backend.
 pub struct Kafka;
@@ -23,17 +22,14 @@ impl SourceBackend for Kafka {
     ) -> BoxFuture<'a, Result<OpenedSource>> {
         let _ = config;
         Box::pin(async move {
-            match KafkaSource::connect(url).await {
-                Ok(source) => Ok(OpenedSource {
-                    describe: format!("Kafka {}", source.location()),
-                    source: AnySource::new(source),
-                }),
-                // A missing topic, a bad setting: the user's to fix.
-                Err(e @ (projectionist::Error::Config(_) | projectionist::Error::Unsupported(_))) => {
-                    Err(usage(format!("{shown}: {e}")))
-                }
-                Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
-            }
+            // A missing topic, a bad setting: the user's to fix.
+            let source = KafkaSource::connect(url)
+                .await
+                .map_err(|e| not_opened(shown, e))?;
+            Ok(OpenedSource {
+                describe: format!("Kafka {}", source.location()),
+                source: AnySource::new(source),
+            })
         })
     }
 }

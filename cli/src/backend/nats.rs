@@ -6,7 +6,7 @@ use projectionist::backend::BoxFuture;
 use projectionist::declarative::Config;
 use projectionist::nats::NatsSource;
 
-use super::registry::OpenedSource;
+use super::registry::{not_opened, OpenedSource};
 use super::SourceBackend;
 use crate::exit::usage;
 
@@ -28,17 +28,12 @@ impl SourceBackend for Nats {
                     builder = builder.subject(&def.name, subject);
                 }
             }
-            match builder.connect().await {
-                Ok(source) => Ok(OpenedSource {
-                    describe: format!("NATS JetStream {}", source.location()),
-                    source: AnySource::new(source),
-                }),
-                // A missing stream, a subject outside it, bad credentials: the user's to fix.
-                Err(e @ (projectionist::Error::Config(_) | projectionist::Error::Unsupported(_))) => {
-                    Err(usage(format!("{shown}: {e}")))
-                }
-                Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
-            }
+            // A missing stream, a subject outside it, bad credentials: the user's to fix.
+            let source = builder.connect().await.map_err(|e| not_opened(shown, e))?;
+            Ok(OpenedSource {
+                describe: format!("NATS JetStream {}", source.location()),
+                source: AnySource::new(source),
+            })
         })
     }
 }

@@ -169,6 +169,17 @@ pub struct OpenedSource {
     pub describe: String,
 }
 
+/// Why a source did not open: a bad setting or something missing at the source (a stream, a
+/// topic, a table) is the user's to fix (a usage error); anything else is the environment's.
+pub fn not_opened(shown: &str, e: projectionist::Error) -> anyhow::Error {
+    match e {
+        projectionist::Error::Config(_) | projectionist::Error::Unsupported(_) => {
+            usage(format!("{shown}: {e}"))
+        }
+        e => anyhow::Error::new(e).context(format!("cannot read events from {shown}")),
+    }
+}
+
 /// An event source backend: how its URLs open.
 pub trait SourceBackend: Sync {
     /// Opens the source at `url` for the projections of `config`. `shown` is where the URL

@@ -6,7 +6,7 @@ use projectionist::backend::BoxFuture;
 use projectionist::declarative::Config;
 use projectionist::table::TableMapping;
 
-use super::registry::OpenedSource;
+use super::registry::{not_opened, OpenedSource};
 use super::SourceBackend;
 use crate::exit::usage;
 
@@ -23,14 +23,11 @@ impl SourceBackend for Table {
         Box::pin(async move {
             let mapping = TableMapping::from_url(url).map_err(|e| usage(format!("{shown}: {e}")))?;
             let describe = mapping.describe();
-            match projectionist::table::open(url).await {
-                Ok(source) => Ok(OpenedSource { source, describe }),
-                // A missing table or column, a wrong type, a cached sequence: the user's to fix.
-                Err(e @ (projectionist::Error::Config(_) | projectionist::Error::Unsupported(_))) => {
-                    Err(usage(format!("{shown}: {e}")))
-                }
-                Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read events from {shown}"))),
-            }
+            // A missing table or column, a wrong type, a cached sequence: the user's to fix.
+            let source = projectionist::table::open(url)
+                .await
+                .map_err(|e| not_opened(shown, e))?;
+            Ok(OpenedSource { source, describe })
         })
     }
 }
