@@ -497,13 +497,29 @@ async fn leases_hand_a_dead_processs_partitions_over_within_the_ttl_and_take_a_n
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let dead: Vec<(String, i64)> = lease_holders(&db)
-        .into_iter()
-        .filter(|(_, pid)| *pid == pb)
-        .map(|(k, _)| k)
-        .collect();
+    // b dies once it has committed on its partitions of order_summary (and holds more
+    // records, fetched and not committed).
+    let held_by_b = || -> Vec<(String, i64)> {
+        lease_holders(&db)
+            .into_iter()
+            .filter(|(_, pid)| *pid == pb)
+            .map(|(k, _)| k)
+            .collect()
+    };
+    wait_until("the process to kill committing", Duration::from_secs(60), || {
+        let written: std::collections::BTreeSet<(String, i64)> = audit(&db, 0)
+            .into_iter()
+            .filter(|(_, m)| m.4.as_deref().and_then(pid_of) == Some(pb))
+            .map(|(_, m)| (m.0, m.1))
+            .collect();
+        let mine = held_by_b();
+        mine.iter().any(|k| k.0 == "order_summary")
+            && mine
+                .iter()
+                .filter(|k| k.0 == "order_summary")
+                .all(|k| written.contains(k))
+    });
+    let dead = held_by_b();
     let mark = audit(&db, 0).last().map_or(0, |(id, _)| *id);
     b.kill().expect("SIGKILL");
     let killed = Instant::now();
