@@ -49,7 +49,7 @@ pub mod backend {
     pub use crate::core::inline::InlineAppend;
     pub use crate::core::lease::{Fence, Lease, LeaseInfo, Member, Membership};
     pub use crate::core::shadow::{ShadowStore, Swapped};
-    pub use crate::core::source::{Batch, Filter, Lag, PartitionSlice, Source};
+    pub use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, PartitionSlice, Source};
     pub use crate::core::sql::{SqlStore, TextRows};
     pub use crate::core::store::{Commit, CommitError, CommitStats, NewDeadLetter, ProjectionRecord, Store};
 }

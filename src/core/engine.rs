@@ -19,7 +19,7 @@ use super::lease::{node_id, LeaseSettings};
 use super::projection::Projection;
 use super::runner::{Mode, ProgressFn, RunnerSettings, Worker, WorkerReport};
 use super::scheduler::Scheduler;
-use super::source::Source;
+use super::source::{PartitionAssignment, Source};
 use super::store::{DeadLetter, ProjectionRecord, RunState, Store};
 
 /// One projection partition's status, as `projectionist status --json` prints it.
@@ -48,7 +48,9 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Partitions of the projection (1: not partitioned).
     pub partitions: u32,
-    /// The node whose live lease holds this partition (partitioned projections only).
+    /// Who holds this partition: the node whose live lease holds it (partitioned projections,
+    /// and Kafka with `assignment=leases`), or the broker group's member (Kafka's consumer
+    /// group, when the broker says).
     pub owner: Option<String>,
 }
 
@@ -311,7 +313,7 @@ impl<S: Source, St: Store> Engine<S, St> {
         let mut set = JoinSet::new();
         let mut groups = JoinSet::new();
         for p in selected {
-            if self.source.partition_count(p.name()).is_some() {
+            if self.broker_assigns(&p) {
                 let group = BrokerGroup {
                     source: self.source.clone(),
                     store: self.store.clone(),
@@ -351,6 +353,13 @@ impl<S: Source, St: Store> Engine<S, St> {
             r.sort_by(|a, b| (&a.projection, a.partition).cmp(&(&b.projection, b.partition)));
             r
         })
+    }
+
+    /// Whether the broker's group assigns `p`'s partitions to processes (a Kafka source in
+    /// its default mode), rather than the store's leases.
+    fn broker_assigns(&self, p: &Projection<St::Body>) -> bool {
+        self.source.partition_count(p.name()).is_some()
+            && self.source.partition_assignment() == PartitionAssignment::Broker
     }
 
     /// Runs every projection up to the head as it is now, then returns: the deterministic
@@ -498,7 +507,7 @@ impl<S: Source, St: Store> Engine<S, St> {
                 continue;
             }
             let broker = self.source.partition_count(p.name()).is_some();
-            let owners: Vec<(u32, String)> = if broker {
+            let owners: Vec<(u32, String)> = if self.broker_assigns(p) {
                 self.source.partition_owners(p.name()).await?
             } else if count > 1 || self.store.leases_every_runner() {
                 self.store

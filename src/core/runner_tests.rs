@@ -148,8 +148,12 @@ async fn a_live_worker_retries_a_retryable_failure_and_goes_on() {
 }
 
 #[tokio::test]
-async fn a_partition_group_on_a_store_without_leases_ends_with_that_error() {
-    let (engine, _store) = engine_with(Vec::new(), 2).await;
+async fn a_partition_group_whose_worker_fails_fatally_ends_with_that_error() {
+    let failures = vec![
+        Error::Unsupported("partitioned projections: reading this source".into()),
+        Error::Unsupported("partitioned projections: reading this source".into()),
+    ];
+    let (engine, _store) = engine_with(failures, 2).await;
     let (_keep, shutdown) = watch::channel(false);
     let outcome = tokio::time::timeout(
         Duration::from_secs(10),

@@ -82,6 +82,21 @@ pub struct Lag {
     pub oldest: Option<DateTime<Utc>>,
 }
 
+/// Who decides which `run` process reads each of a source's own partitions (see
+/// [`Source::partition_count`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PartitionAssignment {
+    /// The broker's group assigns them ([`Source::join`]); a dead process's partitions move
+    /// when the broker evicts it.
+    #[default]
+    Broker,
+    /// The checkpoint store's leases assign them, as for a partitioned projection over a
+    /// table (see [`crate::core::coordinator`]); every process may read any partition, and
+    /// reads the ones whose lease it holds. A dead process's partitions move when its leases
+    /// expire.
+    Leases,
+}
+
 /// A source of events in a total order, readable from any checkpoint.
 pub trait Source: Send + Sync + 'static {
     /// Reads up to `limit` events after `after`. Never returns an event that a later read could
@@ -145,6 +160,12 @@ pub trait Source: Send + Sync + 'static {
     fn partition_count(&self, projection: &str) -> Option<u32> {
         let _ = projection;
         None
+    }
+
+    /// Who assigns the source's own partitions to processes (meaningful only when
+    /// [`partition_count`](Source::partition_count) is `Some`). Default: the broker.
+    fn partition_assignment(&self) -> PartitionAssignment {
+        PartitionAssignment::Broker
     }
 
     /// Joins the broker's group of the reader `filter` (see [`partition_count`](Source::partition_count)):

@@ -1,5 +1,5 @@
 //! The source URL:
-//! `kafka://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]?topic=NAME[,NAME…][&group=PREFIX][&partial_history=accept][&CLIENT.SETTING=VALUE…]`.
+//! `kafka://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]?topic=NAME[,NAME…][&group=PREFIX][&assignment=group|leases][&partial_history=accept][&CLIENT.SETTING=VALUE…]`.
 //!
 //! Every parameter whose name holds a dot (`security.protocol`, `sasl.mechanism`,
 //! `sasl.username`, `sasl.password`, `ssl.ca.location`, `session.timeout.ms`, …) is passed to
@@ -9,12 +9,13 @@
 use std::collections::BTreeMap;
 
 use crate::core::error::{Error, Result};
+use crate::core::source::PartitionAssignment;
 
 /// The default prefix of consumer-group names: a projection's group is the prefix and its name.
 pub const DEFAULT_GROUP_PREFIX: &str = "projectionist-";
 
 /// Parameters of projectionist itself (the others, with a dot, go to librdkafka).
-pub const PARAMETERS: &[&str] = &["topic", "group", "partial_history"];
+pub const PARAMETERS: &[&str] = &["topic", "group", "assignment", "partial_history"];
 
 /// What a source URL says.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -27,6 +28,9 @@ pub struct Address {
     pub group_prefix: String,
     /// Whether a partition whose start retention dropped may be read from its low watermark.
     pub accept_partial_history: bool,
+    /// Who shares the partitions out between `run` processes: the consumer group
+    /// (`assignment=group`, the default) or the store's leases (`assignment=leases`).
+    pub assignment: PartitionAssignment,
     /// librdkafka settings, SASL credentials included.
     pub client: BTreeMap<String, String>,
 }
@@ -43,6 +47,7 @@ impl std::fmt::Debug for Address {
             .field("topics", &self.topics)
             .field("group_prefix", &self.group_prefix)
             .field("accept_partial_history", &self.accept_partial_history)
+            .field("assignment", &self.assignment)
             .field("client", &client)
             .finish()
     }
@@ -139,6 +144,18 @@ impl Address {
                         .map(str::to_owned),
                 ),
                 "group" => out.group_prefix = value.into_owned(),
+                "assignment" => {
+                    out.assignment = match value.as_ref() {
+                        "group" => PartitionAssignment::Broker,
+                        "leases" => PartitionAssignment::Leases,
+                        other => {
+                            return Err(invalid(format!(
+                                "assignment is `group` (the consumer group shares the partitions out) \
+                                 or `leases` (the store's leases do), not `{other}`"
+                            )))
+                        }
+                    }
+                }
                 "partial_history" => {
                     out.accept_partial_history = match value.as_ref() {
                         "accept" | "true" | "yes" => true,
@@ -195,13 +212,14 @@ mod tests {
     #[test]
     fn a_full_url_parses() {
         let a = Address::parse(
-            "kafka://alice:p%40ss+w@k1,k2:9093/?topic=orders,payments&group=app-&partial_history=accept&security.protocol=SASL_SSL&session.timeout.ms=6000",
+            "kafka://alice:p%40ss+w@k1,k2:9093/?topic=orders,payments&group=app-&assignment=leases&partial_history=accept&security.protocol=SASL_SSL&session.timeout.ms=6000",
         )
         .unwrap();
         assert_eq!(a.brokers, "k1:9092,k2:9093");
         assert_eq!(a.topics, ["orders", "payments"]);
         assert_eq!(a.group_prefix, "app-");
         assert!(a.accept_partial_history);
+        assert_eq!(a.assignment, PartitionAssignment::Leases);
         assert_eq!(a.client["sasl.username"], "alice");
         assert_eq!(a.client["sasl.password"], "p@ss+w");
         assert_eq!(a.client["sasl.mechanism"], "PLAIN");
@@ -216,6 +234,7 @@ mod tests {
         let a = Address::parse("kafka://localhost:9092?topic=t").unwrap();
         assert_eq!(a.group_prefix, DEFAULT_GROUP_PREFIX);
         assert!(!a.accept_partial_history);
+        assert_eq!(a.assignment, PartitionAssignment::Broker);
         assert!(a.client.is_empty());
         assert_eq!(a.location(), "localhost:9092 topic t");
     }
@@ -230,6 +249,7 @@ mod tests {
             ("kafka://?topic=t", "at least one broker"),
             ("kafka://h?topic=t&stream=x", "unknown parameter `stream`"),
             ("kafka://h?topic=t&partial_history=maybe", "partial_history"),
+            ("kafka://h?topic=t&assignment=static", "assignment is `group`"),
             ("kafka://h?topic=t,t", "named twice"),
             ("kafka://secret@h?topic=t", "USER:PASSWORD"),
         ] {

@@ -13,10 +13,13 @@
 //! partition in a rebalance cannot commit it again. Records below the checkpoint are dropped
 //! and counted ([`KafkaSource::redelivered`]).
 //!
-//! **Scale-out.** `run` joins the projection's consumer group (`projectionist-NAME`) and reads
-//! the partitions the group assigns to it; after each commit it commits the offset to the group
-//! too, for tools that watch it. `status` shows each partition's member, checkpoint, high
-//! watermark and lag. See docs/kafka.md.
+//! **Scale-out.** By default (`assignment=group`) `run` joins the projection's consumer group
+//! (`projectionist-NAME`) and reads the partitions the group assigns to it; after each commit
+//! it commits the offset to the group too, for tools that watch it. With `assignment=leases`
+//! the group is not used: the processes share the partitions through the checkpoint store's
+//! leases ([`PartitionAssignment::Leases`]), like the partitions of a table source, and each
+//! reads the partitions it holds by explicit assignment. `status` shows each partition's owner
+//! (group member or lease holder), checkpoint, high watermark and lag. See docs/kafka.md.
 
 pub mod address;
 pub mod envelope;
@@ -28,6 +31,7 @@ mod watermark;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub use rdkafka;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -42,12 +46,17 @@ use self::reader::Reader;
 use self::watermark::{watermarks, METADATA_WAIT};
 use crate::core::error::{Error, Result};
 use crate::core::event::Checkpoint;
-use crate::core::source::{Batch, Filter, Lag, PartitionSlice, Source};
+use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, PartitionSlice, Source};
 
 /// The metric counting records dropped below a checkpoint, labelled by projection.
 pub const METRIC_REDELIVERED: &str = "projectionist_kafka_redelivered_total";
 /// The metric counting records that did not decode, labelled by projection.
 pub const METRIC_MALFORMED: &str = "projectionist_kafka_malformed_total";
+
+/// How long a partition's probed watermarks answer [`Source::partition_head`] and
+/// [`Source::partition_lag`]: a catch-up or a status asks [`Source::head`] first, which probes
+/// every partition at once, then asks each partition again.
+const PROBE_REUSE: Duration = Duration::from_secs(2);
 
 /// The source's topics and their partitions, numbered in one sequence.
 pub(crate) struct Topics {
@@ -99,6 +108,8 @@ pub struct KafkaSource {
 }
 
 type Shared<T> = Arc<Mutex<T>>;
+/// A partition's watermarks (low, high), and when they were probed.
+type Probed = (Instant, (i64, i64));
 /// Each projection's reader of each partition.
 type Readers = HashMap<(Arc<str>, u32), Shared<Reader>>;
 
@@ -111,6 +122,8 @@ struct Inner {
     readers: Mutex<Readers>,
     members: Mutex<HashMap<Arc<str>, Arc<Member>>>,
     changes: watch::Sender<u64>,
+    /// Each partition's last probed watermarks, and when.
+    probed: Mutex<HashMap<u32, Probed>>,
     redelivered: AtomicU64,
     malformed: AtomicU64,
 }
@@ -176,6 +189,7 @@ impl KafkaSource {
                 readers: Mutex::new(HashMap::new()),
                 members: Mutex::new(HashMap::new()),
                 changes: watch::channel(0).0,
+                probed: Mutex::new(HashMap::new()),
                 redelivered: AtomicU64::new(0),
                 malformed: AtomicU64::new(0),
             }),
@@ -218,6 +232,7 @@ impl KafkaSource {
         }
     }
 
+    /// A partition's watermarks, probed now.
     async fn watermarks(&self, index: u32) -> Result<(i64, i64)> {
         let (topic, partition) = self
             .inner
@@ -226,7 +241,22 @@ impl KafkaSource {
             .ok_or_else(|| Error::Internal(format!("no Kafka partition has index {index}")))?;
         let (topic, config) = (topic.to_owned(), self.inner.config.clone());
         let group = format!("{}probe", self.inner.address.group_prefix);
-        blocking(move || watermarks(&config, &group, &topic, partition)).await
+        let marks = blocking(move || watermarks(&config, &group, &topic, partition)).await?;
+        lock(&self.inner.probed)?.insert(index, (Instant::now(), marks));
+        Ok(marks)
+    }
+
+    /// A partition's watermarks as probed less than [`PROBE_REUSE`] ago (by [`Source::head`],
+    /// which probes them all at once), or probed now.
+    async fn recent_watermarks(&self, index: u32) -> Result<(i64, i64)> {
+        let recent = lock(&self.inner.probed)?
+            .get(&index)
+            .filter(|(at, _)| at.elapsed() < PROBE_REUSE)
+            .map(|(_, marks)| *marks);
+        match recent {
+            Some(marks) => Ok(marks),
+            None => self.watermarks(index).await,
+        }
     }
 
     fn member(&self, projection: &str) -> Result<Option<Arc<Member>>> {
@@ -294,9 +324,16 @@ impl Source for KafkaSource {
     /// The highest high watermark of the partitions (each partition's own is
     /// [`partition_head`](Source::partition_head)).
     async fn head(&self) -> Result<Checkpoint> {
-        let mut head = 0;
+        // Every partition at once: a probe costs a client and a fetch (seconds on tansu).
+        let mut probes = tokio::task::JoinSet::new();
         for index in 0..self.inner.topics.total() {
-            head = head.max(self.watermarks(index).await?.1);
+            let source = self.clone();
+            probes.spawn(async move { source.watermarks(index).await });
+        }
+        let mut head = 0;
+        while let Some(probe) = probes.join_next().await {
+            let (_, high) = probe.map_err(|e| Error::task("a Kafka watermark probe", e))??;
+            head = head.max(high);
         }
         Ok(Checkpoint::at(head))
     }
@@ -307,7 +344,7 @@ impl Source for KafkaSource {
     }
 
     async fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> Result<Lag> {
-        let (_, high) = self.watermarks(partition.index).await?;
+        let (_, high) = self.recent_watermarks(partition.index).await?;
         Ok(Lag {
             events: u64::try_from(high - after.position).unwrap_or(0),
             oldest: None,
@@ -325,6 +362,10 @@ impl Source for KafkaSource {
     fn partition_count(&self, projection: &str) -> Option<u32> {
         let _ = projection;
         Some(self.inner.topics.total())
+    }
+
+    fn partition_assignment(&self) -> PartitionAssignment {
+        self.inner.address.assignment
     }
 
     async fn join(&self, filter: &Filter) -> Result<watch::Receiver<Vec<u32>>> {
@@ -355,7 +396,9 @@ impl Source for KafkaSource {
     }
 
     async fn partition_head(&self, partition: PartitionSlice) -> Result<Option<Checkpoint>> {
-        Ok(Some(Checkpoint::at(self.watermarks(partition.index).await?.1)))
+        Ok(Some(Checkpoint::at(
+            self.recent_watermarks(partition.index).await?.1,
+        )))
     }
 
     async fn partition_owners(&self, projection: &str) -> Result<Vec<(u32, String)>> {

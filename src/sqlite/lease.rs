@@ -1,33 +1,27 @@
-//! Leases on SQLite: one `run` process per projection and file.
+//! Leases on SQLite: one `run` process per projection (or per partition) and file.
 //!
 //! Two daemons on one file would otherwise both run every projection, each commit of one
 //! fencing the other's batch (exact, but wasted work and a warning per batch). Here the core's
 //! coordinator runs every projection under a lease, as it runs the partitions of a partitioned
 //! projection on PostgreSQL (see [`crate::core::coordinator`]): the first process takes the
 //! lease, a second one waits as a standby and takes it over when the first releases it (a
-//! clean stop) or lets it expire (a crash). Every commit checks, in its write transaction,
-//! that the lease still carries its owner and token ([`check_fence`]); SQLite serializes
-//! writers, so a takeover and a commit never overlap.
+//! clean stop) or lets it expire (a crash). A projection with partitions of the source's own
+//! (Kafka with `assignment=leases`) has a lease per partition, shared out between the
+//! processes the same way. Every commit checks, in its write transaction, that the lease
+//! still carries its owner and token ([`check_fence`]); SQLite serializes writers, so a
+//! takeover and a commit never overlap.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{db_err, SqliteStore};
-use crate::core::error::{Error, Result};
+use crate::core::error::Result;
 use crate::core::lease::{Fence, Lease, LeaseInfo, Member, Membership};
 use crate::core::store::CommitError;
 
-/// SQLite leases whole projections (one process runs each); partitions, which split one
-/// projection between processes, need PostgreSQL.
-fn whole_only(m: &Member) -> Result<()> {
-    if m.partitions > 1 {
-        return Err(Error::Unsupported(format!(
-            "partitioned projections need a store that supports them (PostgreSQL); projection {} has \
-             partitions = {}, and SQLite leases whole projections only",
-            m.projection, m.partitions
-        )));
-    }
-    Ok(())
+/// The partitions leased: 1 for a projection leased whole.
+fn count(m: &Member) -> u32 {
+    m.partitions.max(1)
 }
 
 fn now_ms() -> i64 {
@@ -84,7 +78,6 @@ fn returned_leases(
 
 impl SqliteStore {
     pub(super) async fn lease_heartbeat(&self, m: &Member) -> Result<Membership> {
-        whole_only(m)?;
         let m = m.clone();
         self.write(move |tx| {
             let (now, ttl) = (now_ms(), ttl_ms(&m));
@@ -97,8 +90,8 @@ impl SqliteStore {
             let held = returned_leases(
                 tx,
                 "UPDATE projection_leases SET expires_at = ?3 WHERE projection = ?1 AND owner = ?2 \
-                 AND partition = 0 RETURNING partition, token",
-                params![projection, node, now + ttl],
+                 AND partition < ?4 RETURNING partition, token",
+                params![projection, node, now + ttl, count(&m)],
             )?;
             let live: i64 = tx.query_row(
                 "SELECT count(*) FROM projection_nodes WHERE projection = ?1 AND heartbeat_at > ?2",
@@ -119,7 +112,6 @@ impl SqliteStore {
     }
 
     pub(super) async fn lease_acquire(&self, m: &Member, max: u32) -> Result<Vec<Lease>> {
-        whole_only(m)?;
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -127,18 +119,23 @@ impl SqliteStore {
         self.write(move |tx| {
             let (now, ttl) = (now_ms(), ttl_ms(&m));
             let (projection, node) = (m.projection.as_ref(), m.node.as_ref());
-            tx.execute(
-                "INSERT OR IGNORE INTO projection_leases (projection, partition) VALUES (?1, 0)",
-                params![projection],
-            )?;
+            let count = count(&m);
+            for partition in 0..count {
+                tx.execute(
+                    "INSERT OR IGNORE INTO projection_leases (projection, partition) VALUES (?1, ?2)",
+                    params![projection, partition],
+                )?;
+            }
             returned_leases(
                 tx,
                 "UPDATE projection_leases SET owner = ?2, token = token + 1, acquired_at = ?3, \
                    expires_at = ?3 + ?4 \
-                 WHERE projection = ?1 AND partition = 0 \
-                   AND (owner IS NULL OR expires_at IS NULL OR expires_at < ?3) \
+                 WHERE projection = ?1 AND partition IN (SELECT partition FROM projection_leases \
+                   WHERE projection = ?1 AND partition < ?5 \
+                     AND (owner IS NULL OR expires_at IS NULL OR expires_at < ?3) \
+                   ORDER BY partition LIMIT ?6) \
                  RETURNING partition, token",
-                params![projection, node, now, ttl],
+                params![projection, node, now, ttl, count, max],
             )
         })
         .await

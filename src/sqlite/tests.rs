@@ -311,3 +311,61 @@ async fn a_database_error_keeps_sqlites_extended_code() {
     assert!(err.database_cause().is_some_and(|c| c.is::<rusqlite::Error>()));
     assert!(err.to_string().contains("UNIQUE constraint failed: u.x"), "{err}");
 }
+
+#[tokio::test]
+async fn partition_leases_are_shared_taken_over_on_expiry_and_fence_the_old_holder() {
+    use crate::core::lease::{Fence, Member};
+    use crate::core::store::CommitError;
+    let store = SqliteStore::in_memory().unwrap();
+    let body = body();
+    for partition in 0..8 {
+        store.prepare("p", partition, body.clone()).await.unwrap();
+    }
+    let member = |node: &str, ttl_ms: u64| Member {
+        projection: Arc::from("p"),
+        node: Arc::from(node),
+        partitions: 8,
+        ttl: Duration::from_millis(ttl_ms),
+    };
+    let (a, b) = (member("a", 150), member("b", 60_000));
+    let got_a = store.acquire(&a, 8).await.unwrap();
+    assert_eq!(
+        got_a.iter().map(|l| l.partition).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    assert!(store.acquire(&b, 4).await.unwrap().is_empty(), "all held");
+    store.release(&a, &got_a[4..]).await.unwrap();
+    let got_b = store.acquire(&b, 8).await.unwrap();
+    assert_eq!(
+        got_b.iter().map(|l| l.partition).collect::<Vec<_>>(),
+        [4, 5, 6, 7]
+    );
+    let held = store.heartbeat(&a).await.unwrap();
+    assert_eq!(held.held, got_a[..4]);
+    assert_eq!(store.heartbeat(&b).await.unwrap().live_nodes, 2);
+
+    // a stops heartbeating: its leases expire and b takes them, with new tokens.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let taken = store.acquire(&b, 8).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|l| l.partition).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    assert!(taken.iter().zip(&got_a).all(|(t, old)| t.token > old.token));
+    assert_eq!(store.heartbeat(&b).await.unwrap().held.len(), 8);
+
+    // a's late commit of partition 0 is fenced; b's commits.
+    let fenced = |owner: &str, token| {
+        let mut c = commit(&body, vec![event(1, Uuid::new_v4())], 0, false);
+        c.fence = Some(Fence {
+            owner: Arc::from(owner),
+            token,
+        });
+        c
+    };
+    let late = store.commit(fenced("a", got_a[0].token)).await;
+    assert!(matches!(late, Err(CommitError::LeaseLost)), "{late:?}");
+    assert_eq!(count(&store, "SELECT count(*) FROM applied").await, 0);
+    store.commit(fenced("b", taken[0].token)).await.unwrap();
+    assert_eq!(count(&store, "SELECT count(*) FROM applied").await, 1);
+}

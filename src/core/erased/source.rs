@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::BoxFuture;
 use crate::core::error::Result;
 use crate::core::event::Checkpoint;
-use crate::core::source::{Batch, Filter, Lag, PartitionSlice, Source};
+use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, PartitionSlice, Source};
 
 /// [`Source`] with boxed futures, so that it can be a trait object.
 trait DynSource: Send + Sync + 'static {
@@ -28,6 +28,7 @@ trait DynSource: Send + Sync + 'static {
     fn reads_beside(&self) -> bool;
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>>;
     fn partition_count(&self, projection: &str) -> Option<u32>;
+    fn partition_assignment(&self) -> PartitionAssignment;
     fn join<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<watch::Receiver<Vec<u32>>>>;
     fn leave<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, ()>;
     fn partition_head(&self, partition: PartitionSlice) -> BoxFuture<'_, Result<Option<Checkpoint>>>;
@@ -79,6 +80,10 @@ impl<S: Source> DynSource for S {
 
     fn partition_count(&self, projection: &str) -> Option<u32> {
         Source::partition_count(self, projection)
+    }
+
+    fn partition_assignment(&self) -> PartitionAssignment {
+        Source::partition_assignment(self)
     }
 
     fn join<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<watch::Receiver<Vec<u32>>>> {
@@ -169,6 +174,10 @@ impl Source for AnySource {
 
     fn partition_count(&self, projection: &str) -> Option<u32> {
         self.inner.partition_count(projection)
+    }
+
+    fn partition_assignment(&self) -> PartitionAssignment {
+        self.inner.partition_assignment()
     }
 
     async fn join(&self, filter: &Filter) -> Result<watch::Receiver<Vec<u32>>> {
