@@ -177,6 +177,7 @@ pub struct Settings {
     pub live_seconds: u64,
     pub live_rate: u32,
     /// `kafka://HOST:9092[?SETTING=VALUE…]`: the Kafka phases run on these brokers.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub kafka: Option<String>,
 }
 
