@@ -90,7 +90,9 @@ pub enum Command {
     /// Measure throughput, latency and memory on the orders workload, as ratios to the
     /// database's own set-based SQL and to its own per-event loop (see BENCHMARKS.md). On
     /// PostgreSQL the bench's schema is `projectionist_bench`, or the URL's `?schema=NAME`
-    /// (which must be empty or a previous bench's): dropped and created fresh.
+    /// (which must be empty or a previous bench's): dropped and created fresh. With --source
+    /// kafka://HOST:9092 it also produces the events to a fresh 8-partition topic there and
+    /// rebuilds from it, as a ratio to the rebuild from the events table.
     Bench(BenchArgs),
     /// Run projection tests (*.test.toml): given events, expected rows, dead letters or errors,
     /// each in a throwaway database; exit code 1 when one fails.

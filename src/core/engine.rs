@@ -19,7 +19,7 @@ use super::lease::{node_id, LeaseSettings};
 use super::projection::Projection;
 use super::runner::{Mode, ProgressFn, RunnerSettings, Worker, WorkerReport};
 use super::scheduler::Scheduler;
-use super::source::{PartitionAssignment, Source};
+use super::source::{Filter, PartitionAssignment, Source};
 use super::store::{DeadLetter, ProjectionRecord, RunState, Store};
 
 /// One projection partition's status, as `projectionist status --json` prints it.
@@ -428,6 +428,9 @@ impl<S: Source, St: Store> Engine<S, St> {
         if record.state == RunState::Rebuilding {
             info!(projection = name, checkpoint = %record.checkpoint, "resuming an interrupted rebuild");
         } else {
+            // A source that lost its oldest events (retention) refuses before anything changes.
+            let filter = Filter::types(p.event_types()).for_projection(p.name_arc());
+            self.source.check_replay_from_start(&filter).await?;
             info!(projection = name, "resetting the read model for a rebuild");
             self.store.reset(name, p.body().clone()).await?;
         }

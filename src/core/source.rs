@@ -143,6 +143,14 @@ pub trait Source: Send + Sync + 'static {
         true
     }
 
+    /// Checks, before a rebuild of the reader `filter` resets anything, that the source still
+    /// holds its events from the start (a broker's retention may have dropped the oldest). An
+    /// error refuses the rebuild with the read model untouched. Default: nothing to check.
+    fn check_replay_from_start(&self, filter: &Filter) -> impl Future<Output = Result<()>> + Send {
+        let _ = filter;
+        async { Ok(()) }
+    }
+
     /// Whether a second reader of a projection (a blue/green shadow build) may read beside
     /// its live reader: reads keep no state per reader (a table read by position). Broker
     /// sources keep one consumer per projection, which a second reader would share, so

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use self::address::Address;
-use self::error::{broker, config_error};
+use self::error::{broker, config_error, truncated};
 use self::group::{parse_assignment, Member};
 use self::reader::Reader;
 use self::watermark::{watermarks, METADATA_WAIT};
@@ -357,6 +357,31 @@ impl Source for KafkaSource {
 
     fn supports_partitions(&self) -> bool {
         true
+    }
+
+    /// Every partition must still start at offset 0, unless the URL accepts a partial history.
+    async fn check_replay_from_start(&self, filter: &Filter) -> Result<()> {
+        if self.inner.address.accept_partial_history {
+            return Ok(());
+        }
+        let projection = filter.projection.as_deref().unwrap_or("").to_owned();
+        let (admin, topics) = (self.inner.admin.clone(), self.inner.topics.clone());
+        blocking(move || {
+            for index in 0..topics.total() {
+                let Some((topic, partition)) = topics.locate(index) else {
+                    continue;
+                };
+                let what = format!("partition {topic}[{partition}]");
+                let (low, _) = admin
+                    .fetch_watermarks(topic, partition, METADATA_WAIT)
+                    .map_err(|e| broker(format!("reading the watermarks of {what}"), e))?;
+                if low > 0 {
+                    return Err(truncated(&what, low, 0, &projection));
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn partition_count(&self, projection: &str) -> Option<u32> {

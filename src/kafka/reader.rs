@@ -11,7 +11,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::ClientConfig;
 
 use super::envelope::decode;
-use super::error::{broker, config_error};
+use super::error::{broker, truncated};
 use super::watermark::{assign, Quiet, METADATA_WAIT, SETTLE};
 use crate::core::envelope::MALFORMED_TYPE;
 use crate::core::error::Result;
@@ -88,14 +88,7 @@ impl Reader {
         let mut start = after.position;
         if start < low {
             if !self.accept_partial_history {
-                return Err(config_error(format!(
-                    "Kafka {what} starts at offset {low} (its low watermark): retention already dropped \
-                     offsets {start}..{}, which projection {} has not applied, so its read model would \
-                     miss them. Replay them from elsewhere, or accept a partial history with \
-                     partial_history=accept in the source URL",
-                    low - 1,
-                    self.projection
-                )));
+                return Err(truncated(&what, low, start, &self.projection));
             }
             start = low;
         }

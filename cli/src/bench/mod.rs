@@ -13,7 +13,11 @@
 //! 6. the same as typed per-event handlers;
 //! 7. where the source reads partitions (PostgreSQL): the declarative projection again, split
 //!    into [`PARTITIONS`] partitions that one process runs side by side;
-//! 8. live latency from append to visible at a steady rate;
+//! 8. with `--source kafka://HOST:9092`: the same events produced to a fresh topic of
+//!    [`PARTITIONS`] partitions, fetched back by a bare consumer (the broker alone), and the
+//!    declarative projection rebuilt from the topic, as a ratio to its rebuild from the events
+//!    table (phase 4);
+//! 9. live latency from append to visible at a steady rate;
 //!
 //! and the peak resident memory of each phase. Every throughput is also given as a ratio to
 //! each reference measured in the same run.
@@ -22,6 +26,8 @@
 //! opens its database and says what differs (its dialect's reference statement, its typed
 //! handlers).
 
+#[cfg(feature = "kafka")]
+mod kafka;
 mod live;
 mod orders;
 #[cfg(feature = "postgres")]
@@ -49,6 +55,9 @@ pub enum Style {
     Handlers,
     /// The declarative projection split into [`PARTITIONS`] partitions, all in this process.
     SqlPartitioned,
+    /// The declarative projection read from a Kafka topic of [`PARTITIONS`] partitions.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    Kafka,
 }
 
 /// The partitions of [`Style::SqlPartitioned`].
@@ -69,6 +78,7 @@ impl Style {
             Style::Documents => "bench_doc_summary",
             Style::Handlers => "bench_typed_summary",
             Style::SqlPartitioned => "bench_sql_partitioned_summary",
+            Style::Kafka => "bench_kafka_summary",
         }
     }
 
@@ -78,6 +88,7 @@ impl Style {
             Style::Documents => "bench_documents",
             Style::Handlers => "bench_handlers",
             Style::SqlPartitioned => "bench_sql_partitioned",
+            Style::Kafka => "bench_kafka",
         }
     }
 
@@ -87,6 +98,7 @@ impl Style {
             Style::Documents => "rebuild: typed document projection",
             Style::Handlers => "rebuild: typed per-event handlers",
             Style::SqlPartitioned => "rebuild: declarative SQL, 8 partitions in 1 process",
+            Style::Kafka => "rebuild: declarative SQL from Kafka, 8 partitions",
         }
     }
 }
@@ -126,6 +138,10 @@ pub struct Phase {
     pub ratio_to_reference: Option<f64>,
     /// Throughput relative to the per-event reference phase of the same run.
     pub ratio_to_per_event_loop: Option<f64>,
+    /// Kafka phases: throughput relative to the declarative projection's rebuild from the
+    /// events table in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_events_table: Option<f64>,
     /// Peak resident memory during the phase, in MiB.
     pub peak_rss_mib: Option<f64>,
     /// Whether the result equals the reference read model.
@@ -138,6 +154,21 @@ pub struct Phase {
     pub max_ms: Option<f64>,
 }
 
+impl Phase {
+    /// A phase that measured `events` in `secs`, its peak memory `rss`.
+    #[cfg(feature = "kafka")]
+    fn of(name: &str, (events, secs, rss): (u64, f64, Option<f64>)) -> Phase {
+        Phase {
+            name: name.into(),
+            events,
+            seconds: secs,
+            events_per_second: events as f64 / secs,
+            peak_rss_mib: rss,
+            ..Phase::default()
+        }
+    }
+}
+
 /// Bench settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -145,6 +176,9 @@ pub struct Settings {
     pub seed: u64,
     pub live_seconds: u64,
     pub live_rate: u32,
+    /// `kafka://HOST:9092[?SETTING=VALUE…]`: the Kafka phases run on these brokers.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub kafka: Option<String>,
 }
 
 /// Resets the peak-resident-memory mark (Linux), so the next reading is this phase's peak.
@@ -252,30 +286,25 @@ where
     for style in backend.styles() {
         let bar = output::bar(s.events, output::EVENTS_BAR);
         bar.set_prefix(style.projection());
-        let (applied, secs, rss) = timed(backend.rebuild(style, &bar)).await?;
+        let measured = timed(backend.rebuild(style, &bar)).await?;
         bar.finish_and_clear();
-        let mismatch = verify(backend, style.table()).await?;
-        if !mismatch.is_exact() {
-            failed.push(format!("{}: {mismatch:?}", style.table()));
-        }
-        let rate = s.events as f64 / secs;
+        let phase = checked(backend, style, s.events, measured, &mut failed).await?;
         say(format!(
-            "  {}: {} events/s ({applied} applied)",
-            style.title(),
-            output::rate(s.events, secs)
+            "  {}: {} events/s",
+            phase.name,
+            output::rate(s.events, phase.seconds)
         ));
-        phases.push(Phase {
-            name: style.title().into(),
-            events: s.events,
-            seconds: secs,
-            events_per_second: rate,
-            peak_rss_mib: rss,
-            verified: Some(mismatch.is_exact()),
-            ..Phase::default()
-        });
+        phases.push(phase);
     }
 
-    // 7. Live latency.
+    // 8. Kafka.
+    #[cfg(feature = "kafka")]
+    if let Some(url) = &s.kafka {
+        let kafka = kafka_phases(backend, s, url, &phases, &mut failed, &say).await?;
+        phases.extend(kafka);
+    }
+
+    // 9. Live latency.
     if s.live_seconds > 0 && s.live_rate > 0 {
         let n = s.live_seconds * u64::from(s.live_rate);
         let live: Vec<WorkloadEvent> = Orders::new(s.seed, s.events + n)
@@ -313,6 +342,97 @@ where
     Ok(phases)
 }
 
+/// A rebuild phase of `style` that `measured` (events applied, seconds, peak memory), its read
+/// model compared with the reference (a difference is added to `failed`).
+async fn checked<St>(
+    backend: &Bench<St>,
+    style: Style,
+    events: u64,
+    (applied, secs, rss): (u64, f64, Option<f64>),
+    failed: &mut Vec<String>,
+) -> Result<Phase>
+where
+    St: BenchStore,
+    St::Tx: DocumentStorage + Sized,
+{
+    let mismatch = verify(backend, style.table()).await?;
+    if !mismatch.is_exact() {
+        failed.push(format!("{}: {mismatch:?} ({applied} applied)", style.table()));
+    }
+    Ok(Phase {
+        name: style.title().into(),
+        events,
+        seconds: secs,
+        events_per_second: events as f64 / secs,
+        peak_rss_mib: rss,
+        verified: Some(mismatch.is_exact()),
+        ..Phase::default()
+    })
+}
+
+/// The Kafka phases on the brokers of `url`: produce the workload to a fresh topic, fetch it
+/// back with a bare consumer, and rebuild the declarative projection from it; the last two as
+/// ratios to the declarative rebuild from the events table, found in `done`.
+#[cfg(feature = "kafka")]
+async fn kafka_phases<St>(
+    backend: &Bench<St>,
+    s: &Settings,
+    url: &str,
+    done: &[Phase],
+    failed: &mut Vec<String>,
+    say: &impl Fn(String),
+) -> Result<Vec<Phase>>
+where
+    St: BenchStore,
+    St::Tx: DocumentStorage + Sized,
+{
+    let table_rate = done
+        .iter()
+        .find(|p| p.name == Style::Sql.title())
+        .map(|p| p.events_per_second);
+    let topic = kafka::KafkaBench::create(url).await?;
+    say(format!("  kafka: {}", topic.describe()));
+    let mut out = Vec::new();
+
+    let bar = output::bar(s.events, output::EVENTS_BAR);
+    bar.set_prefix("kafka produce");
+    let (sent, secs, rss) = timed(topic.produce(Orders::new(s.seed, s.events), &bar)).await?;
+    bar.finish_and_clear();
+    say(format!("  kafka produce: {} events/s", output::rate(sent, secs)));
+    out.push(Phase::of(
+        "kafka: produce to a fresh topic, 8 partitions",
+        (sent, secs, rss),
+    ));
+
+    let (read, secs, rss) = timed(topic.fetch()).await?;
+    if read != sent {
+        failed.push(format!("kafka fetch: read {read} records of {sent}"));
+    }
+    say(format!("  kafka fetch: {} events/s", output::rate(read, secs)));
+    out.push(Phase {
+        verified: Some(read == sent),
+        ..Phase::of("kafka: bare consumer fetch (broker alone)", (read, secs, rss))
+    });
+
+    let source = topic.source().await?;
+    let bar = output::bar(s.events, output::EVENTS_BAR);
+    bar.set_prefix(Style::Kafka.projection());
+    let measured = timed(backend.rebuild_from(source, &bar)).await?;
+    bar.finish_and_clear();
+    let phase = checked(backend, Style::Kafka, s.events, measured, failed).await?;
+    say(format!(
+        "  {}: {} events/s",
+        phase.name,
+        output::rate(s.events, phase.seconds)
+    ));
+    out.push(phase);
+
+    for p in out.iter_mut().skip(1) {
+        p.ratio_to_events_table = table_rate.map(|t| p.events_per_second / t);
+    }
+    Ok(out)
+}
+
 /// How `table` differs from the reference read model.
 async fn verify<St>(backend: &Bench<St>, table: &str) -> Result<Mismatch>
 where
@@ -326,10 +446,11 @@ where
 
 /// The results as a table.
 pub fn print_table(phases: &[Phase]) {
+    let kafka = phases.iter().any(|p| p.ratio_to_events_table.is_some());
     let rows: Vec<Vec<String>> = phases
         .iter()
         .map(|p| {
-            vec![
+            let mut row = vec![
                 p.name.clone(),
                 output::thousands(p.events),
                 format!("{:.2}", p.seconds),
@@ -347,26 +468,29 @@ pub fn print_table(phases: &[Phase]) {
                     Some(false) => "MISMATCH".into(),
                     None => "-".into(),
                 },
-            ]
+            ];
+            if kafka {
+                let ratio = p.ratio_to_events_table.map_or("-".into(), |r| format!("{r:.3}"));
+                row.insert(6, ratio);
+            }
+            row
         })
         .collect();
-    print!(
-        "{}",
-        output::table(
-            &[
-                "PHASE",
-                "EVENTS",
-                "SECONDS",
-                "EVENTS/S",
-                "× SET-BASED",
-                "× PER-EVENT LOOP",
-                "LATENCY",
-                "PEAK RSS MIB",
-                "CHECK"
-            ],
-            &rows
-        )
-    );
+    let mut header = vec![
+        "PHASE",
+        "EVENTS",
+        "SECONDS",
+        "EVENTS/S",
+        "× SET-BASED",
+        "× PER-EVENT LOOP",
+        "LATENCY",
+        "PEAK RSS MIB",
+        "CHECK",
+    ];
+    if kafka {
+        header.insert(6, "× EVENTS TABLE");
+    }
+    print!("{}", output::table(&header, &rows));
 }
 
 #[cfg(all(test, feature = "sqlite"))]
@@ -404,6 +528,7 @@ mod tests {
             seed: 7,
             live_seconds: 0,
             live_rate: 0,
+            kafka: None,
         };
         let tables = [
             PER_EVENT_TABLE,

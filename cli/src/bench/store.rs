@@ -123,9 +123,10 @@ where
     }
 
     /// The declarative `order_summary`, as the CLI runs it: on its one engine type, over the
-    /// type-erased store (so the phase also measures what the type erasure costs); `style` is
-    /// [`Style::Sql`] or [`Style::SqlPartitioned`].
-    fn declarative(&self, style: Style) -> Result<AnyEngine> {
+    /// type-erased store (so the phase also measures what the type erasure costs), reading
+    /// `source`; `style` is [`Style::Sql`] or [`Style::SqlPartitioned`] (the store's events
+    /// table), or [`Style::Kafka`] (a source whose own partitions the projection takes).
+    fn declarative(&self, style: Style, source: AnySource) -> Result<AnyEngine> {
         let (name, table) = (style.projection(), style.table());
         let partitions = if style == Style::SqlPartitioned {
             PARTITIONS
@@ -140,7 +141,7 @@ where
             .context("the bench config has a projection")?;
         let store = AnyStore::new(self.store.clone());
         let settings = store.runner_settings();
-        let source = Arc::new(AnySource::new(self.store.clone()));
+        let source = Arc::new(source);
         let projection =
             projectionist::declarative::projection(def).error_policy(projectionist::ErrorPolicy::Stop);
         Ok(AnyEngine::new(source, Arc::new(store))
@@ -195,19 +196,14 @@ where
         St::PER_EVENT_LOOP
     }
 
-    /// Rebuilds `style`'s read model from the start; returns the events it applied.
+    /// Rebuilds `style`'s read model from the start of the store's events table; returns the
+    /// events it applied.
     pub async fn rebuild(&self, style: Style, progress: &ProgressBar) -> Result<u64> {
-        let bar = progress.clone();
-        // Each partition counts its own events: the bar shows their sum.
-        let counts = Mutex::new(HashMap::new());
-        let progress: Option<ProgressFn> = Some(Arc::new(move |p| {
-            let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
-            counts.insert(p.partition, p.events);
-            bar.set_position(counts.values().sum());
-        }));
+        let progress = partition_progress(progress);
         let report = match style {
+            Style::Kafka => anyhow::bail!("the Kafka style rebuilds from a Kafka source (rebuild_from)"),
             Style::Sql | Style::SqlPartitioned => {
-                self.declarative(style)?
+                self.declarative(style, AnySource::new(self.store.clone()))?
                     .rebuild_with(style.projection(), progress)
                     .await?
             }
@@ -216,6 +212,18 @@ where
                 engine.rebuild_with(style.projection(), progress).await?
             }
         };
+        Ok(report.events)
+    }
+
+    /// Rebuilds the declarative `order_summary` ([`Style::Kafka`]'s table) from `source`, a
+    /// source with partitions of its own; returns the events it applied.
+    #[cfg(feature = "kafka")]
+    pub async fn rebuild_from(&self, source: AnySource, progress: &ProgressBar) -> Result<u64> {
+        let style = Style::Kafka;
+        let report = self
+            .declarative(style, source)?
+            .rebuild_with(style.projection(), partition_progress(progress))
+            .await?;
         Ok(report.events)
     }
 
@@ -265,4 +273,15 @@ where
         })
         .await
     }
+}
+
+/// A progress callback that shows on `bar` the sum of every partition's events.
+fn partition_progress(bar: &ProgressBar) -> Option<ProgressFn> {
+    let bar = bar.clone();
+    let counts = Mutex::new(HashMap::new());
+    Some(Arc::new(move |p| {
+        let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.insert(p.partition, p.events);
+        bar.set_position(counts.values().sum());
+    }))
 }

@@ -15,12 +15,29 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> Result<()> {
     if a.events == 0 {
         bail!(crate::exit::usage("--events must be at least 1"));
     }
+    let kafka = match ctx.source_flag.as_deref() {
+        None => None,
+        Some(url) if url.trim_start().to_ascii_lowercase().starts_with("kafka://") => {
+            if !cfg!(feature = "kafka") {
+                bail!(crate::exit::usage(
+                    "bench --source kafka://…: this build of projectionist has no Kafka support \
+                     (build it with the `kafka` feature)"
+                ));
+            }
+            Some(url.to_owned())
+        }
+        Some(_) => bail!(crate::exit::usage(
+            "bench --source takes a Kafka broker (kafka://HOST:9092): the bench produces its events \
+             to a fresh topic there and rebuilds from it; other sources are not benched"
+        )),
+    };
     let run = BenchRun {
         settings: Settings {
             events: a.events,
             seed: a.seed,
             live_seconds: a.live_seconds,
             live_rate: a.live_rate,
+            kafka,
         },
         batch_size: a
             .batch_size

@@ -25,6 +25,7 @@ trait DynSource: Send + Sync + 'static {
     fn changes(&self) -> watch::Receiver<u64>;
     fn supports_partitions(&self) -> bool;
     fn can_replay(&self) -> bool;
+    fn check_replay_from_start<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<()>>;
     fn reads_beside(&self) -> bool;
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>>;
     fn partition_count(&self, projection: &str) -> Option<u32>;
@@ -68,6 +69,10 @@ impl<S: Source> DynSource for S {
 
     fn can_replay(&self) -> bool {
         Source::can_replay(self)
+    }
+
+    fn check_replay_from_start<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Source::check_replay_from_start(self, filter))
     }
 
     fn reads_beside(&self) -> bool {
@@ -162,6 +167,10 @@ impl Source for AnySource {
 
     fn can_replay(&self) -> bool {
         self.inner.can_replay()
+    }
+
+    async fn check_replay_from_start(&self, filter: &Filter) -> Result<()> {
+        self.inner.check_replay_from_start(filter).await
     }
 
     fn reads_beside(&self) -> bool {
