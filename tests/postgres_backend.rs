@@ -142,6 +142,39 @@ async fn append_read_stream_and_conflicts() {
     assert_eq!(store.import(items.into_iter(), None).await.unwrap(), 5000);
     assert_eq!(store.read_stream("I-7").await.unwrap().len(), 50);
 
+    // An import of more streams than it remembers (65,536) reads forgotten streams' versions
+    // from the table again, its own rows included.
+    const STREAMS: i64 = 70_000;
+    let one = |s: String, expected| Ok(StreamAppend::new(s, expected, vec![ev("A", 0)]));
+    let items: Vec<_> = (0..STREAMS)
+        .map(|i| one(format!("M-{i}"), ExpectedVersion::NoStream))
+        .chain([one("M-0".into(), ExpectedVersion::Exact(1))])
+        .collect();
+    assert_eq!(
+        store.import(items.into_iter(), None).await.unwrap(),
+        STREAMS as u64 + 1
+    );
+    assert_eq!(store.read_stream("M-0").await.unwrap().len(), 2);
+    let items: Vec<_> = (STREAMS..2 * STREAMS)
+        .map(|i| one(format!("M-{i}"), ExpectedVersion::NoStream))
+        .chain([one(format!("M-{STREAMS}"), ExpectedVersion::NoStream)])
+        .collect();
+    match store.import(items.into_iter(), None).await {
+        Err(Error::Conflict { stream, actual, .. }) => {
+            assert_eq!((stream, actual), (format!("M-{STREAMS}"), 1))
+        }
+        other => panic!("expected a conflict on M-{STREAMS}, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .read_stream(format!("M-{}", STREAMS + 1))
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "all or nothing"
+    );
+
     // The location never shows a password.
     let secret = common::url().replacen("postgres@", "postgres:hunter2@", 1);
     let b = PgStore::builder(&secret).unwrap();

@@ -829,3 +829,49 @@ async fn priority_serves_higher_backlogs_first_without_starving_lower_ones() {
         assert!(gap <= 22, "low starved for {gap} batches: {batches:?}");
     }
 }
+
+/// An import of more streams than it remembers (65,536) forgets the oldest and reads their
+/// versions from the table again: a forgotten stream's next version is right, and a second
+/// `NoStream` append to it is a conflict naming its version, not a constraint error.
+#[tokio::test]
+async fn an_import_past_the_streams_it_remembers_still_checks_every_version() {
+    const STREAMS: usize = 70_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    let one = |s: String, expected| {
+        Ok(projectionist::StreamAppend::new(
+            s,
+            expected,
+            vec![NewEvent::new("T", serde_json::json!({}))],
+        ))
+    };
+    let items: Vec<_> = (0..STREAMS)
+        .map(|i| one(format!("S-{i}"), ExpectedVersion::NoStream))
+        .chain([one("S-0".into(), ExpectedVersion::Exact(1))])
+        .collect();
+    assert_eq!(
+        store.import(items.into_iter(), None).await.unwrap(),
+        STREAMS as u64 + 1
+    );
+    assert_eq!(store.read_stream("S-0").await.unwrap().len(), 2);
+
+    let items: Vec<_> = (STREAMS..2 * STREAMS)
+        .map(|i| one(format!("S-{i}"), ExpectedVersion::NoStream))
+        .chain([one(format!("S-{STREAMS}"), ExpectedVersion::NoStream)])
+        .collect();
+    match store.import(items.into_iter(), None).await {
+        Err(Error::Conflict { stream, actual, .. }) => {
+            assert_eq!((stream, actual), (format!("S-{STREAMS}"), 1))
+        }
+        other => panic!("expected a conflict on S-{STREAMS}, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .read_stream(format!("S-{}", STREAMS + 1))
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "all or nothing"
+    );
+}

@@ -12,7 +12,9 @@ use super::error::{db, db_err};
 use super::listen::bump;
 use super::{PgProjection, PgStore};
 use crate::core::error::{Error, Result};
-use crate::core::event::{Appended, Checkpoint, ExpectedVersion, ImportProgress, StreamAppend};
+use crate::core::event::{
+    Appended, Checkpoint, ExpectedVersion, ImportProgress, StreamAppend, IMPORT_KNOWN_STREAMS,
+};
 use crate::core::log::EventLog;
 
 /// Appends per statement during an import.
@@ -55,6 +57,10 @@ impl EventLog for PgStore {
             let chunk: Vec<StreamAppend> = chunk.into_iter().collect::<Result<_>>()?;
             for a in &chunk {
                 validate(a)?;
+            }
+            if versions.len() >= IMPORT_KNOWN_STREAMS {
+                // Read again from the table (which holds this transaction's rows) when met.
+                versions.clear();
             }
             let unknown: HashSet<&str> = chunk
                 .iter()

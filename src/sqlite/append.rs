@@ -11,7 +11,7 @@ use super::inline::apply_inline;
 use super::rows::format_time;
 use super::{db_err, Inner, SqliteProjection, SqliteStore};
 use crate::core::error::{Error, Result};
-use crate::core::event::{Appended, Checkpoint, ImportProgress, StreamAppend};
+use crate::core::event::{Appended, Checkpoint, ImportProgress, StreamAppend, IMPORT_KNOWN_STREAMS};
 use crate::core::log::EventLog;
 
 impl EventLog for SqliteStore {
@@ -151,6 +151,12 @@ impl Versions {
         match self.known.get_mut(stream_id) {
             Some(v) => *v = version,
             None => {
+                if self.known.len() >= IMPORT_KNOWN_STREAMS {
+                    // Forgotten streams are read from the table again, which holds this
+                    // transaction's rows: the table is no longer empty for them.
+                    self.known.clear();
+                    self.started_empty = false;
+                }
                 self.known.insert(stream_id.to_owned(), version);
             }
         }

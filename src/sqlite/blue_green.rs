@@ -121,7 +121,7 @@ fn swap(
         .to_str()
         .ok_or_else(|| Error::Unsupported(format!("shadow path {} is not UTF-8", shadow.display())))?;
     let mut conn = Connection::open(main).map_err(&err)?;
-    configure(&conn)?;
+    configure(&conn, super::memory::WRITER_CACHE_PAGES)?;
     conn.execute("ATTACH DATABASE ?1 AS shadow", [shadow_str])
         .map_err(&err)?;
     let out: Result<(Duration, Vec<String>)> = (|| {

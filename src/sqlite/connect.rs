@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::watch;
 
-use super::{db_err, Inner, SqliteStore, DEFAULT_DEDUP_RETENTION, SCHEMA};
+use super::{db_err, memory, Inner, SqliteStore, DEFAULT_DEDUP_RETENTION, SCHEMA};
 use crate::core::error::{Error, Result};
 
 /// Adds what to check to an error that says SQLite cannot open or write the file: it is almost
@@ -54,7 +54,7 @@ fn with_permission_hint(e: Error, location: &str) -> Error {
 /// Sets up a connection: WAL, a busy timeout, and no automatic checkpoints (a background
 /// thread checkpoints instead, so that no writer's commit pays for copying the WAL into the
 /// database file; see `spawn_checkpointer`).
-pub(super) fn configure(conn: &Connection) -> Result<()> {
+pub(super) fn configure(conn: &Connection, cache_pages: usize) -> Result<()> {
     let err = db_err("configuring the connection");
     conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
     let mode: String = conn
@@ -63,7 +63,11 @@ pub(super) fn configure(conn: &Connection) -> Result<()> {
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
         tracing::warn!(mode, "SQLite did not switch to WAL mode");
     }
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 0;")
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+    )
+    .map_err(&err)?;
+    conn.pragma_update(None, "cache_size", cache_pages)
         .map_err(&err)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
@@ -127,13 +131,13 @@ impl SqliteStore {
             })
         };
         let writer = open("opening the database").map_err(hint)?;
-        configure(&writer).map_err(hint)?;
+        configure(&writer, memory::WRITER_CACHE_PAGES).map_err(hint)?;
         writer
             .execute_batch(SCHEMA)
             .map_err(db_err("creating the engine's tables"))
             .map_err(hint)?;
         let reader = open("opening the database for reads").map_err(hint)?;
-        configure(&reader).map_err(hint)?;
+        configure(&reader, memory::READER_CACHE_PAGES).map_err(hint)?;
         let store = Self::from_connections(location, writer, Some(reader));
         spawn_checkpointer(path.to_path_buf(), Arc::downgrade(&store.inner));
         Ok(store)
@@ -142,7 +146,7 @@ impl SqliteStore {
     /// A private in-memory database (for tests and examples).
     pub fn in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory().map_err(db_err("opening an in-memory database"))?;
-        configure(&conn)?;
+        configure(&conn, memory::WRITER_CACHE_PAGES)?;
         conn.execute_batch(SCHEMA)
             .map_err(db_err("creating the engine's tables"))?;
         Ok(Self::from_connections(":memory:".into(), conn, None))

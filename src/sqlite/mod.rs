@@ -29,6 +29,7 @@ mod document;
 mod inline;
 mod lease;
 mod lifecycle;
+mod memory;
 mod query;
 mod read;
 mod rows;
@@ -58,6 +59,7 @@ use crate::core::runner::RunnerSettings;
 use crate::core::source::Source;
 use crate::core::store::{Commit, CommitError, DeadLetter, ProjectionRecord, RunState, Store};
 
+pub use memory::{PAGE_CACHE_PAGES, PAGE_SIZE};
 pub use rows::{format_time, parse_time};
 pub use rusqlite;
 pub use schema::SCHEMA;
