@@ -509,7 +509,7 @@ impl<S: Source, St: Store> Engine<S, St> {
                 out.push(status_of(p, None, head, lag));
                 continue;
             }
-            let broker = self.source.partition_count(p.name()).is_some();
+            let own_partitions = self.source.partition_count(p.name()).is_some();
             let owners: Vec<(u32, String)> = if self.broker_assigns(p) {
                 self.source.partition_owners(p.name()).await?
             } else if count > 1 || self.store.leases_every_runner() {
@@ -523,20 +523,16 @@ impl<S: Source, St: Store> Engine<S, St> {
                 Vec::new()
             };
             for r in mine {
-                let lag = if count > 1 {
-                    let slice = super::source::PartitionSlice {
-                        index: r.partition,
-                        count,
-                    };
-                    self.source.partition_lag(r.checkpoint, slice).await?
-                } else {
-                    self.source.lag(r.checkpoint).await?
-                };
                 let slice = super::source::PartitionSlice {
                     index: r.partition,
                     count,
                 };
-                let head = if broker {
+                let lag = if count > 1 {
+                    self.source.partition_lag(r.checkpoint, slice).await?
+                } else {
+                    self.source.lag(r.checkpoint).await?
+                };
+                let head = if own_partitions {
                     self.source.partition_head(slice).await?.unwrap_or(head)
                 } else {
                     head
