@@ -266,9 +266,9 @@ impl<S: Source, St: Store> Worker<S, St> {
         };
         retry = self.settings.retry_min;
         self.checkpoint = record.checkpoint;
-        if let (Some(slice), Some(_)) = (self.filter.partition, self.mode.target()) {
+        if let (Some(_), Some(_)) = (self.filter.partition, self.mode.target()) {
             // A source with partitions of its own: this partition's head is the target.
-            match self.source.partition_head(slice).await {
+            match self.source.partition_head(&self.filter).await {
                 Ok(Some(head)) => self.mode.retarget(head),
                 Ok(None) => {}
                 Err(e) => return Err(self.fatal(e)),

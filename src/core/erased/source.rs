@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::BoxFuture;
 use crate::core::error::Result;
 use crate::core::event::Checkpoint;
-use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, PartitionSlice, Source};
+use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, Source};
 
 /// [`Source`] with boxed futures, so that it can be a trait object.
 trait DynSource: Send + Sync + 'static {
@@ -21,7 +21,7 @@ trait DynSource: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Batch>>;
     fn head(&self) -> BoxFuture<'_, Result<Checkpoint>>;
     fn lag(&self, after: Checkpoint) -> BoxFuture<'_, Result<Lag>>;
-    fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> BoxFuture<'_, Result<Lag>>;
+    fn partition_lag<'a>(&'a self, after: Checkpoint, filter: &'a Filter) -> BoxFuture<'a, Result<Lag>>;
     fn changes(&self) -> watch::Receiver<u64>;
     fn supports_partitions(&self) -> bool;
     fn can_replay(&self) -> bool;
@@ -32,7 +32,7 @@ trait DynSource: Send + Sync + 'static {
     fn partition_assignment(&self) -> PartitionAssignment;
     fn join<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<watch::Receiver<Vec<u32>>>>;
     fn leave<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, ()>;
-    fn partition_head(&self, partition: PartitionSlice) -> BoxFuture<'_, Result<Option<Checkpoint>>>;
+    fn partition_head<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Option<Checkpoint>>>;
     fn partition_owners<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<Vec<(u32, String)>>>;
     fn as_any(&self) -> &dyn Any;
 }
@@ -55,8 +55,8 @@ impl<S: Source> DynSource for S {
         Box::pin(Source::lag(self, after))
     }
 
-    fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> BoxFuture<'_, Result<Lag>> {
-        Box::pin(Source::partition_lag(self, after, partition))
+    fn partition_lag<'a>(&'a self, after: Checkpoint, filter: &'a Filter) -> BoxFuture<'a, Result<Lag>> {
+        Box::pin(Source::partition_lag(self, after, filter))
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -99,8 +99,8 @@ impl<S: Source> DynSource for S {
         Box::pin(Source::leave(self, filter))
     }
 
-    fn partition_head(&self, partition: PartitionSlice) -> BoxFuture<'_, Result<Option<Checkpoint>>> {
-        Box::pin(Source::partition_head(self, partition))
+    fn partition_head<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
+        Box::pin(Source::partition_head(self, filter))
     }
 
     fn partition_owners<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<Vec<(u32, String)>>> {
@@ -153,8 +153,8 @@ impl Source for AnySource {
         self.inner.lag(after).await
     }
 
-    async fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> Result<Lag> {
-        self.inner.partition_lag(after, partition).await
+    async fn partition_lag(&self, after: Checkpoint, filter: &Filter) -> Result<Lag> {
+        self.inner.partition_lag(after, filter).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -197,8 +197,8 @@ impl Source for AnySource {
         self.inner.leave(filter).await
     }
 
-    async fn partition_head(&self, partition: PartitionSlice) -> Result<Option<Checkpoint>> {
-        self.inner.partition_head(partition).await
+    async fn partition_head(&self, filter: &Filter) -> Result<Option<Checkpoint>> {
+        self.inner.partition_head(filter).await
     }
 
     async fn partition_owners(&self, projection: &str) -> Result<Vec<(u32, String)>> {
