@@ -46,6 +46,7 @@ mod blue_green;
 mod commit;
 mod connect;
 mod dead_letters;
+mod document;
 pub(crate) mod error;
 mod inline;
 mod lifecycle;
