@@ -156,6 +156,16 @@ pub trait Source: Send + Sync + 'static {
         false
     }
 
+    /// Whether a runner may read the next batch while it commits the one before it: a read
+    /// after a checkpoint keeps no state and gives the same events whenever it runs (only
+    /// more of them at the head), and reading beside a commit costs the database little (a
+    /// table read by position on its own connection). A runner reads ahead only after a
+    /// full batch, and uses the read only when its commit moved the checkpoint to where the
+    /// read started. Default: `false`.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
     /// The partitions of the source itself, for the reader `projection`, when the broker
     /// splits its log into partitions and assigns them to the members of a group (Kafka): the
     /// projection then has one checkpoint per source partition (its

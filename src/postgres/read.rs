@@ -240,6 +240,11 @@ impl Source for PgStore {
         true
     }
 
+    /// A read runs on its own pooled connection, outside any transaction.
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
     async fn partition_lag(&self, after: Checkpoint, filter: &crate::core::source::Filter) -> Result<Lag> {
         match filter.partition {
             Some(slice) => self.lag_of_partition(after, slice).await,

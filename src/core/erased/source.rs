@@ -27,6 +27,7 @@ trait DynSource: Send + Sync + 'static {
     fn can_replay(&self) -> bool;
     fn check_replay_from_start<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<()>>;
     fn reads_beside(&self) -> bool;
+    fn reads_ahead(&self) -> bool;
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>>;
     fn partition_count(&self, projection: &str) -> Option<u32>;
     fn partition_assignment(&self) -> PartitionAssignment;
@@ -77,6 +78,10 @@ impl<S: Source> DynSource for S {
 
     fn reads_beside(&self) -> bool {
         Source::reads_beside(self)
+    }
+
+    fn reads_ahead(&self) -> bool {
+        Source::reads_ahead(self)
     }
 
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>> {
@@ -175,6 +180,10 @@ impl Source for AnySource {
 
     fn reads_beside(&self) -> bool {
         self.inner.reads_beside()
+    }
+
+    fn reads_ahead(&self) -> bool {
+        self.inner.reads_ahead()
     }
 
     async fn acknowledge(&self, filter: &Filter, through: Checkpoint) -> Result<()> {
