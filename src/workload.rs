@@ -63,6 +63,16 @@ const REASONS: &[&str] = &["customer request", "payment failed", "out of stock"]
 /// Open orders at once.
 pub const OPEN_ORDERS: usize = 1000;
 
+/// Every event type the workload produces.
+pub const EVENT_TYPES: [&str; 6] = [
+    "OrderCreated",
+    "ItemAdded",
+    "OrderConfirmed",
+    "OrderShipped",
+    "OrderDelivered",
+    "OrderCancelled",
+];
+
 struct Open {
     number: u64,
     /// Next step: 0 created, 1..=items item added, then confirmed, shipped/cancelled, delivered.
@@ -250,6 +260,7 @@ mod tests {
             if *v == 0 {
                 assert_eq!(e.event_type, "OrderCreated");
             }
+            assert!(EVENT_TYPES.contains(&e.event_type), "{} is listed", e.event_type);
             *v += 1;
         }
         let per_order = a.len() as f64 / last.len() as f64;

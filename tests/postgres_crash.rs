@@ -55,14 +55,7 @@ fn orders_body(prefix: &'static str) -> PgHandlers {
                 Ok(())
             }
         });
-    for ty in [
-        "OrderCreated",
-        "ItemAdded",
-        "OrderConfirmed",
-        "OrderShipped",
-        "OrderDelivered",
-        "OrderCancelled",
-    ] {
+    for ty in projectionist::workload::EVENT_TYPES {
         let upsert = upsert.clone();
         h = h.on_json(ty, move |cx, ev, v| {
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);

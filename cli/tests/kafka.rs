@@ -16,7 +16,10 @@
 //!   partitions; run it by name against Kafka or Redpanda): the same over the consumer group;
 //! - policy: malformed and failing records become dead letters (raw bytes kept), the partition
 //!   goes on, and a retry applies the failed one once;
-//! - rebuild: from the earliest offset equals the live result.
+//! - rebuild: from the earliest offset equals the live result;
+//! - topics per projection: three projections over two topics (the URL's, their own, both),
+//!   each with exactly its topics' events of its types, a checkpoint per partition of its own
+//!   topics, resumed and rebuilt exactly; a URL without a topic refuses a projection without one.
 
 mod examples_support;
 
@@ -33,7 +36,7 @@ use projectionist::kafka::rdkafka::message::{Header, OwnedHeaders};
 use projectionist::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use projectionist::kafka::rdkafka::ClientConfig;
 use projectionist::sqlite::rusqlite::Connection;
-use projectionist::workload::Orders;
+use projectionist::workload::{Orders, EVENT_TYPES};
 use projectionist_testkit as kit;
 use serde_json::json;
 
@@ -280,6 +283,13 @@ fn held(dir: &Path, log: &str) -> std::collections::BTreeSet<u32> {
         }
     }
     held
+}
+
+/// `status --json` of the store `rm.db`: the text, and the statuses.
+fn status(dir: &Path, source: &str) -> (String, Vec<serde_json::Value>) {
+    let shown = ok(&cli(dir, Some(source), "sqlite://rm.db", &["status", "--json"]));
+    let statuses = serde_json::from_str(&shown).expect("status json");
+    (shown, statuses)
 }
 
 /// Waits until `cond` holds, polling, for at most `limit`.
@@ -567,13 +577,7 @@ async fn leases_hand_a_dead_processs_partitions_over_within_the_ttl_and_take_a_n
     }
 
     // status: each partition's lease holder, checkpoint, high watermark and lag.
-    let shown = ok(&cli(
-        dir.path(),
-        Some(&source),
-        "sqlite://rm.db",
-        &["status", "--json"],
-    ));
-    let statuses: Vec<serde_json::Value> = serde_json::from_str(&shown).expect("status json");
+    let (shown, statuses) = status(dir.path(), &source);
     let summary: Vec<&serde_json::Value> = statuses.iter().filter(|s| s["name"] == "order_summary").collect();
     assert_eq!(summary.len(), 8, "{shown}");
     let mut owners = std::collections::BTreeSet::new();
@@ -886,4 +890,188 @@ async fn a_rebuild_from_the_earliest_offset_equals_the_live_read_model() {
     ));
     assert_eq!(sqlite_all(&db), live, "rebuilt == live");
     assert_eq!(total(&checkpoints(&db, "order_summary")), 5_000);
+}
+
+/// A log table per projection: one row per event it applied (stream, version, type).
+fn log_projection(name: &str, subject: Option<&str>, types: &[&str]) -> String {
+    let mut out = format!(
+        "\n[[projection]]\nname = \"{name}\"\n{}setup = \"CREATE TABLE IF NOT EXISTS {name} (stream_id TEXT NOT NULL, version INTEGER NOT NULL, type TEXT NOT NULL, PRIMARY KEY (stream_id, version))\"\n[projection.handlers]\n",
+        subject.map_or(String::new(), |s| format!("subject = \"{s}\"\n"))
+    );
+    for t in types {
+        out.push_str(&format!(
+            "{t} = \"INSERT INTO {name} (stream_id, version, type) VALUES (:stream_id, :stream_version, :event_type)\"\n"
+        ));
+    }
+    out
+}
+
+type Logged = std::collections::BTreeSet<(String, i64, String)>;
+
+fn logged(db: &Path, table: &str) -> Logged {
+    rows(
+        db,
+        &format!("SELECT stream_id, version, type FROM {table}"),
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .into_iter()
+    .collect()
+}
+
+/// `count` payment events after `skip` (stream `pay-N`, a `PaymentReceived` then alternately
+/// refunds and receipts), as records and as what a log of `types` holds.
+fn payments(skip: u64, count: u64) -> Vec<(Record, (String, i64, String))> {
+    (skip..skip + count)
+        .map(|i| {
+            let stream = format!("pay-{}", i % 40);
+            let version = (i / 40 + 1) as i64;
+            let kind = if version % 2 == 1 {
+                "PaymentReceived"
+            } else {
+                "PaymentRefunded"
+            };
+            let value = json!({"stream_id": stream, "stream_version": version, "type": kind,
+                               "data": {"amount": i}});
+            (
+                (
+                    Some(stream.clone()),
+                    serde_json::to_vec(&value).expect("json"),
+                    Vec::new(),
+                ),
+                (stream, version, kind.to_owned()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_projection_reads_its_own_topics_with_a_checkpoint_per_partition() {
+    const TEST: &str = "each_projection_reads_its_own_topics_with_a_checkpoint_per_partition";
+    let Some(broker) = broker_or_skip(TEST) else {
+        return;
+    };
+    let (orders_topic, payments_topic) = (
+        broker.topic("own-orders", 3).await,
+        broker.topic("own-payments", 2).await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // order_log reads the URL's topic; payment_log its own, and handles only receipts (the
+    // event-type filter); all_log both topics. Each also handles a type that only the other
+    // topic carries, which it must never see.
+    let mut every: Vec<&str> = EVENT_TYPES.to_vec();
+    every.extend(["PaymentReceived", "PaymentRefunded"]);
+    let config = [
+        log_projection("order_log", None, &every),
+        log_projection(
+            "payment_log",
+            Some(&payments_topic),
+            &["PaymentReceived", "OrderCreated"],
+        ),
+        log_projection(
+            "all_log",
+            Some(&format!("{orders_topic}, {payments_topic}")),
+            &every,
+        ),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("projectionist.toml"), &config).expect("config");
+    let source = broker.source(&orders_topic);
+    let db = dir.path().join("rm.db");
+    let producer = broker.producer();
+
+    let (mut want_orders, mut want_payments) = (Logged::new(), Logged::new());
+    for round in 0..2u64 {
+        // Round 0: 3,000 orders events and 600 payments; round 1: more of each, then a resume.
+        let (count, seed) = if round == 0 { (3_000, 5) } else { (900, 6) };
+        let mut records = Vec::new();
+        for e in Orders::new(seed, count) {
+            let stream = format!("r{round}-{}", e.stream_id);
+            let envelope = json!({"stream_id": stream, "stream_version": e.stream_version,
+                                  "type": e.event_type, "data": e.data});
+            records.push((
+                Some(stream.clone()),
+                serde_json::to_vec(&envelope).expect("json"),
+                Vec::new(),
+            ));
+            want_orders.insert((stream, e.stream_version, e.event_type.to_owned()));
+        }
+        produce(&producer, &orders_topic, &records).await;
+        let paid = payments(round * 600, if round == 0 { 600 } else { 200 });
+        let records: Vec<Record> = paid.iter().map(|(r, _)| r.clone()).collect();
+        produce(&producer, &payments_topic, &records).await;
+        want_payments.extend(paid.into_iter().map(|(_, l)| l));
+        ok(&cli(
+            dir.path(),
+            Some(&source),
+            "sqlite://rm.db",
+            &["run", "--once"],
+        ));
+
+        let received: Logged = want_payments
+            .iter()
+            .filter(|l| l.2 == "PaymentReceived")
+            .cloned()
+            .collect();
+        let both: Logged = want_orders.union(&want_payments).cloned().collect();
+        assert_eq!(
+            logged(&db, "order_log"),
+            want_orders,
+            "order_log: the URL's topic, exactly"
+        );
+        assert_eq!(
+            logged(&db, "payment_log"),
+            received,
+            "payment_log: its topic's receipts, exactly"
+        );
+        assert_eq!(logged(&db, "all_log"), both, "all_log: both topics, exactly");
+
+        // One checkpoint per partition of each projection's own topics, numbered across them.
+        let (o, p, a) = (
+            checkpoints(&db, "order_log"),
+            checkpoints(&db, "payment_log"),
+            checkpoints(&db, "all_log"),
+        );
+        assert_eq!(o.keys().copied().collect::<Vec<_>>(), [0, 1, 2], "{o:?}");
+        assert_eq!(p.keys().copied().collect::<Vec<_>>(), [0, 1], "{p:?}");
+        assert_eq!(a.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4], "{a:?}");
+        assert_eq!(total(&o), want_orders.len() as i64);
+        assert_eq!(total(&p), want_payments.len() as i64, "refunds are scanned past");
+        for (i, at) in a {
+            let own = if i < 3 { o[&i] } else { p[&(i - 3)] };
+            assert_eq!(at, own, "all_log[{i}] is at its topic partition's end");
+        }
+    }
+
+    // status: each projection's partitions, at their topic partition's high watermark.
+    let (shown, statuses) = status(dir.path(), &source);
+    for (name, partitions) in [("order_log", 3), ("payment_log", 2), ("all_log", 5)] {
+        let mine: Vec<&serde_json::Value> = statuses.iter().filter(|s| s["name"] == name).collect();
+        assert_eq!(mine.len(), partitions, "{name}: {shown}");
+        for s in mine {
+            assert_eq!(s["head"], s["checkpoint"], "{name} caught up: {s}");
+            assert_eq!(s["lag_events"], 0, "{name}: {s}");
+        }
+    }
+
+    // A rebuild of the two-topic projection replays both from their start.
+    let live = logged(&db, "all_log");
+    ok(&cli(
+        dir.path(),
+        Some(&source),
+        "sqlite://rm.db",
+        &["rebuild", "all_log", "--yes"],
+    ));
+    assert_eq!(logged(&db, "all_log"), live, "rebuilt == live");
+
+    // A URL without a topic serves only projections that name their own: order_log is refused
+    // up front, by name, as a usage error.
+    let untopical = kit::with_params(&broker.url, "session.timeout.ms=6000");
+    let refused = cli(dir.path(), Some(&untopical), "sqlite://rm.db", &["run", "--once"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("projection order_log has no Kafka topic"),
+        "{stderr}"
+    );
 }

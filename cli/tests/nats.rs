@@ -243,14 +243,7 @@ const STRICT_STATEMENTS: &str = r#"[
 
 fn strict_config() -> String {
     let mut config = format!("{STRICT}\n[projection.handlers]\n");
-    for ty in [
-        "OrderCreated",
-        "ItemAdded",
-        "OrderConfirmed",
-        "OrderShipped",
-        "OrderDelivered",
-        "OrderCancelled",
-    ] {
+    for ty in projectionist::workload::EVENT_TYPES {
         config.push_str(&format!("{ty} = {STRICT_STATEMENTS}\n"));
     }
     config

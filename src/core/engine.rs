@@ -523,17 +523,19 @@ impl<S: Source, St: Store> Engine<S, St> {
                 Vec::new()
             };
             for r in mine {
-                let slice = super::source::PartitionSlice {
-                    index: r.partition,
-                    count,
-                };
-                let lag = if count > 1 {
-                    self.source.partition_lag(r.checkpoint, slice).await?
+                let reader = Filter::types(p.event_types())
+                    .for_projection(p.name_arc())
+                    .in_partition(Some(super::source::PartitionSlice {
+                        index: r.partition,
+                        count,
+                    }));
+                let lag = if count > 1 || own_partitions {
+                    self.source.partition_lag(r.checkpoint, &reader).await?
                 } else {
                     self.source.lag(r.checkpoint).await?
                 };
                 let head = if own_partitions {
-                    self.source.partition_head(slice).await?.unwrap_or(head)
+                    self.source.partition_head(&reader).await?.unwrap_or(head)
                 } else {
                     head
                 };

@@ -266,9 +266,9 @@ impl<S: Source, St: Store> Worker<S, St> {
         };
         retry = self.settings.retry_min;
         self.checkpoint = record.checkpoint;
-        if let (Some(slice), Some(_)) = (self.filter.partition, self.mode.target()) {
+        if let (Some(_), Some(_)) = (self.filter.partition, self.mode.target()) {
             // A source with partitions of its own: this partition's head is the target.
-            match self.source.partition_head(slice).await {
+            match self.source.partition_head(&self.filter).await {
                 Ok(Some(head)) => self.mode.retarget(head),
                 Ok(None) => {}
                 Err(e) => return Err(self.fatal(e)),
@@ -279,6 +279,9 @@ impl<S: Source, St: Store> Worker<S, St> {
         let mut changes = self.source.changes();
         let mut checkpoint_changes = self.store.checkpoint_changes();
         let mut idle = self.settings.poll_min;
+        // The next batch, read while the one before it committed (see `reads_ahead`): the
+        // checkpoint it was read after, and the read.
+        let mut ahead: Option<(Checkpoint, Result<Batch>)> = None;
         info!(projection = self.name(), partition = self.partition, checkpoint = %self.checkpoint, %state, "worker started");
 
         loop {
@@ -311,15 +314,16 @@ impl<S: Source, St: Store> Worker<S, St> {
                 }
             }
 
-            let batch = match self
-                .source
-                .read(
-                    self.checkpoint,
-                    self.projection.options().batch_size,
-                    &self.filter,
-                )
-                .await
-            {
+            let limit = self.projection.options().batch_size;
+            let read = match ahead.take() {
+                // Read after the checkpoint this worker is at: the same read as now, only
+                // earlier (a read after a checkpoint never changes but by growing at the head).
+                Some((after, Ok(batch))) if after == self.checkpoint => Ok(batch),
+                // Read after another checkpoint (the batch failed, or was fenced), or failed:
+                // read again.
+                _ => self.source.read(self.checkpoint, limit, &self.filter).await,
+            };
+            let batch = match read {
                 Ok(b) => {
                     retry = self.settings.retry_min;
                     b
@@ -383,7 +387,20 @@ impl<S: Source, St: Store> Worker<S, St> {
 
             let permit = self.scheduler.acquire(self.projection.options().priority).await;
             let (before, took, from) = (self.events, Instant::now(), self.checkpoint);
-            let step = self.apply_batch(batch, &mut shutdown).await;
+            // A full batch of a source read by position: more events follow, so read the next
+            // batch while this one commits (one commit per batch, in order, as before; the
+            // read is used only if the commit moves the checkpoint to where it read from).
+            let full = batch.events.len() as u64 + batch.ignored >= limit as u64;
+            let step = if full && self.source.reads_ahead() {
+                let next = batch.scanned_to;
+                let (source, filter) = (self.source.clone(), self.filter.clone());
+                let read_next = async move { source.read(next, limit, &filter).await };
+                let (step, read) = tokio::join!(self.apply_batch(batch, &mut shutdown), read_next);
+                ahead = Some((next, read));
+                step
+            } else {
+                self.apply_batch(batch, &mut shutdown).await
+            };
             drop(permit);
             if self.checkpoint > from && self.committed_by_us {
                 // Durable now: a broker source may forget these messages.

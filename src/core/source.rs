@@ -115,14 +115,11 @@ pub trait Source: Send + Sync + 'static {
     /// How far `after` is behind the head.
     fn lag(&self, after: Checkpoint) -> impl Future<Output = Result<Lag>> + Send;
 
-    /// How far `after` is behind the head for the events of one partition. Sources that do
-    /// not partition answer for the whole log (an upper bound).
-    fn partition_lag(
-        &self,
-        after: Checkpoint,
-        partition: PartitionSlice,
-    ) -> impl Future<Output = Result<Lag>> + Send {
-        let _ = partition;
+    /// How far `after` is behind the head for the events of the reader `filter` (its
+    /// projection and [`Filter::partition`]). Sources that do not partition answer for the
+    /// whole log (an upper bound).
+    fn partition_lag(&self, after: Checkpoint, filter: &Filter) -> impl Future<Output = Result<Lag>> + Send {
+        let _ = filter;
         self.lag(after)
     }
 
@@ -156,6 +153,16 @@ pub trait Source: Send + Sync + 'static {
     /// sources keep one consumer per projection, which a second reader would share, so
     /// blue/green rebuilds refuse to run on them.
     fn reads_beside(&self) -> bool {
+        false
+    }
+
+    /// Whether a runner may read the next batch while it commits the one before it: a read
+    /// after a checkpoint keeps no state and gives the same events whenever it runs (only
+    /// more of them at the head), and reading beside a commit costs the database little (a
+    /// table read by position on its own connection). A runner reads ahead only after a
+    /// full batch, and uses the read only when its commit moved the checkpoint to where the
+    /// read started. Default: `false`.
+    fn reads_ahead(&self) -> bool {
         false
     }
 
@@ -196,14 +203,12 @@ pub trait Source: Send + Sync + 'static {
         async {}
     }
 
-    /// The checkpoint of the newest event of one partition of the source's own (see
-    /// [`partition_count`](Source::partition_count)): a catch-up or rebuild of that partition
-    /// goes to it. `None` (default): every partition reads up to [`head`](Source::head).
-    fn partition_head(
-        &self,
-        partition: PartitionSlice,
-    ) -> impl Future<Output = Result<Option<Checkpoint>>> + Send {
-        let _ = partition;
+    /// The checkpoint of the newest event of the partition of the source's own that the reader
+    /// `filter` reads (its projection's, see [`partition_count`](Source::partition_count), and
+    /// [`Filter::partition`]): a catch-up or rebuild of that partition goes to it. `None`
+    /// (default): every partition reads up to [`head`](Source::head).
+    fn partition_head(&self, filter: &Filter) -> impl Future<Output = Result<Option<Checkpoint>>> + Send {
+        let _ = filter;
         async { Ok(None) }
     }
 

@@ -1,5 +1,8 @@
 //! The source URL:
-//! `kafka://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]?topic=NAME[,NAME…][&group=PREFIX][&assignment=group|leases][&partial_history=accept][&CLIENT.SETTING=VALUE…]`.
+//! `kafka://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]…][?topic=NAME[,NAME…]][&group=PREFIX][&assignment=group|leases][&partial_history=accept][&CLIENT.SETTING=VALUE…]`.
+//!
+//! `topic` names the topics of every projection that names none of its own
+//! ([`super::KafkaSourceBuilder::topics`]); a URL without it serves only projections that do.
 //!
 //! Every parameter whose name holds a dot (`security.protocol`, `sasl.mechanism`,
 //! `sasl.username`, `sasl.password`, `ssl.ca.location`, `session.timeout.ms`, …) is passed to
@@ -22,7 +25,8 @@ pub const PARAMETERS: &[&str] = &["topic", "group", "assignment", "partial_histo
 pub struct Address {
     /// `HOST:PORT,…`, as librdkafka's `bootstrap.servers`.
     pub brokers: String,
-    /// The topics, in the URL's order.
+    /// The topics of projections that name none of their own, in the URL's order (may be
+    /// empty when every projection names its own).
     pub topics: Vec<String>,
     /// The consumer-group prefix.
     pub group_prefix: String,
@@ -136,13 +140,7 @@ impl Address {
             .join(",");
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match key.as_ref() {
-                "topic" => out.topics.extend(
-                    value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_owned),
-                ),
+                "topic" => out.topics.extend(topic_list(&value)?),
                 "group" => out.group_prefix = value.into_owned(),
                 "assignment" => {
                     out.assignment = match value.as_ref() {
@@ -179,15 +177,7 @@ impl Address {
                 }
             }
         }
-        if out.topics.is_empty() {
-            return Err(invalid(format!("a Kafka source URL names its topic: {example}")));
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = out.topics.iter().find(|t| !seen.insert(t.as_str())) {
-            return Err(invalid(format!(
-                "topic {dup} is named twice in the Kafka source URL"
-            )));
-        }
+        check_distinct(&out.topics, "the Kafka source URL")?;
         if out.client.contains_key("sasl.username") {
             out.client
                 .entry("sasl.mechanism".into())
@@ -201,7 +191,47 @@ impl Address {
 
     /// The brokers and topics, for logs (no credentials).
     pub fn location(&self) -> String {
-        format!("{} topic {}", self.brokers, self.topics.join(","))
+        if self.topics.is_empty() {
+            format!("{} (topics per projection)", self.brokers)
+        } else {
+            format!("{} topic {}", self.brokers, self.topics.join(","))
+        }
+    }
+}
+
+/// The topics of a comma-separated list (`orders, payments`), each named once.
+pub fn topic_list(text: &str) -> Result<Vec<String>> {
+    let topics: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = topics.iter().find(|t| !valid_topic(t)) {
+        return Err(invalid(format!(
+            "`{bad}` is not a Kafka topic name: use letters, digits, `.`, `_` and `-`, at most 249 characters"
+        )));
+    }
+    check_distinct(&topics, "one list")?;
+    Ok(topics)
+}
+
+/// Whether `name` is a legal Kafka topic name.
+fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn check_distinct(topics: &[String], place: &str) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    match topics.iter().find(|t| !seen.insert(t.as_str())) {
+        Some(dup) => Err(invalid(format!("topic {dup} is named twice in {place}"))),
+        None => Ok(()),
     }
 }
 
@@ -237,6 +267,20 @@ mod tests {
         assert_eq!(a.assignment, PartitionAssignment::Broker);
         assert!(a.client.is_empty());
         assert_eq!(a.location(), "localhost:9092 topic t");
+        let untopical = Address::parse("kafka://localhost").unwrap();
+        assert!(untopical.topics.is_empty());
+        assert_eq!(untopical.location(), "localhost:9092 (topics per projection)");
+    }
+
+    #[test]
+    fn topic_lists() {
+        assert_eq!(topic_list(" a, b.c ,,d_e-1").unwrap(), ["a", "b.c", "d_e-1"]);
+        assert!(topic_list("a,a").unwrap_err().to_string().contains("named twice"));
+        assert!(topic_list("orders.>")
+            .unwrap_err()
+            .to_string()
+            .contains("not a Kafka topic"));
+        assert!(topic_list("").unwrap().is_empty());
     }
 
     #[test]
@@ -244,7 +288,7 @@ mod tests {
         for (url, needle) in [
             ("localhost:9092", "no scheme"),
             ("nats://h?topic=t", "unsupported scheme"),
-            ("kafka://h", "names its topic"),
+            ("kafka://h?topic=a,b%20c", "not a Kafka topic name"),
             ("kafka://h/x?topic=t", "no path"),
             ("kafka://?topic=t", "at least one broker"),
             ("kafka://h?topic=t&stream=x", "unknown parameter `stream`"),

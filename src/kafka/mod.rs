@@ -4,8 +4,11 @@
 //! Each record of the source's topics is one event in the shared JSON envelope (see
 //! [`envelope`]); the record key stands in for a missing `stream_id`, the headers `type` and
 //! `event_id` for a missing type and id. The source has partitions of its own
-//! ([`Source::partition_count`]): every projection has one checkpoint per Kafka partition (its
-//! offset plus one), numbered across the topics in the URL's order.
+//! ([`Source::partition_count`]): every projection has one checkpoint per Kafka partition of its
+//! topics (its offset plus one), numbered across its topics in the order of their names. A projection reads
+//! the URL's topics (`?topic=`), or topics of its own ([`KafkaSourceBuilder::topics`], the
+//! `subject` key of a declarative projection); either way only the event types it handles are
+//! decoded and applied, the others are counted as ignored.
 //!
 //! **Exactly-once effect.** A partition's checkpoint commits in the read model's transaction.
 //! Readers are assigned to their partition at the checkpoint (never at the group's committed
@@ -46,7 +49,7 @@ use self::reader::Reader;
 use self::watermark::{watermarks, METADATA_WAIT};
 use crate::core::error::{Error, Result};
 use crate::core::event::Checkpoint;
-use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, PartitionSlice, Source};
+use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, Source};
 
 /// The metric counting records dropped below a checkpoint, labelled by projection.
 pub const METRIC_REDELIVERED: &str = "projectionist_kafka_redelivered_total";
@@ -58,13 +61,30 @@ pub const METRIC_MALFORMED: &str = "projectionist_kafka_malformed_total";
 /// every partition at once, then asks each partition again.
 const PROBE_REUSE: Duration = Duration::from_secs(2);
 
-/// The source's topics and their partitions, numbered in one sequence.
+/// A projection's topics and their partitions, numbered in one sequence.
 pub(crate) struct Topics {
     /// Each topic, its partition count, and the number of its partition 0.
     list: Vec<(String, u32, u32)>,
 }
 
 impl Topics {
+    /// `names` with their partition counts from `counts`, numbered in the order of their
+    /// names (so that listing the same topics in another order keeps every checkpoint's place).
+    fn new(names: &[String], counts: &HashMap<String, u32>) -> Result<Self> {
+        let mut sorted: Vec<&String> = names.iter().collect();
+        sorted.sort();
+        let mut list = Vec::new();
+        let mut base = 0u32;
+        for name in sorted {
+            let count = *counts
+                .get(name)
+                .ok_or_else(|| Error::Internal(format!("Kafka topic {name} was not looked up")))?;
+            list.push((name.clone(), count, base));
+            base += count;
+        }
+        Ok(Topics { list })
+    }
+
     fn total(&self) -> u32 {
         self.list.iter().map(|(_, n, _)| n).sum()
     }
@@ -107,23 +127,175 @@ pub struct KafkaSource {
     inner: Arc<Inner>,
 }
 
+/// Builds a [`KafkaSource`]: the URL, and the projections that read topics of their own.
+///
+/// ```no_run
+/// # async fn open() -> projectionist::Result<()> {
+/// use projectionist::kafka::KafkaSource;
+/// let source = KafkaSource::builder("kafka://127.0.0.1:9092?topic=orders")
+///     .topics("payment_totals", "payments")
+///     .topics("audit_log", "orders,payments")
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct KafkaSourceBuilder {
+    url: String,
+    own: Vec<(String, String)>,
+}
+
+impl KafkaSourceBuilder {
+    /// The topics of `projection`: a comma-separated list (`orders,payments`), read instead of
+    /// the URL's. Its checkpoints are one per partition of these topics, numbered across them
+    /// in the order of their names.
+    pub fn topics(mut self, projection: impl Into<String>, topics: impl Into<String>) -> Self {
+        self.own.push((projection.into(), topics.into()));
+        self
+    }
+
+    /// Connects to the brokers and reads every topic's partition count. A missing topic is a
+    /// configuration error.
+    pub async fn connect(self) -> Result<KafkaSource> {
+        let address = Address::parse(&self.url)?;
+        let mut own: Vec<(String, Vec<String>)> = Vec::new();
+        for (projection, text) in self.own {
+            let topics = address::topic_list(&text)
+                .map_err(|e| config_error(format!("projection {projection}'s Kafka topics: {e}")))?;
+            if topics.is_empty() {
+                return Err(config_error(format!(
+                    "projection {projection} names no Kafka topic; give it one or more, comma-separated"
+                )));
+            }
+            own.retain(|(p, _)| *p != projection);
+            own.push((projection, topics));
+        }
+        if address.topics.is_empty() && own.is_empty() {
+            return Err(config_error(
+                "a Kafka source names its topics: ?topic=NAME in the URL (every projection's), or                  per projection (`subject = \"NAME\"` in its [[projection]])"
+                    .into(),
+            ));
+        }
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &address.brokers)
+            .set("client.id", crate::core::lease::node_id())
+            .set("enable.partition.eof", "false");
+        for (k, v) in &address.client {
+            config.set(k, v);
+        }
+        let mut names: Vec<String> = address.topics.clone();
+        for (_, topics) in &own {
+            for t in topics {
+                if !names.contains(t) {
+                    names.push(t.clone());
+                }
+            }
+        }
+        let admin_config = config.clone();
+        let (admin, counts) = blocking(move || {
+            let admin: BaseConsumer = admin_config
+                .create()
+                .map_err(|e| config_or_broker("creating the Kafka client", e))?;
+            let mut counts = HashMap::new();
+            for name in names {
+                let count = partitions_of(&admin, &name)?;
+                counts.insert(name, count);
+            }
+            Ok((admin, counts))
+        })
+        .await?;
+        let default = Arc::new(Topics::new(&address.topics, &counts)?);
+        let mut by_projection = HashMap::new();
+        for (projection, topics) in own {
+            by_projection.insert(projection, Arc::new(Topics::new(&topics, &counts)?));
+        }
+        let mut every: Vec<(String, i32)> = Vec::new();
+        for (name, count) in &counts {
+            for p in 0..*count {
+                every.push((name.clone(), i32::try_from(p).unwrap_or(i32::MAX)));
+            }
+        }
+        every.sort();
+        Ok(KafkaSource {
+            inner: Arc::new(Inner {
+                address,
+                config,
+                topics: default,
+                own_topics: by_projection,
+                every,
+                admin: Arc::new(admin),
+                readers: Mutex::new(HashMap::new()),
+                members: Mutex::new(HashMap::new()),
+                changes: watch::channel(0).0,
+                probed: Mutex::new(HashMap::new()),
+                redelivered: AtomicU64::new(0),
+                malformed: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// The partition count of topic `name` (blocking); a missing topic is a configuration error.
+fn partitions_of(admin: &BaseConsumer, name: &str) -> Result<u32> {
+    let metadata = admin
+        .fetch_metadata(Some(name), METADATA_WAIT)
+        .map_err(|e| broker(format!("reading the metadata of topic {name}"), e))?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == name && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as u32);
+    if count == 0 {
+        return Err(config_error(format!(
+            "Kafka topic {name} does not exist (or has no partitions); create it with the \
+             partitions you want (each is one checkpoint, and one unit of scale-out)"
+        )));
+    }
+    Ok(count)
+}
+
 type Shared<T> = Arc<Mutex<T>>;
 /// A partition's watermarks (low, high), and when they were probed.
 type Probed = (Instant, (i64, i64));
-/// Each projection's reader of each partition.
-type Readers = HashMap<(Arc<str>, u32), Shared<Reader>>;
+/// A topic and one of its partitions.
+type TopicPartition = (String, i32);
+/// Each projection's reader of each partition, and when it last read.
+type Readers = HashMap<(Arc<str>, u32), (Instant, Shared<Reader>)>;
+
+/// How long a reader may go unread before it is closed (with the records it prefetched): a
+/// partition whose lease moved to another process, a paused projection. A running reader
+/// reads at least every poll interval, a second or less.
+const IDLE_READER: Duration = Duration::from_secs(30);
+
+/// Takes the readers unread for [`IDLE_READER`] (and not reading now) out of `readers`.
+fn close_idle(readers: &mut Readers, now: Instant) -> Vec<Shared<Reader>> {
+    let idle: Vec<(Arc<str>, u32)> = readers
+        .iter()
+        .filter(|(_, (used, r))| now.duration_since(*used) >= IDLE_READER && Arc::strong_count(r) == 1)
+        .map(|(k, _)| k.clone())
+        .collect();
+    idle.iter()
+        .filter_map(|k| readers.remove(k).map(|(_, r)| r))
+        .collect()
+}
 
 struct Inner {
     address: Address,
     config: ClientConfig,
+    /// The URL's topics: those of every projection that names none of its own.
     topics: Arc<Topics>,
+    /// The projections that read topics of their own.
+    own_topics: HashMap<String, Arc<Topics>>,
+    /// Every partition of every topic the source reads, for [`Source::head`].
+    every: Vec<TopicPartition>,
     /// For metadata, watermarks and group descriptions.
     admin: Arc<BaseConsumer>,
     readers: Mutex<Readers>,
     members: Mutex<HashMap<Arc<str>, Arc<Member>>>,
     changes: watch::Sender<u64>,
     /// Each partition's last probed watermarks, and when.
-    probed: Mutex<HashMap<u32, Probed>>,
+    probed: Mutex<HashMap<TopicPartition, Probed>>,
     redelivered: AtomicU64,
     malformed: AtomicU64,
 }
@@ -140,60 +312,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 impl KafkaSource {
-    /// Connects to the brokers of `url` and reads its topics' partition counts. A missing
-    /// topic is a configuration error.
+    /// Connects to the brokers of `url` and reads its topics' partition counts: every
+    /// projection reads the URL's topics. A missing topic is a configuration error.
     pub async fn connect(url: &str) -> Result<Self> {
-        let address = Address::parse(url)?;
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &address.brokers)
-            .set("client.id", crate::core::lease::node_id())
-            .set("enable.partition.eof", "false");
-        for (k, v) in &address.client {
-            config.set(k, v);
+        Self::builder(url).connect().await
+    }
+
+    /// A builder, for projections that read topics of their own.
+    pub fn builder(url: &str) -> KafkaSourceBuilder {
+        KafkaSourceBuilder {
+            url: url.to_owned(),
+            own: Vec::new(),
         }
-        let (admin_config, names) = (config.clone(), address.topics.clone());
-        let (admin, topics) = blocking(move || {
-            let admin: BaseConsumer = admin_config
-                .create()
-                .map_err(|e| config_or_broker("creating the Kafka client", e))?;
-            let mut list = Vec::new();
-            let mut base = 0u32;
-            for name in names {
-                let metadata = admin
-                    .fetch_metadata(Some(&name), METADATA_WAIT)
-                    .map_err(|e| broker(format!("reading the metadata of topic {name}"), e))?;
-                let count = metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == name && t.error().is_none())
-                    .map_or(0, |t| t.partitions().len() as u32);
-                if count == 0 {
-                    return Err(config_error(format!(
-                        "Kafka topic {name} does not exist (or has no partitions); create it with the \
-                         partitions you want (each is one checkpoint, and one unit of scale-out)"
-                    )));
-                }
-                list.push((name, count, base));
-                base += count;
-            }
-            Ok((admin, Topics { list }))
-        })
-        .await?;
-        Ok(KafkaSource {
-            inner: Arc::new(Inner {
-                address,
-                config,
-                topics: Arc::new(topics),
-                admin: Arc::new(admin),
-                readers: Mutex::new(HashMap::new()),
-                members: Mutex::new(HashMap::new()),
-                changes: watch::channel(0).0,
-                probed: Mutex::new(HashMap::new()),
-                redelivered: AtomicU64::new(0),
-                malformed: AtomicU64::new(0),
-            }),
-        })
     }
 
     /// The brokers and topics, for logs (no credentials).
@@ -216,11 +346,42 @@ impl KafkaSource {
         self.inner.malformed.load(Ordering::Relaxed)
     }
 
-    fn slice(&self, filter: &Filter) -> Result<u32> {
-        let total = self.inner.topics.total();
+    /// The topics `projection` reads (its own, else the URL's), in the order of their names,
+    /// which numbers its partitions. A configuration error when it has none.
+    pub fn topics_for(&self, projection: &str) -> Result<Vec<String>> {
+        Ok(self.topics_of(projection)?.names().map(str::to_owned).collect())
+    }
+
+    /// The topics `projection` reads.
+    fn topics_of(&self, projection: &str) -> Result<Arc<Topics>> {
+        if let Some(own) = self.inner.own_topics.get(projection) {
+            return Ok(own.clone());
+        }
+        if self.inner.topics.list.is_empty() {
+            return Err(config_error(format!(
+                "projection {projection} has no Kafka topic: the source URL names none (?topic=NAME), \
+                 and neither does the projection (`subject = \"NAME\"` in its [[projection]])"
+            )));
+        }
+        Ok(self.inner.topics.clone())
+    }
+
+    /// The topic and partition that the reader `filter` reads.
+    fn locate(&self, filter: &Filter) -> Result<TopicPartition> {
+        let (topics, index) = self.slice(filter)?;
+        topics
+            .locate(index)
+            .map(|(t, p)| (t.to_owned(), p))
+            .ok_or_else(|| Error::Internal(format!("no Kafka partition has index {index}")))
+    }
+
+    /// The reader `filter`'s topics, and the index of its partition among theirs.
+    fn slice(&self, filter: &Filter) -> Result<(Arc<Topics>, u32)> {
+        let topics = self.topics_of(filter.projection.as_deref().unwrap_or(""))?;
+        let total = topics.total();
         match filter.partition {
-            Some(s) if s.count == total => Ok(s.index),
-            None if total == 1 => Ok(0),
+            Some(s) if s.count == total => Ok((topics, s.index)),
+            None if total == 1 => Ok((topics, 0)),
             Some(s) => Err(config_error(format!(
                 "the projection's checkpoints are for {} partitions, and the Kafka topics have {total} \
                  now: rebuild the projection",
@@ -233,30 +394,35 @@ impl KafkaSource {
     }
 
     /// A partition's watermarks, probed now.
-    async fn watermarks(&self, index: u32) -> Result<(i64, i64)> {
-        let (topic, partition) = self
-            .inner
-            .topics
-            .locate(index)
-            .ok_or_else(|| Error::Internal(format!("no Kafka partition has index {index}")))?;
-        let (topic, config) = (topic.to_owned(), self.inner.config.clone());
+    async fn watermarks(&self, at: TopicPartition) -> Result<(i64, i64)> {
+        let config = self.inner.config.clone();
         let group = format!("{}probe", self.inner.address.group_prefix);
+        let (topic, partition) = at.clone();
         let marks = blocking(move || watermarks(&config, &group, &topic, partition)).await?;
-        lock(&self.inner.probed)?.insert(index, (Instant::now(), marks));
+        lock(&self.inner.probed)?.insert(at, (Instant::now(), marks));
         Ok(marks)
     }
 
     /// A partition's watermarks as probed less than [`PROBE_REUSE`] ago (by [`Source::head`],
     /// which probes them all at once), or probed now.
-    async fn recent_watermarks(&self, index: u32) -> Result<(i64, i64)> {
+    async fn recent_watermarks(&self, at: TopicPartition) -> Result<(i64, i64)> {
         let recent = lock(&self.inner.probed)?
-            .get(&index)
-            .filter(|(at, _)| at.elapsed() < PROBE_REUSE)
+            .get(&at)
+            .filter(|(when, _)| when.elapsed() < PROBE_REUSE)
             .map(|(_, marks)| *marks);
         match recent {
             Some(marks) => Ok(marks),
-            None => self.watermarks(index).await,
+            None => self.watermarks(at).await,
         }
+    }
+
+    /// How far `after` is behind the high watermark of one partition.
+    async fn lag_of(&self, after: Checkpoint, at: TopicPartition) -> Result<Lag> {
+        let (_, high) = self.recent_watermarks(at).await?;
+        Ok(Lag {
+            events: u64::try_from(high - after.position).unwrap_or(0),
+            oldest: None,
+        })
     }
 
     fn member(&self, projection: &str) -> Result<Option<Arc<Member>>> {
@@ -273,7 +439,7 @@ fn config_or_broker(op: &str, e: rdkafka::error::KafkaError) -> Error {
 
 impl Source for KafkaSource {
     async fn read(&self, after: Checkpoint, limit: usize, filter: &Filter) -> Result<Batch> {
-        let index = self.slice(filter)?;
+        let (topics, index) = self.slice(filter)?;
         let projection: Arc<str> = filter.projection.clone().unwrap_or_else(|| Arc::from(""));
         if let Some(member) = self.member(&projection)? {
             if !member.holds(index) {
@@ -284,26 +450,32 @@ impl Source for KafkaSource {
                 });
             }
         }
-        let reader = {
+        let (reader, idle) = {
             let mut readers = lock(&self.inner.readers)?;
-            let (topic, partition) = self
-                .inner
-                .topics
+            let (topic, partition) = topics
                 .locate(index)
                 .ok_or_else(|| Error::Internal(format!("no Kafka partition has index {index}")))?;
-            readers
-                .entry((projection.clone(), index))
-                .or_insert_with(|| {
+            let now = Instant::now();
+            let idle = close_idle(&mut readers, now);
+            let (used, reader) = readers.entry((projection.clone(), index)).or_insert_with(|| {
+                (
+                    now,
                     Arc::new(Mutex::new(Reader::new(
                         topic.to_owned(),
                         partition,
                         projection.to_string(),
                         self.group_of(&projection),
                         self.inner.address.accept_partial_history,
-                    )))
-                })
-                .clone()
+                    ))),
+                )
+            });
+            *used = now;
+            (reader.clone(), idle)
         };
+        if !idle.is_empty() {
+            // Closing a consumer waits for its broker connections: off the async threads.
+            tokio::task::spawn_blocking(move || drop(idle));
+        }
         let (config, filter) = (self.inner.config.clone(), filter.clone());
         let read = blocking(move || lock(&reader)?.read(&config, after, limit, &filter)).await?;
         if read.redelivered > 0 {
@@ -321,14 +493,14 @@ impl Source for KafkaSource {
         Ok(read.batch)
     }
 
-    /// The highest high watermark of the partitions (each partition's own is
+    /// The highest high watermark of the partitions of every topic (each partition's own is
     /// [`partition_head`](Source::partition_head)).
     async fn head(&self) -> Result<Checkpoint> {
         // Every partition at once: a probe costs a client and a fetch (seconds on tansu).
         let mut probes = tokio::task::JoinSet::new();
-        for index in 0..self.inner.topics.total() {
+        for at in self.inner.every.iter().cloned() {
             let source = self.clone();
-            probes.spawn(async move { source.watermarks(index).await });
+            probes.spawn(async move { source.watermarks(at).await });
         }
         let mut head = 0;
         while let Some(probe) = probes.join_next().await {
@@ -338,17 +510,22 @@ impl Source for KafkaSource {
         Ok(Checkpoint::at(head))
     }
 
+    /// The lag of the first partition of the URL's topics (an estimate: each partition's own is
+    /// [`partition_lag`](Source::partition_lag)).
     async fn lag(&self, after: Checkpoint) -> Result<Lag> {
-        self.partition_lag(after, PartitionSlice { index: 0, count: 1 })
-            .await
+        let Some(first) = self.inner.every.first().cloned() else {
+            return Ok(Lag::default());
+        };
+        let at = match self.inner.topics.locate(0) {
+            Some((t, p)) => (t.to_owned(), p),
+            None => first,
+        };
+        self.lag_of(after, at).await
     }
 
-    async fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> Result<Lag> {
-        let (_, high) = self.recent_watermarks(partition.index).await?;
-        Ok(Lag {
-            events: u64::try_from(high - after.position).unwrap_or(0),
-            oldest: None,
-        })
+    async fn partition_lag(&self, after: Checkpoint, filter: &Filter) -> Result<Lag> {
+        let at = self.locate(filter)?;
+        self.lag_of(after, at).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -365,7 +542,7 @@ impl Source for KafkaSource {
             return Ok(());
         }
         let projection = filter.projection.as_deref().unwrap_or("").to_owned();
-        let (admin, topics) = (self.inner.admin.clone(), self.inner.topics.clone());
+        let (admin, topics) = (self.inner.admin.clone(), self.topics_of(&projection)?);
         blocking(move || {
             for index in 0..topics.total() {
                 let Some((topic, partition)) = topics.locate(index) else {
@@ -384,9 +561,10 @@ impl Source for KafkaSource {
         .await
     }
 
+    /// The partitions of `projection`'s topics (`None` when it has none: its reads then fail
+    /// with a configuration error that says where to name them).
     fn partition_count(&self, projection: &str) -> Option<u32> {
-        let _ = projection;
-        Some(self.inner.topics.total())
+        self.topics_of(projection).ok().map(|t| t.total())
     }
 
     fn partition_assignment(&self) -> PartitionAssignment {
@@ -401,7 +579,7 @@ impl Source for KafkaSource {
         let (config, group, topics) = (
             self.inner.config.clone(),
             self.group_of(&projection),
-            self.inner.topics.clone(),
+            self.topics_of(&projection)?,
         );
         let member = Arc::new(blocking(move || Member::join(&config, &group, topics)).await?);
         let assigned = member.assigned.clone();
@@ -420,17 +598,16 @@ impl Source for KafkaSource {
         }
     }
 
-    async fn partition_head(&self, partition: PartitionSlice) -> Result<Option<Checkpoint>> {
-        Ok(Some(Checkpoint::at(
-            self.recent_watermarks(partition.index).await?.1,
-        )))
+    async fn partition_head(&self, filter: &Filter) -> Result<Option<Checkpoint>> {
+        let at = self.locate(filter)?;
+        Ok(Some(Checkpoint::at(self.recent_watermarks(at).await?.1)))
     }
 
     async fn partition_owners(&self, projection: &str) -> Result<Vec<(u32, String)>> {
         let (admin, group, topics) = (
             self.inner.admin.clone(),
             self.group_of(projection),
-            self.inner.topics.clone(),
+            self.topics_of(projection)?,
         );
         blocking(move || {
             let list = admin
@@ -462,12 +639,63 @@ impl Source for KafkaSource {
         let Some(member) = self.member(projection)? else {
             return Ok(());
         };
-        let index = self.slice(filter)?;
-        if let Some((topic, partition)) = self.inner.topics.locate(index) {
-            if let Err(e) = member.commit(topic, partition, through.position) {
-                warn!(projection, error = %e, "cannot commit the offset to the consumer group (only tools that watch it lag)");
-            }
+        let (topic, partition) = self.locate(filter)?;
+        if let Err(e) = member.commit(&topic, partition, through.position) {
+            warn!(projection, error = %e, "cannot commit the offset to the consumer group (only tools that watch it lag)");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(topic: &str) -> Shared<Reader> {
+        Arc::new(Mutex::new(Reader::new(
+            topic.into(),
+            0,
+            "p".into(),
+            "g".into(),
+            false,
+        )))
+    }
+
+    #[test]
+    fn readers_unread_for_a_while_are_closed_unless_reading() {
+        let start = Instant::now();
+        let mut readers = Readers::new();
+        let busy = reader("busy");
+        readers.insert((Arc::from("p"), 0), (start, reader("idle")));
+        readers.insert((Arc::from("p"), 1), (start, busy.clone()));
+        readers.insert((Arc::from("p"), 2), (start + IDLE_READER, reader("recent")));
+        assert!(close_idle(&mut readers, start + IDLE_READER / 2).is_empty());
+        let closed = close_idle(&mut readers, start + IDLE_READER);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].lock().unwrap().topic, "idle");
+        let mut left: Vec<u32> = readers.keys().map(|k| k.1).collect();
+        left.sort_unstable();
+        assert_eq!(left, [1, 2], "the busy reader and the recent one stay");
+        drop(busy);
+        assert_eq!(
+            close_idle(&mut readers, start + IDLE_READER * 3 / 2).len(),
+            1,
+            "once done, the busy one"
+        );
+    }
+
+    #[test]
+    fn topics_number_partitions_across_their_list() {
+        let counts: HashMap<String, u32> = [("a".to_owned(), 3), ("b".to_owned(), 2)].into();
+        let ab = Topics::new(&["b".into(), "a".into()], &counts).unwrap();
+        assert_eq!(ab.total(), 5);
+        assert_eq!(ab.locate(0), Some(("a", 0)));
+        assert_eq!(ab.locate(3), Some(("b", 0)));
+        assert_eq!(ab.locate(4), Some(("b", 1)));
+        assert_eq!(ab.locate(5), None);
+        assert_eq!(ab.index("b", 1), Some(4));
+        let b = Topics::new(&["b".into()], &counts).unwrap();
+        assert_eq!((b.total(), b.locate(1)), (2, Some(("b", 1))));
+        assert!(Topics::new(&["c".into()], &counts).is_err());
     }
 }

@@ -21,6 +21,11 @@ use crate::core::source::{Batch, Filter};
 /// How long a read waits for its first record.
 const FIRST_WAIT: Duration = Duration::from_millis(200);
 
+/// The records a reader prefetches, at most (KiB): several batches ahead of the runner, and a
+/// bound on memory, since a rebuild keeps a reader per partition (librdkafka's default is
+/// 64 MiB each). A URL's `queued.max.messages.kbytes` overrides it.
+const PREFETCH_KIB: &str = "2048";
+
 pub(crate) struct Reader {
     pub topic: String,
     pub partition: i32,
@@ -68,12 +73,14 @@ impl Reader {
         let what = format!("partition {}[{}]", self.topic, self.partition);
         if self.consumer.is_none() {
             let mut config = config.clone();
+            if config.get("queued.max.messages.kbytes").is_none() {
+                config.set("queued.max.messages.kbytes", PREFETCH_KIB);
+            }
             config
                 .set("group.id", &self.group)
                 .set("enable.auto.commit", "false")
                 .set("auto.offset.reset", "error")
-                .set("enable.partition.eof", "true")
-                .set("queued.max.messages.kbytes", "8192");
+                .set("enable.partition.eof", "true");
             let consumer: BaseConsumer<Quiet> = config
                 .create_with_context(Quiet)
                 .map_err(|e| broker(format!("opening a reader of {what}"), e))?;

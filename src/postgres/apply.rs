@@ -20,7 +20,7 @@ use tokio_postgres::types::ToSql;
 use super::batch::{self, Origin, PgBatch, PipelineError, Queued, ReadRequest};
 use super::dispatch::{BatchDispatch, CallError, Step};
 use super::error;
-use crate::core::document::{quote_ident, Row};
+use crate::core::document::{quote_ident, JsonRow, Row};
 use crate::core::error::{BatchFailure, Error, HandlerError};
 use crate::core::event::Event;
 use crate::core::projection::{Applied, Prefetch};
@@ -379,9 +379,9 @@ pub(crate) fn prefetch_sql(table: &str, key_column: &str) -> String {
 }
 
 impl Flusher<'_, '_> {
-    /// The rows of one prefetch, as JSON objects, read in this transaction.
-    pub(crate) async fn load(&mut self, p: &Prefetch) -> Result<Vec<Row>, PrefetchError> {
-        let q = prefetch_sql(&p.table, &p.key_column);
+    /// The rows of one prefetch, each as its key and JSON text, read in this transaction.
+    pub(crate) async fn load(&mut self, p: &Prefetch) -> Result<Vec<JsonRow>, PrefetchError> {
+        let q = super::document::prefetch_json_sql(&p.table, &p.key_column);
         let rows = match self.tx.query(&q, &[&p.keys]).await {
             Ok(rows) => rows,
             Err(e) if !error::retryable(&e) => {
@@ -395,10 +395,11 @@ impl Flusher<'_, '_> {
         };
         let mut loaded = Vec::with_capacity(rows.len());
         for r in &rows {
-            match r.try_get::<_, serde_json::Value>(0) {
-                Ok(serde_json::Value::Object(m)) => loaded.push(m),
-                Ok(_) => {}
-                Err(e) => return Err(PrefetchError::Store(error::db("loading documents", e))),
+            match (r.try_get::<_, String>(0), r.try_get::<_, String>(1)) {
+                (Ok(key), Ok(json)) => loaded.push(JsonRow { key, json }),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Err(PrefetchError::Store(error::db("loading documents", e)))
+                }
             }
         }
         Ok(loaded)

@@ -146,8 +146,8 @@ pub struct PgBatch {
     queue: Mutex<Vec<Queued>>,
     origin: Mutex<Origin>,
     schema: String,
-    /// Rows loaded before the body ran (its `prefetch`), by table.
-    prefetched: Mutex<HashMap<String, Vec<crate::core::document::Row>>>,
+    /// Rows loaded before the body ran (its `prefetch`), by table, as JSON text.
+    prefetched: Mutex<HashMap<String, Vec<crate::core::document::JsonRow>>>,
     checks: Mutex<Vec<Check>>,
     document_write: DocumentWrite,
     /// Where queries go while the store applies a body ([`super::apply`]): the async side that
@@ -271,11 +271,31 @@ impl PgBatch {
     }
 
     /// Hands the body the rows of its prefetch.
-    pub(crate) fn set_prefetched(&self, table: String, rows: Vec<crate::core::document::Row>) {
+    pub(crate) fn set_prefetched(&self, table: String, rows: Vec<crate::core::document::JsonRow>) {
         self.prefetched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(table, rows);
+    }
+
+    fn has_prefetched(&self, table: &str) -> bool {
+        self.prefetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(table)
+    }
+
+    /// The prefetched rows of `table` whose key is one of `keys`.
+    fn prefetched_json(&self, table: &str, keys: &[&str]) -> Vec<crate::core::document::JsonRow> {
+        let prefetched = self.prefetched.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rows) = prefetched.get(table) else {
+            return Vec::new();
+        };
+        let wanted: std::collections::HashSet<&str> = keys.iter().copied().collect();
+        rows.iter()
+            .filter(|r| wanted.contains(r.key.as_str()))
+            .cloned()
+            .collect()
     }
 
     fn push_document_upsert(&self, sql: Sql) {
@@ -417,7 +437,7 @@ pub(crate) async fn run_in_window(
 }
 
 /// The temporary table of `DocumentWrite::CopyTemp`.
-const COPY_TABLE: &str = "projectionist_document_rows";
+pub(super) const COPY_TABLE: &str = "projectionist_document_rows";
 
 async fn copy_upsert(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -573,25 +593,16 @@ impl crate::core::document::DocumentStorage for PgBatch {
         key_column: &str,
         keys: &[&str],
     ) -> Result<Vec<crate::core::document::Row>, crate::core::error::HandlerError> {
-        let prefetched = self.prefetched.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(rows) = prefetched.get(table) else {
-            drop(prefetched);
+        if !self.has_prefetched(table) {
             // Not prefetched: read them now, in the batch's transaction.
             let sql = super::apply::prefetch_sql(table, key_column);
             let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-            let rows = self.read_raw(sql, vec![Box::new(keys) as PgParam])?;
-            return Ok(rows);
-        };
-        let wanted: std::collections::HashSet<&str> = keys.iter().copied().collect();
-        Ok(rows
+            return self.read_raw(sql, vec![Box::new(keys) as PgParam]);
+        }
+        self.prefetched_json(table, keys)
             .iter()
-            .filter(|r| {
-                r.get(key_column)
-                    .and_then(|v| v.as_str())
-                    .is_some_and(|k| wanted.contains(k))
-            })
-            .cloned()
-            .collect())
+            .map(|r| serde_json::from_str(&r.json).map_err(Into::into))
+            .collect()
     }
 
     /// Queues one bulk upsert of every row.
@@ -601,56 +612,69 @@ impl crate::core::document::DocumentStorage for PgBatch {
         key_column: &str,
         rows: &[crate::core::document::Row],
     ) -> Result<(), crate::core::error::HandlerError> {
-        use crate::core::document::quote_ident;
         let Some(first) = rows.first() else { return Ok(()) };
-        let columns: Vec<&String> = first.keys().collect();
-        let cols = columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let updates = columns
-            .iter()
-            .filter(|c| c.as_str() != key_column)
-            .map(|c| format!("{0} = excluded.{0}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let conflict = if updates.is_empty() {
-            "DO NOTHING".to_owned()
-        } else {
-            format!("DO UPDATE SET {updates}")
-        };
-        let t = quote_ident(table);
-        let k = quote_ident(key_column);
+        let columns: Vec<String> = first.keys().cloned().collect();
         let docs: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| serde_json::Value::Object(r.clone()))
             .collect();
+        let sql = super::document::UpsertSql::new(table, key_column, &columns);
         match self.document_write {
-            DocumentWrite::Recordset => {
-                let sql = format!(
-                    "INSERT INTO {t} ({cols}) SELECT {cols} FROM jsonb_populate_recordset(NULL::{t}, $1) \
-                     ON CONFLICT ({k}) {conflict}"
-                );
-                self.push_document_upsert(Sql::Prepared(
-                    sql.into(),
-                    vec![Box::new(serde_json::Value::Array(docs)) as PgParam],
-                ));
-            }
-            DocumentWrite::CopyTemp => {
-                let from_r = columns
-                    .iter()
-                    .map(|c| format!("r.{}", quote_ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let insert = format!(
-                    "INSERT INTO {t} ({cols}) SELECT {from_r} FROM {COPY_TABLE} d, \
-                     LATERAL jsonb_populate_record(NULL::{t}, d.doc) r ON CONFLICT ({k}) {conflict}"
-                );
-                self.push_document_upsert(Sql::CopyUpsert { insert, rows: docs });
-            }
+            DocumentWrite::Recordset => self.push_document_upsert(Sql::Prepared(
+                sql.recordset.into(),
+                vec![Box::new(serde_json::Value::Array(docs)) as PgParam],
+            )),
+            DocumentWrite::CopyTemp => self.push_document_upsert(Sql::CopyUpsert {
+                insert: sql.from_copy,
+                rows: docs,
+            }),
         }
         Ok(())
+    }
+
+    /// Rows go in and out as `jsonb` text: documents decode from, and encode to, it directly.
+    fn speaks_json(&self) -> bool {
+        true
+    }
+
+    fn load_json(
+        &self,
+        table: &str,
+        key_column: &str,
+        keys: &[&str],
+    ) -> Result<Vec<crate::core::document::JsonRow>, crate::core::error::HandlerError> {
+        if !self.has_prefetched(table) {
+            let rows = self.load_rows(table, key_column, keys)?;
+            return Ok(super::document::rows_to_json(key_column, rows));
+        }
+        Ok(self.prefetched_json(table, keys))
+    }
+
+    /// Queues one bulk upsert of the rows, sent as the text of one `json` parameter (with
+    /// `DocumentWrite::CopyTemp`, as rows parsed from it).
+    fn upsert_json(
+        &self,
+        table: &str,
+        key_column: &str,
+        rows: crate::core::document::JsonRows,
+    ) -> Result<(), crate::core::error::HandlerError> {
+        if rows.columns.is_empty() {
+            return Ok(());
+        }
+        match self.document_write {
+            DocumentWrite::Recordset => {
+                let sql = super::document::UpsertSql::new(table, key_column, &rows.columns);
+                self.push_document_upsert(Sql::Prepared(
+                    sql.json_recordset.into(),
+                    vec![Box::new(super::sql_tx::TextParam(Some(rows.array))) as PgParam],
+                ));
+                Ok(())
+            }
+            DocumentWrite::CopyTemp => {
+                let parsed: Vec<crate::core::document::Row> = serde_json::from_str(&rows.array)?;
+                self.upsert_rows(table, key_column, &parsed)
+            }
+        }
     }
 
     fn clear_table(&self, table: &str) -> Result<(), crate::core::error::HandlerError> {

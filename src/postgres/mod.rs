@@ -31,7 +31,8 @@
 //! `connect` builds a store, `sql` holds every statement, `append` writes events (the
 //! [`EventLog`](crate::core::log::EventLog)), `read` reads them (the [`Source`]), `commit`
 //! commits batches, `lifecycle` prepares, resets and pauses projections, `dead_letters` lists and
-//! retries failures, `rows` decodes rows, `query` queries read models; `partition`, `inline` and
+//! retries failures, `rows` decodes rows, `query` queries read models, `document` loads and
+//! upserts the rows of document projections as JSON text; `partition`, `inline` and
 //! `blue_green` are the partitioned, inline and blue/green features.
 
 /// Boxes each value as a [`PgParam`] (which must be in scope where it is used).
@@ -47,6 +48,7 @@ mod commit;
 mod connect;
 mod dead_letters;
 mod dispatch;
+mod document;
 pub(crate) mod error;
 mod inline;
 mod lifecycle;

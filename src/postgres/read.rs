@@ -240,11 +240,15 @@ impl Source for PgStore {
         true
     }
 
-    async fn partition_lag(
-        &self,
-        after: Checkpoint,
-        slice: crate::core::source::PartitionSlice,
-    ) -> Result<Lag> {
-        self.lag_of_partition(after, slice).await
+    /// A read runs on its own pooled connection, outside any transaction.
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
+    async fn partition_lag(&self, after: Checkpoint, filter: &crate::core::source::Filter) -> Result<Lag> {
+        match filter.partition {
+            Some(slice) => self.lag_of_partition(after, slice).await,
+            None => self.lag(after).await,
+        }
     }
 }

@@ -5,7 +5,7 @@ use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::Connection;
 use serde_json::{Number, Value};
 
-use crate::core::document::{quote_ident, DocumentStorage, Row};
+use crate::core::document::{column_list, on_conflict_update, quote_ident, DocumentStorage, Row};
 use crate::core::error::HandlerError;
 
 fn to_sql(v: &Value) -> SqlValue {
@@ -56,26 +56,12 @@ impl DocumentStorage for Connection {
     fn upsert_rows(&self, table: &str, key_column: &str, rows: &[Row]) -> Result<(), HandlerError> {
         let Some(first) = rows.first() else { return Ok(()) };
         let columns: Vec<&String> = first.keys().collect();
-        let cols = columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = column_list(&columns);
         let params = (1..=columns.len())
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let updates = columns
-            .iter()
-            .filter(|c| c.as_str() != key_column)
-            .map(|c| format!("{0} = excluded.{0}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let conflict = if updates.is_empty() {
-            "DO NOTHING".to_owned()
-        } else {
-            format!("DO UPDATE SET {updates}")
-        };
+        let conflict = on_conflict_update(key_column, &columns);
         let sql = format!(
             "INSERT INTO {} ({cols}) VALUES ({params}) ON CONFLICT ({}) {conflict}",
             quote_ident(table),

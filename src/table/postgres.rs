@@ -406,7 +406,10 @@ impl Source for PgTableSource {
         self.count_lag(after, &self.inner.sql.lag, &[]).await
     }
 
-    async fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> Result<Lag> {
+    async fn partition_lag(&self, after: Checkpoint, filter: &Filter) -> Result<Lag> {
+        let Some(partition) = filter.partition else {
+            return self.lag(after).await;
+        };
         let (count, index) = (i64::from(partition.count), i64::from(partition.index));
         self.count_lag(after, &self.inner.sql.lag_partition, &[&count, &index])
             .await

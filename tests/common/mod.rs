@@ -40,14 +40,7 @@ pub fn strict_counter(name: &str) -> SqliteProjection {
     SqliteProjection::new(name, handlers)
 }
 
-pub const ORDER_TYPES: &[&str] = &[
-    "OrderCreated",
-    "ItemAdded",
-    "OrderConfirmed",
-    "OrderShipped",
-    "OrderDelivered",
-    "OrderCancelled",
-];
+pub const ORDER_TYPES: &[&str] = &projectionist::workload::EVENT_TYPES;
 
 fn count_strictly(
     db: &rusqlite::Connection,

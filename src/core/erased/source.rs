@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::BoxFuture;
 use crate::core::error::Result;
 use crate::core::event::Checkpoint;
-use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, PartitionSlice, Source};
+use crate::core::source::{Batch, Filter, Lag, PartitionAssignment, Source};
 
 /// [`Source`] with boxed futures, so that it can be a trait object.
 trait DynSource: Send + Sync + 'static {
@@ -21,18 +21,19 @@ trait DynSource: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Batch>>;
     fn head(&self) -> BoxFuture<'_, Result<Checkpoint>>;
     fn lag(&self, after: Checkpoint) -> BoxFuture<'_, Result<Lag>>;
-    fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> BoxFuture<'_, Result<Lag>>;
+    fn partition_lag<'a>(&'a self, after: Checkpoint, filter: &'a Filter) -> BoxFuture<'a, Result<Lag>>;
     fn changes(&self) -> watch::Receiver<u64>;
     fn supports_partitions(&self) -> bool;
     fn can_replay(&self) -> bool;
     fn check_replay_from_start<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<()>>;
     fn reads_beside(&self) -> bool;
+    fn reads_ahead(&self) -> bool;
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>>;
     fn partition_count(&self, projection: &str) -> Option<u32>;
     fn partition_assignment(&self) -> PartitionAssignment;
     fn join<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<watch::Receiver<Vec<u32>>>>;
     fn leave<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, ()>;
-    fn partition_head(&self, partition: PartitionSlice) -> BoxFuture<'_, Result<Option<Checkpoint>>>;
+    fn partition_head<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Option<Checkpoint>>>;
     fn partition_owners<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<Vec<(u32, String)>>>;
     fn as_any(&self) -> &dyn Any;
 }
@@ -55,8 +56,8 @@ impl<S: Source> DynSource for S {
         Box::pin(Source::lag(self, after))
     }
 
-    fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> BoxFuture<'_, Result<Lag>> {
-        Box::pin(Source::partition_lag(self, after, partition))
+    fn partition_lag<'a>(&'a self, after: Checkpoint, filter: &'a Filter) -> BoxFuture<'a, Result<Lag>> {
+        Box::pin(Source::partition_lag(self, after, filter))
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -79,6 +80,10 @@ impl<S: Source> DynSource for S {
         Source::reads_beside(self)
     }
 
+    fn reads_ahead(&self) -> bool {
+        Source::reads_ahead(self)
+    }
+
     fn acknowledge<'a>(&'a self, filter: &'a Filter, through: Checkpoint) -> BoxFuture<'a, Result<()>> {
         Box::pin(Source::acknowledge(self, filter, through))
     }
@@ -99,8 +104,8 @@ impl<S: Source> DynSource for S {
         Box::pin(Source::leave(self, filter))
     }
 
-    fn partition_head(&self, partition: PartitionSlice) -> BoxFuture<'_, Result<Option<Checkpoint>>> {
-        Box::pin(Source::partition_head(self, partition))
+    fn partition_head<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
+        Box::pin(Source::partition_head(self, filter))
     }
 
     fn partition_owners<'a>(&'a self, projection: &'a str) -> BoxFuture<'a, Result<Vec<(u32, String)>>> {
@@ -153,8 +158,8 @@ impl Source for AnySource {
         self.inner.lag(after).await
     }
 
-    async fn partition_lag(&self, after: Checkpoint, partition: PartitionSlice) -> Result<Lag> {
-        self.inner.partition_lag(after, partition).await
+    async fn partition_lag(&self, after: Checkpoint, filter: &Filter) -> Result<Lag> {
+        self.inner.partition_lag(after, filter).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -177,6 +182,10 @@ impl Source for AnySource {
         self.inner.reads_beside()
     }
 
+    fn reads_ahead(&self) -> bool {
+        self.inner.reads_ahead()
+    }
+
     async fn acknowledge(&self, filter: &Filter, through: Checkpoint) -> Result<()> {
         self.inner.acknowledge(filter, through).await
     }
@@ -197,8 +206,8 @@ impl Source for AnySource {
         self.inner.leave(filter).await
     }
 
-    async fn partition_head(&self, partition: PartitionSlice) -> Result<Option<Checkpoint>> {
-        self.inner.partition_head(partition).await
+    async fn partition_head(&self, filter: &Filter) -> Result<Option<Checkpoint>> {
+        self.inner.partition_head(filter).await
     }
 
     async fn partition_owners(&self, projection: &str) -> Result<Vec<(u32, String)>> {
