@@ -57,16 +57,23 @@ fn declarative(config: &str) -> PgProjection {
 
 /// The same statements as typed per-event handlers.
 fn picky_handlers() -> PgHandlers {
+    picky_handlers_with(false)
+}
+
+/// `picky_handlers`, with a fourth statement when `trace`: it records whether each event's
+/// statements ran inside a batch function (the server's `current_query()` is then its call).
+fn picky_handlers_with(trace: bool) -> PgHandlers {
     PgHandlers::new()
         .setup(|cx| {
             cx.batch_execute(PICKY_SETUP);
+            cx.batch_execute("CREATE TABLE IF NOT EXISTS via (id TEXT PRIMARY KEY, in_call BOOLEAN NOT NULL)");
             Ok(())
         })
         .reset(|cx| {
-            cx.batch_execute("TRUNCATE picky, ordered");
+            cx.batch_execute("TRUNCATE picky, ordered, via");
             Ok(())
         })
-        .on_json("Added", |cx, ev, v| {
+        .on_json("Added", move |cx, ev, v| {
             let q = v.get("q").and_then(|q| q.as_i64()).unwrap_or(0);
             cx.execute("INSERT INTO picky (id, q) VALUES ($1, $2)", (ev.stream_id.clone(), q));
             cx.execute("UPDATE picky SET seen = seen + 1 WHERE id = $1", (ev.stream_id.clone(),));
@@ -75,6 +82,14 @@ fn picky_handlers() -> PgHandlers {
                  DO UPDATE SET out_of_order = o.out_of_order + (excluded.last <= o.last)::int, last = excluded.last",
                 (ev.position,),
             );
+            if trace {
+                cx.execute(
+                    // Split, so that the statement's own text (the current query when
+                    // pipelined) does not hold the function's name.
+                    "INSERT INTO via (id, in_call) VALUES ($1, strpos(current_query(), 'projectionist' || '_typed_') > 0)",
+                    (ev.stream_id.clone(),),
+                );
+            }
             Ok(())
         })
 }
@@ -105,19 +120,36 @@ async fn append_picky(store: &PgStore) {
     }
 }
 
-/// Projects `projection` over the picky events in one batch and checks the outcome: every
-/// event but the failing ones applied once and in order, each failing one a dead letter whose
-/// error names `label`, and the checkpoint at the head.
-async fn failing_mid_batch(name: &str, server_batches: bool, projection: PgProjection, label: &str) {
+/// Projects `projection` over the picky events in one batch (after `warm` good events, in
+/// batches of their own, when `warm > 0`) and checks the outcome: every event but the failing
+/// ones applied once and in order, each failing one a dead letter whose error names `label`,
+/// and the checkpoint at the head.
+async fn failing_mid_batch(
+    name: &str,
+    server_batches: bool,
+    projection: PgProjection,
+    label: &str,
+    warm: i64,
+) {
     let Some(schema) = common::schema(name).await else {
         return;
     };
     let store = store(&schema, server_batches).await;
-    append_picky(&store).await;
     let engine = store
         .engine()
         .with(projection.batch_size(100).error_policy(ErrorPolicy::DeadLetter))
         .expect("engine");
+    if warm > 0 {
+        for i in 1..=warm {
+            let event = NewEvent::new("Added", json!({ "q": i }));
+            store
+                .append(format!("w-{i:03}"), ExpectedVersion::Exact(0), vec![event])
+                .await
+                .expect("append");
+        }
+        engine.catch_up().await.expect("catch up");
+    }
+    append_picky(&store).await;
     engine.catch_up().await.expect("catch up");
 
     let raw = common::raw(Some(&schema)).await.expect("raw connection");
@@ -126,10 +158,14 @@ async fn failing_mid_batch(name: &str, server_batches: bool, projection: PgProje
         async move { raw.query_one(sql, &[]).await.expect(sql).get::<_, i64>(0) }
     };
     let good = EVENTS - FAILING.len() as i64;
-    assert_eq!(one("SELECT count(*) FROM picky").await, good, "{name}: rows");
+    assert_eq!(
+        one("SELECT count(*) FROM picky").await,
+        warm + good,
+        "{name}: rows"
+    );
     assert_eq!(
         one("SELECT count(*) FROM picky WHERE seen = 1").await,
-        good,
+        warm + good,
         "{name}: once each"
     );
     assert_eq!(
@@ -162,7 +198,7 @@ async fn failing_mid_batch(name: &str, server_batches: bool, projection: PgProje
     assert_eq!(record.checkpoint, head, "{name}: checkpoint at the head");
     assert_eq!(
         (record.applied, record.dead_letters),
-        (good as u64, FAILING.len() as u64)
+        ((warm + good) as u64, FAILING.len() as u64)
     );
     let functions = one(
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
@@ -175,6 +211,31 @@ async fn failing_mid_batch(name: &str, server_batches: bool, projection: PgProje
         i64::from(server_batches && declarative),
         "{name}: a function exactly where batches run in one call"
     );
+    let typed = one(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+          WHERE n.nspname = current_schema() AND p.proname LIKE 'projectionist_typed_%'",
+    )
+    .await;
+    assert_eq!(
+        typed,
+        i64::from(server_batches && !declarative),
+        "{name}: typed statements get one function, made after their first batch"
+    );
+    if warm > 0 {
+        // Handlers that record where their statements ran (`picky_handlers_with(true)`).
+        assert_eq!(one("SELECT count(*) FROM via WHERE id LIKE 'w-%'").await, warm);
+        // The warm-up may take more than one batch (a batch reads what is visible): at least
+        // its first was pipelined.
+        assert!(
+            one("SELECT count(*) FROM via WHERE id LIKE 'w-%' AND NOT in_call").await >= 1,
+            "{name}: the first batch was pipelined"
+        );
+        assert_eq!(
+            one("SELECT count(*) FROM via WHERE id LIKE 'e-%' AND in_call").await,
+            good,
+            "{name}: every event after it ran inside the function, the failures' neighbours included"
+        );
+    }
     common::drop_schema(&schema).await;
 }
 
@@ -185,6 +246,7 @@ async fn a_failing_statement_mid_batch_declarative_in_one_call() {
         true,
         declarative(&picky_config()),
         "Added handler, statement 1 of 3",
+        0,
     )
     .await;
 }
@@ -196,6 +258,7 @@ async fn a_failing_statement_mid_batch_declarative_per_event() {
         false,
         declarative(&picky_config()),
         "Added handler, statement 1 of 3",
+        0,
     )
     .await;
 }
@@ -207,6 +270,23 @@ async fn a_failing_statement_mid_batch_typed_handlers() {
         true,
         PgProjection::new("picky", picky_handlers()),
         "",
+        0,
+    )
+    .await;
+}
+
+/// Typed handlers whose batch function exists (made after a first batch) meet a failing
+/// statement in the middle of a batch: the events before it are committed, the failing ones
+/// are dead letters with the driver's own error, the rest follow, once each and in order, and
+/// every event applied ran inside the function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_statement_mid_batch_typed_handlers_in_one_call() {
+    failing_mid_batch(
+        "perevent_fail_typed_call",
+        true,
+        PgProjection::new("picky", picky_handlers_with(true)),
+        "[SQLSTATE 23514]",
+        12,
     )
     .await;
 }

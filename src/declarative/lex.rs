@@ -183,6 +183,87 @@ pub(super) fn lex(sql: &str) -> Result<Vec<Seg>, SqlError> {
     Ok(segs)
 }
 
+/// One statement with positional placeholders (`$1`, `$2`, …), as PostgreSQL's extended
+/// protocol takes it, lexed for the PostgreSQL store's batch functions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Positional {
+    /// The statement's words outside quotes and comments, lower-cased, in order.
+    pub words: Vec<String>,
+    /// The text with each placeholder `$n` replaced by the caller's expression, without a
+    /// trailing `;`.
+    pub text: String,
+}
+
+/// Lexes `sql`, one statement with `$n` placeholders, and replaces each placeholder with
+/// `placeholder(n)`. `None` when the text does not lex, holds more than one statement or a
+/// dollar-quoted string (whose body this lexer does not look into), or has no words.
+pub(crate) fn replace_positional(sql: &str, placeholder: impl Fn(usize) -> String) -> Option<Positional> {
+    let segs = lex(sql).ok()?;
+    let b = sql.as_bytes();
+    let mut text = String::with_capacity(sql.len() + 32);
+    let mut words = Vec::new();
+    let mut ended = false;
+    for s in &segs {
+        let piece = &sql[s.start..s.end];
+        match s.kind {
+            Kind::Semi => ended = true,
+            Kind::Comment => text.push_str(piece),
+            Kind::Quoted => {
+                if ended || piece.starts_with(['$', '`']) {
+                    return None;
+                }
+                text.push_str(piece);
+            }
+            Kind::Code | Kind::Param => {
+                if ended {
+                    if piece.trim().is_empty() {
+                        continue;
+                    }
+                    return None;
+                }
+                let mut i = s.start;
+                let mut word = String::new();
+                while i < s.end {
+                    let c = b[i];
+                    let after_ident = i > 0 && (is_ident(b[i - 1]) || b[i - 1] == b'$');
+                    if c == b'$' && !after_ident && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                        let mut j = i + 1;
+                        while j < s.end && b[j].is_ascii_digit() {
+                            j += 1;
+                        }
+                        let n: usize = sql[i + 1..j].parse().ok()?;
+                        if n == 0 {
+                            return None;
+                        }
+                        text.push_str(&placeholder(n));
+                        if !word.is_empty() {
+                            words.push(std::mem::take(&mut word));
+                        }
+                        i = j;
+                        continue;
+                    }
+                    if is_ident(c) || c == b'$' {
+                        word.push(c.to_ascii_lowercase() as char);
+                    } else if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    // Copy whole characters: non-ASCII bytes are never `$` or digits.
+                    let len = sql[i..].chars().next().map_or(1, char::len_utf8);
+                    text.push_str(&sql[i..i + len]);
+                    i += len;
+                }
+                if !word.is_empty() {
+                    words.push(word);
+                }
+            }
+        }
+    }
+    (!words.is_empty()).then(|| Positional {
+        words,
+        text: text.trim_end().to_owned(),
+    })
+}
+
 /// Whether a run of segments holds anything but whitespace and comments.
 pub(super) fn has_content(sql: &str, segs: &[Seg]) -> bool {
     segs.iter().any(|s| match s.kind {

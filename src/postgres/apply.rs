@@ -18,6 +18,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::batch::{self, Origin, PgBatch, PipelineError, Queued, ReadRequest};
+use super::dispatch::{BatchDispatch, CallError, Step};
 use super::error;
 use crate::core::document::{quote_ident, JsonRow, Row};
 use crate::core::error::{BatchFailure, Error, HandlerError};
@@ -36,6 +37,8 @@ pub(crate) struct Flusher<'t, 'c> {
     failed: Option<PipelineError>,
     /// The most statements in flight at once.
     window: usize,
+    /// The projection's batch function, for runs of statements it holds (see `dispatch`).
+    dispatch: Option<Arc<BatchDispatch>>,
 }
 
 impl<'t, 'c> Flusher<'t, 'c> {
@@ -46,7 +49,14 @@ impl<'t, 'c> Flusher<'t, 'c> {
             counts: Vec::new(),
             failed: None,
             window: batch::PIPELINE_WINDOW,
+            dispatch: None,
         }
+    }
+
+    /// Runs of statements that `dispatch`'s function holds go in one call of it.
+    pub(crate) fn with_dispatch(mut self, dispatch: Option<Arc<BatchDispatch>>) -> Self {
+        self.dispatch = dispatch;
+        self
     }
 
     /// At most `window` statements in flight (default [`batch::PIPELINE_WINDOW`]).
@@ -66,15 +76,82 @@ impl<'t, 'c> Flusher<'t, 'c> {
             return;
         }
         if self.failed.is_none() {
-            match batch::run_in_window(self.tx, &queued, self.window).await {
-                Ok(counts) => self.counts.extend(counts),
-                Err(mut e) => {
-                    e.index += self.sent;
-                    self.failed = Some(e);
+            let steps = self.dispatch.as_ref().and_then(|d| d.plan(&queued));
+            match steps {
+                None => self.pipeline(&queued, 0..queued.len(), self.window).await,
+                Some(steps) => {
+                    for step in steps {
+                        if self.failed.is_some() {
+                            break;
+                        }
+                        match step {
+                            Step::Pipeline(r) => self.pipeline(&queued, r, self.window).await,
+                            Step::Call(r) => self.call(&queued, r).await,
+                        }
+                    }
                 }
             }
         }
         self.sent += queued.len();
+    }
+
+    /// Sends `queued[range]` pipelined, with at most `window` in flight.
+    async fn pipeline(&mut self, queued: &[Queued], range: Range<usize>, window: usize) {
+        let Some(run) = queued.get(range.clone()) else {
+            return;
+        };
+        if run.is_empty() {
+            return;
+        }
+        match batch::run_in_window(self.tx, run, window).await {
+            Ok(counts) => self.counts.extend(counts),
+            Err(mut e) => {
+                e.index += self.sent + range.start;
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// Runs `queued[range]` in one call of the projection's function. Statements run that way
+    /// report 0 rows. When one fails, the call's statements are undone and sent again the
+    /// ordinary way, so that the failure is the driver's, for its event.
+    async fn call(&mut self, queued: &[Queued], range: Range<usize>) {
+        let Some(dispatch) = self.dispatch.clone() else {
+            return self.pipeline(queued, range, self.window).await;
+        };
+        let (Some(f), Some(run)) = (dispatch.dispatcher(), queued.get(range.clone())) else {
+            return self.pipeline(queued, range, self.window).await;
+        };
+        match f.call(self.tx, run).await {
+            Ok(None) => self.counts.extend(std::iter::repeat_n(0, run.len())),
+            Ok(Some(k)) => {
+                let at = range.start + k.min(run.len());
+                // Up to the failing statement pipelined, then one at a time: nothing is sent
+                // behind the failure for the server to reject and log.
+                self.pipeline(queued, range.start..at, self.window).await;
+                if self.failed.is_none() {
+                    self.pipeline(queued, at..range.end, 1).await;
+                }
+                if self.failed.is_none() {
+                    // The function failed where the statements did not: stop using it.
+                    dispatch.set_broken();
+                }
+            }
+            // A value that does not encode: nothing was sent; the pipeline reports it for its
+            // event.
+            Err(CallError::Encode) => self.pipeline(queued, range, self.window).await,
+            Err(CallError::Call(error)) => {
+                if !error::retryable(&error) {
+                    dispatch.set_broken();
+                }
+                self.failed = Some(PipelineError {
+                    index: self.sent + range.start,
+                    origin: Origin::Call,
+                    error,
+                    label: Some("a batch's statements in one call".to_owned()),
+                });
+            }
+        }
     }
 
     /// The number, across flushes, of the statement at `index` of what is queued now.

@@ -74,6 +74,8 @@ pub(crate) enum Origin {
     Body,
     /// The store itself (checkpoint, counters, dead letters).
     Store,
+    /// The call of a projection's batch function (`dispatch`), which failed as a whole.
+    Call,
 }
 
 pub(crate) enum Sql {

@@ -96,8 +96,17 @@ impl PgStore {
             Some(body) => self.server_fn(&mut client, body).await?,
             None => None,
         };
+        // Typed statements (a body not run by a declarative function) may run in one call of
+        // the projection's batch function (see `dispatch`).
+        let dispatch = if self.inner.server_batches && server.is_none() {
+            self.inner.dispatchers.for_batch(&c.projection)
+        } else {
+            None
+        };
         let tx = client.transaction().await.map_err(db_err("beginning a batch"))?;
-        let mut flusher = Flusher::new(&tx).with_window(window);
+        let mut flusher = Flusher::new(&tx)
+            .with_window(window)
+            .with_dispatch(dispatch.clone());
         // The lease check and the checkpoint's compare-and-set go first, on their own: a fenced
         // runner learns it from their row counts before it sends any write (so it takes no row
         // lock, and no statement fails: the server logs nothing for a fenced batch).
@@ -152,7 +161,15 @@ impl PgStore {
             return Err(CommitError::Handler(f));
         }
         let outcome = self.finish(flusher, &batch, &c, partition, applied).await;
-        self.end(tx, outcome).await
+        let ended = self.end(tx, outcome).await;
+        if let Some(d) = dispatch {
+            // Outside the batch's transaction: a function for the statements it met.
+            self.inner
+                .dispatchers
+                .learn(&mut client, &self.inner.schema, &c.projection, &d)
+                .await;
+        }
+        ended
     }
 
     /// The function that applies `body`'s batches in one call, made once per process (see
@@ -351,6 +368,7 @@ impl PgStore {
                         }))
                     }
                     Origin::Event(_) => Err(CommitError::Store(db("applying a batch", error))),
+                    Origin::Call => Err(CommitError::Store(call_failed(error))),
                     _ => Err(CommitError::Store(db("committing a batch", error))),
                 }
             }
@@ -387,6 +405,24 @@ impl PgStore {
             Ok(Some(r)) if !r.state.is_active() => CommitError::NotActive { state: r.state },
             Ok(Some(r)) => CommitError::Fenced { actual: r.checkpoint },
         }
+    }
+}
+
+/// A failed call of a batch function: retryable, since the process pipelines the
+/// projection's statements from then on when retrying the call would not help.
+fn call_failed(e: tokio_postgres::Error) -> Error {
+    let retryable = error::retryable(&e);
+    let mut message = error::describe(&e);
+    message.push_str(if retryable {
+        " (transient: retrying later may succeed)"
+    } else {
+        " (this process sends the projection's statements one by one from now on: retrying will)"
+    });
+    Error::Database {
+        op: "applying a batch in one call",
+        message,
+        retryable: true,
+        cause: Some(Box::new(e)),
     }
 }
 

@@ -332,6 +332,7 @@ impl PgBuilder {
                 last_prune: Mutex::new(None),
                 server_fns: Default::default(),
                 server_batches: self.server_batches,
+                dispatchers: Default::default(),
                 careful: Default::default(),
                 _stop: stop,
             }),

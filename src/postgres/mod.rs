@@ -47,6 +47,7 @@ mod blue_green;
 mod commit;
 mod connect;
 mod dead_letters;
+mod dispatch;
 mod document;
 pub(crate) mod error;
 mod inline;
@@ -127,8 +128,11 @@ struct Inner {
     last_prune: Mutex<Option<std::time::Instant>>,
     /// Declarative projections' server-side functions (see `server_batch`).
     server_fns: server_batch::ServerFns,
-    /// Whether declarative projections run a batch in one call of a generated function.
+    /// Whether declarative projections and typed per-event handlers run a batch in one call
+    /// of a generated function.
     server_batches: bool,
+    /// Typed per-event handlers' batch functions (see `dispatch`).
+    dispatchers: dispatch::Dispatchers,
     /// Projections (and partitions) whose batches send one statement at a time for a while
     /// after a failing event, with how many batches are left (see `commit`).
     careful: Mutex<std::collections::HashMap<(Arc<str>, u32), u32>>,

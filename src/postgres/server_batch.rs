@@ -247,6 +247,41 @@ END
     (name, create, needs)
 }
 
+/// Creates the function `name` in `schema` by running `create`, unless it is there already,
+/// under an advisory lock (so that processes starting together do not race), in a transaction
+/// of its own on `client`. `Ok(Err(e))`: `create` failed, not retryably (nothing was created).
+pub(crate) async fn create_once(
+    client: &mut deadpool_postgres::Object,
+    schema: &str,
+    name: &str,
+    create: &str,
+    op: &'static str,
+) -> Result<Result<(), tokio_postgres::Error>, Error> {
+    let tx = client.transaction().await.map_err(|e| db(op, e))?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&name])
+        .await
+        .map_err(|e| db(op, e))?;
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = $1 AND p.proname = $2",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| db(op, e))?
+        .is_some();
+    if !exists {
+        if let Err(e) = tx.batch_execute(create).await {
+            if error::retryable(&e) {
+                return Err(db(op, e));
+            }
+            return Ok(Err(e));
+        }
+    }
+    tx.commit().await.map_err(|e| db(op, e))?;
+    Ok(Ok(()))
+}
+
 impl ServerFn {
     /// Prepares `body`'s statements (on `client`, outside any transaction), generates its
     /// function and creates it in `schema` unless it is there already (under an advisory
@@ -284,31 +319,12 @@ impl ServerFn {
         }
         let (name, create, needs) = source(schema, body, &types);
         let op = "creating a projection's function";
-        let tx = client.transaction().await.map_err(|e| db(op, e))?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&name])
-            .await
-            .map_err(|e| db(op, e))?;
-        let exists = tx
-            .query_opt(
-                "SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                  WHERE n.nspname = $1 AND p.proname = $2",
-                &[&schema, &name],
-            )
-            .await
-            .map_err(|e| db(op, e))?
-            .is_some();
-        if !exists {
-            if let Err(e) = tx.batch_execute(&create).await {
-                if error::retryable(&e) {
-                    return Err(db(op, e));
-                }
-                return Ok(Err(NotEligible(format!(
-                    "its function does not compile: {}",
-                    error::describe(&e)
-                ))));
-            }
+        if let Err(e) = create_once(client, schema, &name, &create, op).await? {
+            return Ok(Err(NotEligible(format!(
+                "its function does not compile: {}",
+                error::describe(&e)
+            ))));
         }
-        tx.commit().await.map_err(|e| db(op, e))?;
         let call = format!(
             "SELECT {}.{}($1, $2, $3, $4, $5, $6, $7, $8)",
             quote(schema),
