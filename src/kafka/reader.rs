@@ -21,10 +21,11 @@ use crate::core::source::{Batch, Filter};
 /// How long a read waits for its first record.
 const FIRST_WAIT: Duration = Duration::from_millis(200);
 
-/// The records a reader prefetches, at most (KiB): several batches ahead of the runner, and a
+/// The records a reader prefetches, at most (KiB): many batches ahead of the runner, and a
 /// bound on memory, since a rebuild keeps a reader per partition (librdkafka's default is
-/// 64 MiB each). A URL's `queued.max.messages.kbytes` overrides it.
-const PREFETCH_KIB: &str = "2048";
+/// 64 MiB each). A URL's `queued.max.messages.kbytes` overrides it (2048 measured 3–10% less
+/// peak memory in the Kafka bench, and no faster; see BENCHMARKS.md).
+const PREFETCH_KIB: &str = "8192";
 
 pub(crate) struct Reader {
     pub topic: String,

@@ -13,8 +13,10 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use super::error::broker;
 use crate::core::error::Result;
 
-/// The context of readers and probes: a partition's end is news to them, not an error to log.
-pub(crate) struct Quiet;
+/// The context of readers and probes: a partition's end is news to them, not an error to log
+/// (other client errors go to `tracing`). Public as [`QuietContext`](super::QuietContext), for
+/// consumers of your own that read to a partition's end.
+pub struct Quiet;
 
 impl ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {

@@ -16,7 +16,7 @@ use projectionist::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use projectionist::kafka::rdkafka::error::KafkaError;
 use projectionist::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use projectionist::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use projectionist::kafka::KafkaSource;
+use projectionist::kafka::{KafkaSource, QuietContext};
 use projectionist::workload::Orders;
 use serde_json::json;
 
@@ -134,7 +134,10 @@ impl KafkaBench {
             .set("enable.partition.eof", "true");
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || -> Result<u64> {
-            let consumer: BaseConsumer = config.create().context("creating a Kafka consumer")?;
+            // Quiet: each partition's end is expected here, not an error to log.
+            let consumer: BaseConsumer<QuietContext> = config
+                .create_with_context(QuietContext)
+                .context("creating a Kafka consumer")?;
             let mut tpl = TopicPartitionList::new();
             for p in 0..PARTITIONS as i32 {
                 tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
