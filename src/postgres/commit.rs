@@ -146,30 +146,52 @@ impl PgStore {
             }
             // Bodies run per event, so that each queued statement is known by its event; a
             // query sends the statements queued before it.
-            _ => apply::per_event(
-                &mut flusher,
-                &batch,
-                c.body.clone(),
-                c.events.clone(),
-                c.range.clone(),
-            )
-            .await
-            .map_err(CommitError::Store)?,
+            _ => {
+                let applied = apply::per_event(
+                    &mut flusher,
+                    &batch,
+                    c.body.clone(),
+                    c.events.clone(),
+                    c.range.clone(),
+                )
+                .await;
+                match applied {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        drop(flusher);
+                        let _ = tx.rollback().await;
+                        self.learn(&mut client, &c.projection, dispatch.as_ref()).await;
+                        return Err(CommitError::Store(e));
+                    }
+                }
+            }
         };
         if let Some(f) = early_failure {
             let _ = tx.rollback().await;
+            self.learn(&mut client, &c.projection, dispatch.as_ref()).await;
             return Err(CommitError::Handler(f));
         }
         let outcome = self.finish(flusher, &batch, &c, partition, applied).await;
         let ended = self.end(tx, outcome).await;
+        self.learn(&mut client, &c.projection, dispatch.as_ref()).await;
+        ended
+    }
+
+    /// After a batch's transaction ended, however it ended: stops using the projection's batch
+    /// function if its call broke (else a batch that failed for it would fail the same way at
+    /// every retry), or makes one for the statements the batch met.
+    async fn learn(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        projection: &Arc<str>,
+        dispatch: Option<&Arc<super::dispatch::BatchDispatch>>,
+    ) {
         if let Some(d) = dispatch {
-            // Outside the batch's transaction: a function for the statements it met.
             self.inner
                 .dispatchers
-                .learn(&mut client, &self.inner.schema, &c.projection, &d)
+                .learn(client, &self.inner.schema, projection, d)
                 .await;
         }
-        ended
     }
 
     /// The function that applies `body`'s batches in one call, made once per process (see

@@ -214,6 +214,10 @@ impl Column {
     }
 
     fn push(&mut self, value: &(dyn ToSql + Sync), member: &Type) -> Result<(), ()> {
+        // A value sent in text format (the Python binding's) has no binary form for the array.
+        if !matches!(value.encode_format(member), postgres_types::Format::Binary) {
+            return Err(());
+        }
         let at = self.buf.len();
         self.buf.put_i32(0);
         match value.to_sql_checked(member, &mut self.buf) {
