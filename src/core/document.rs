@@ -378,6 +378,7 @@ impl<D: Document, C: DocumentStorage + ?Sized + 'static> Apply<C> for Documents<
 }
 
 /// The quoted `columns`, comma-separated (SQLite and PostgreSQL).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn column_list<S: AsRef<str>>(columns: &[S]) -> String {
     columns
         .iter()
@@ -388,6 +389,7 @@ pub(crate) fn column_list<S: AsRef<str>>(columns: &[S]) -> String {
 
 /// The action of an upsert by `key_column` of rows with `columns` (SQLite and PostgreSQL):
 /// `DO UPDATE SET c = excluded.c, …` for every column but the key, or `DO NOTHING`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn on_conflict_update<S: AsRef<str>>(key_column: &str, columns: &[S]) -> String {
     let updates = columns
         .iter()

@@ -185,6 +185,7 @@ pub(super) fn lex(sql: &str) -> Result<Vec<Seg>, SqlError> {
 
 /// One statement with positional placeholders (`$1`, `$2`, …), as PostgreSQL's extended
 /// protocol takes it, lexed for the PostgreSQL store's batch functions.
+#[cfg(feature = "postgres")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Positional {
     /// The statement's words outside quotes and comments, lower-cased, in order.
@@ -197,6 +198,7 @@ pub(crate) struct Positional {
 /// Lexes `sql`, one statement with `$n` placeholders, and replaces each placeholder with
 /// `placeholder(n)`. `None` when the text does not lex, holds more than one statement or a
 /// dollar-quoted string (whose body this lexer does not look into), or has no words.
+#[cfg(feature = "postgres")]
 pub(crate) fn replace_positional(sql: &str, placeholder: impl Fn(usize) -> String) -> Option<Positional> {
     let segs = lex(sql).ok()?;
     let b = sql.as_bytes();

@@ -24,6 +24,7 @@ pub use config::{
     describe as describe_value, Config, ConfigError, ProjectionDef, RawTable, DEFAULT_BATCH_SIZE,
     DEFAULT_ERROR_POLICY, DEFAULT_MAX_RETRIES, MAX_BATCH_SIZE,
 };
+#[cfg(feature = "postgres")]
 pub(crate) use lex::replace_positional;
 pub use lex::{created_tables, split_statements, SqlError};
 pub use params::{Decoded, ParamSource, ParamValue, PARAMETER_NAMES};
