@@ -103,6 +103,13 @@ impl Topics {
             .and_then(|(t, _, base)| i32::try_from(index - base).ok().map(|p| (t.as_str(), p)))
     }
 
+    /// The topic and partition of index `index`, owned; an internal error when there is none.
+    fn at(&self, index: u32) -> Result<TopicPartition> {
+        self.locate(index)
+            .map(|(t, p)| (t.to_owned(), p))
+            .ok_or_else(|| Error::Internal(format!("no Kafka partition has index {index}")))
+    }
+
     fn index(&self, topic: &str, partition: i32) -> Option<u32> {
         let (_, n, base) = self.list.iter().find(|(t, _, _)| t == topic)?;
         let p = u32::try_from(partition).ok().filter(|p| p < n)?;
@@ -371,10 +378,7 @@ impl KafkaSource {
     /// The topic and partition that the reader `filter` reads.
     fn locate(&self, filter: &Filter) -> Result<TopicPartition> {
         let (topics, index) = self.slice(filter)?;
-        topics
-            .locate(index)
-            .map(|(t, p)| (t.to_owned(), p))
-            .ok_or_else(|| Error::Internal(format!("no Kafka partition has index {index}")))
+        topics.at(index)
     }
 
     /// The reader `filter`'s topics, and the index of its partition among theirs.
@@ -454,16 +458,14 @@ impl Source for KafkaSource {
         }
         let (reader, idle) = {
             let mut readers = lock(&self.inner.readers)?;
-            let (topic, partition) = topics
-                .locate(index)
-                .ok_or_else(|| Error::Internal(format!("no Kafka partition has index {index}")))?;
+            let (topic, partition) = topics.at(index)?;
             let now = Instant::now();
             let idle = close_idle(&mut readers, now);
             let (used, reader) = readers.entry((projection.clone(), index)).or_insert_with(|| {
                 (
                     now,
                     Arc::new(Mutex::new(Reader::new(
-                        topic.to_owned(),
+                        topic,
                         partition,
                         projection.to_string(),
                         self.group_of(&projection),
