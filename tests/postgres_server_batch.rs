@@ -4,6 +4,8 @@
 //! - a failing statement in the middle of a batch: the events before it are committed, the
 //!   failing one goes through its policy (a dead letter naming the statement), the rest follow,
 //!   in order and once each; the same outcome on the per-event path and for typed handlers;
+//! - typed handlers' batch function broken behind the process's back (dropped, or reporting a
+//!   failure its statements do not have): the process stops using it, with the same outcome;
 //! - SIGKILL of a runner mid-batch, five times: after a final run every event counted once per
 //!   stream, equal to a clean rebuild on the per-event path.
 #![cfg(feature = "postgres")]
@@ -120,6 +122,17 @@ async fn append_picky(store: &PgStore) {
     }
 }
 
+/// Appends `n` good `Added` events, one per stream, named `{prefix}-001` on.
+async fn append_good(store: &PgStore, prefix: &str, n: i64) {
+    for i in 1..=n {
+        let event = NewEvent::new("Added", json!({ "q": i }));
+        store
+            .append(format!("{prefix}-{i:03}"), ExpectedVersion::Exact(0), vec![event])
+            .await
+            .expect("append");
+    }
+}
+
 /// Projects `projection` over the picky events in one batch (after `warm` good events, in
 /// batches of their own, when `warm > 0`) and checks the outcome: every event but the failing
 /// ones applied once and in order, each failing one a dead letter whose error names `label`,
@@ -131,6 +144,44 @@ async fn failing_mid_batch(
     label: &str,
     warm: i64,
 ) {
+    failing_mid_batch_after(name, server_batches, projection, label, warm, None).await;
+}
+
+/// How a test breaks the typed batch function made during the warm-up, before the failing
+/// batch: the function's name and identity arguments go where `{f}` is.
+#[derive(Clone, Copy)]
+enum Sabotage {
+    /// `DROP FUNCTION {f}`: the call fails as a whole (`undefined_function`).
+    Drop,
+    /// Replaced by one that reports its first statement failed, when none did (and counts its
+    /// calls in `lie_calls`).
+    Lie,
+}
+
+impl Sabotage {
+    fn sql(self, function: &str, arguments: &str) -> String {
+        match self {
+            Sabotage::Drop => format!("DROP FUNCTION {function}({arguments})"),
+            Sabotage::Lie => format!(
+                "CREATE TABLE lie_calls (n BIGINT NOT NULL); INSERT INTO lie_calls VALUES (0); \
+                 CREATE OR REPLACE FUNCTION {function}({arguments}) RETURNS integer LANGUAGE sql \
+                 AS 'UPDATE lie_calls SET n = n + 1; SELECT 1'"
+            ),
+        }
+    }
+}
+
+/// [`failing_mid_batch`], with the typed batch function broken by `sabotage` after the
+/// warm-up: every later event must then run outside any function (the process stops using
+/// it), with the same exact outcome.
+async fn failing_mid_batch_after(
+    name: &str,
+    server_batches: bool,
+    projection: PgProjection,
+    label: &str,
+    warm: i64,
+    sabotage: Option<Sabotage>,
+) {
     let Some(schema) = common::schema(name).await else {
         return;
     };
@@ -140,19 +191,59 @@ async fn failing_mid_batch(
         .with(projection.batch_size(100).error_policy(ErrorPolicy::DeadLetter))
         .expect("engine");
     if warm > 0 {
-        for i in 1..=warm {
-            let event = NewEvent::new("Added", json!({ "q": i }));
-            store
-                .append(format!("w-{i:03}"), ExpectedVersion::Exact(0), vec![event])
-                .await
-                .expect("append");
-        }
+        append_good(&store, "w", warm).await;
         engine.catch_up().await.expect("catch up");
     }
-    append_picky(&store).await;
-    engine.catch_up().await.expect("catch up");
-
     let raw = common::raw(Some(&schema)).await.expect("raw connection");
+    if let Some(sabotage) = sabotage {
+        let made = raw
+            .query(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname), \
+                        pg_get_function_identity_arguments(p.oid) \
+                   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                  WHERE n.nspname = current_schema() AND p.proname LIKE 'projectionist_typed_%'",
+                &[],
+            )
+            .await
+            .expect("the typed batch functions");
+        assert_eq!(made.len(), 1, "{name}: the warm-up made one batch function");
+        let sql = sabotage.sql(made[0].get(0), made[0].get(1));
+        raw.batch_execute(&sql).await.expect("sabotage");
+    }
+    append_picky(&store).await;
+    // A process that kept calling a broken function would retry its batch for ever.
+    tokio::time::timeout(Duration::from_secs(60), engine.catch_up())
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the catch-up is stuck on its batch function"))
+        .expect("catch up");
+    let lies = || async {
+        match sabotage {
+            Some(Sabotage::Lie) => raw
+                .query_one("SELECT n FROM lie_calls", &[])
+                .await
+                .expect("lie_calls")
+                .get::<_, i64>(0),
+            _ => 0,
+        }
+    };
+    let called = lies().await;
+    if matches!(sabotage, Some(Sabotage::Lie)) {
+        assert!(
+            called >= 1,
+            "{name}: the batch after the sabotage called the function"
+        );
+    }
+    if sabotage.is_some() {
+        // Later batches stay out of the function too.
+        append_good(&store, "z", warm).await;
+        engine.catch_up().await.expect("catch up");
+        assert_eq!(
+            lies().await,
+            called,
+            "{name}: no call of the function once it lied"
+        );
+    }
+    let later = if sabotage.is_some() { warm } else { 0 };
     let one = |sql: &'static str| {
         let raw = &raw;
         async move { raw.query_one(sql, &[]).await.expect(sql).get::<_, i64>(0) }
@@ -160,12 +251,12 @@ async fn failing_mid_batch(
     let good = EVENTS - FAILING.len() as i64;
     assert_eq!(
         one("SELECT count(*) FROM picky").await,
-        warm + good,
+        warm + good + later,
         "{name}: rows"
     );
     assert_eq!(
         one("SELECT count(*) FROM picky WHERE seen = 1").await,
-        warm + good,
+        warm + good + later,
         "{name}: once each"
     );
     assert_eq!(
@@ -198,7 +289,7 @@ async fn failing_mid_batch(
     assert_eq!(record.checkpoint, head, "{name}: checkpoint at the head");
     assert_eq!(
         (record.applied, record.dead_letters),
-        ((warm + good) as u64, FAILING.len() as u64)
+        ((warm + good + later) as u64, FAILING.len() as u64)
     );
     let functions = one(
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
@@ -216,10 +307,11 @@ async fn failing_mid_batch(
           WHERE n.nspname = current_schema() AND p.proname LIKE 'projectionist_typed_%'",
     )
     .await;
+    let kept = !matches!(sabotage, Some(Sabotage::Drop));
     assert_eq!(
         typed,
-        i64::from(server_batches && !declarative),
-        "{name}: typed statements get one function, made after their first batch"
+        i64::from(server_batches && !declarative && kept),
+        "{name}: typed statements get one function, made after their first batch (and none again once it broke)"
     );
     if warm > 0 {
         // Handlers that record where their statements ran (`picky_handlers_with(true)`).
@@ -230,11 +322,19 @@ async fn failing_mid_batch(
             one("SELECT count(*) FROM via WHERE id LIKE 'w-%' AND NOT in_call").await >= 1,
             "{name}: the first batch was pipelined"
         );
-        assert_eq!(
-            one("SELECT count(*) FROM via WHERE id LIKE 'e-%' AND in_call").await,
-            good,
-            "{name}: every event after it ran inside the function, the failures' neighbours included"
-        );
+        if sabotage.is_none() {
+            assert_eq!(
+                one("SELECT count(*) FROM via WHERE id LIKE 'e-%' AND in_call").await,
+                good,
+                "{name}: every event after it ran inside the function, the failures' neighbours included"
+            );
+        } else {
+            assert_eq!(
+                one("SELECT count(*) FROM via WHERE (id LIKE 'e-%' OR id LIKE 'z-%') AND NOT in_call").await,
+                good + later,
+                "{name}: once its function broke, every event ran outside it, the later batches' included"
+            );
+        }
     }
     common::drop_schema(&schema).await;
 }
@@ -287,6 +387,38 @@ async fn a_failing_statement_mid_batch_typed_handlers_in_one_call() {
         PgProjection::new("picky", picky_handlers_with(true)),
         "[SQLSTATE 23514]",
         12,
+    )
+    .await;
+}
+
+/// The batch function made during the warm-up is dropped behind the process's back: the next
+/// batch's call fails as a whole. That is a store error, not the event's: the batch is retried,
+/// its statements pipelined, and the process never calls the function again (nor makes a new
+/// one). The failing events still go through their policy, the rest apply once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_function_whose_call_fails_is_dropped_and_its_batch_retried_pipelined() {
+    failing_mid_batch_after(
+        "perevent_fail_typed_dropped",
+        true,
+        PgProjection::new("picky", picky_handlers_with(true)),
+        "[SQLSTATE 23514]",
+        12,
+        Some(Sabotage::Drop),
+    )
+    .await;
+}
+
+/// The batch function reports a failing statement where the statements, sent one by one, do
+/// not fail: the process stops using it, and the outcome is the same exact one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_function_that_reports_a_failure_its_statements_do_not_have_is_dropped() {
+    failing_mid_batch_after(
+        "perevent_fail_typed_lie",
+        true,
+        PgProjection::new("picky", picky_handlers_with(true)),
+        "[SQLSTATE 23514]",
+        12,
+        Some(Sabotage::Lie),
     )
     .await;
 }
