@@ -293,6 +293,87 @@ async fn leases_spread_rebalance_and_fence_commits() {
     drop_schema(&s).await;
 }
 
+/// A partitioned projection paused before its first run stays paused in every partition once
+/// a `run` starts (whose partitions' checkpoints did not exist when it was paused), and a
+/// resume then applies every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_before_the_first_run_holds_for_every_partition() {
+    let Some(s) = schema("part_paused").await else {
+        return;
+    };
+    let store = store(&s, "part-paused").await;
+    append_events(&store, 60, 5).await;
+    let settings = LeaseSettings {
+        takeover: Duration::from_millis(1000),
+    };
+    let mut e = store.engine().lease_settings(settings);
+    e.register(counting("counting", 8)).expect("register");
+    e.pause("counting").await.expect("pause");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let e = Arc::new(e);
+    let runner = e.clone();
+    let handle = tokio::spawn(async move { runner.run_until(projectionist::when_true(rx)).await });
+    // Wait until the run holds every partition's lease, and then some: its workers are up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store
+        .leases("counting")
+        .await
+        .expect("leases")
+        .iter()
+        .filter(|l| l.owner.is_some())
+        .count()
+        < 8
+    {
+        assert!(std::time::Instant::now() < deadline, "the run took no leases");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for p in 0..8 {
+        let r = store
+            .record("counting", p)
+            .await
+            .expect("record")
+            .expect("a record");
+        assert_eq!(
+            (r.state, r.checkpoint, r.applied),
+            (
+                projectionist::RunState::Paused,
+                projectionist::Checkpoint::START,
+                0
+            ),
+            "partition {p} ran while the projection was paused"
+        );
+    }
+    e.resume("counting").await.expect("resume");
+    let head = newest(&s).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for p in 0..8 {
+        while store
+            .record("counting", p)
+            .await
+            .expect("record")
+            .expect("a record")
+            .checkpoint
+            < head
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "partition {p} did not catch up after the resume"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.send(true).expect("stop");
+    handle.await.expect("join").expect("clean stop");
+    let admin = raw(None).await.expect("admin");
+    let t = tally(&s, &admin, &s).await;
+    assert_eq!(
+        (t.seen, t.duplicates, t.missing, t.out_of_order),
+        (t.committed, 0, 0, 0)
+    );
+    drop_schema(&s).await;
+}
+
 /// Redelivering sources (RabbitMQ) record applied event ids in the commit's transaction:
 /// `seen` finds them, recording one twice fails the whole commit, and a reset forgets them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -480,8 +480,15 @@ impl<S: Source, St: Store> Engine<S, St> {
     }
 
     /// Pauses a projection: its runners stop after their current batch, in any process.
+    ///
+    /// A partitioned projection's partitions are prepared first (their checkpoints created,
+    /// as a `run` would), so that the pause holds for each of them, even before its first run:
+    /// a partition whose checkpoint did not exist yet would otherwise start running.
     pub async fn pause(&self, name: &str) -> Result<()> {
-        self.projection(name)?;
+        let p = self.projection(name)?;
+        if p.is_partitioned() {
+            prepare_partitions(self.store.as_ref(), p).await?;
+        }
         self.store
             .set_state(name, None, RunState::Paused, Some("paused by operator".into()))
             .await
