@@ -27,7 +27,12 @@ struct Step {
 /// A projection that records each `Step` in `steps(n)` and fails on poison steps while
 /// `broken` is set.
 fn steps(name: &str, broken: Arc<AtomicBool>) -> SqliteProjection {
-    let h = SqliteHandlers::new()
+    SqliteProjection::new(name, step_handlers(broken)).batch_size(100)
+}
+
+/// The handlers of [`steps`].
+fn step_handlers(broken: Arc<AtomicBool>) -> SqliteHandlers {
+    SqliteHandlers::new()
         .setup(|db| {
             db.execute_batch(
                 "CREATE TABLE IF NOT EXISTS steps (n INTEGER PRIMARY KEY, position INTEGER NOT NULL)",
@@ -47,8 +52,7 @@ fn steps(name: &str, broken: Arc<AtomicBool>) -> SqliteProjection {
                 (s.n, ev.position),
             )?;
             Ok(())
-        });
-    SqliteProjection::new(name, h).batch_size(100)
+        })
 }
 
 async fn append_steps(store: &SqliteStore, stream: &str, range: std::ops::Range<i64>, poison: &[i64]) {
@@ -873,5 +877,59 @@ async fn an_import_past_the_streams_it_remembers_still_checks_every_version() {
             .len(),
         0,
         "all or nothing"
+    );
+}
+
+/// How many commits a rebuild of `projection` takes over the events in `store`.
+async fn commits_of_a_rebuild(store: &SqliteStore, projection: SqliteProjection) -> usize {
+    let name = projection.name().to_owned();
+    let engine = store.engine().with(projection).unwrap();
+    let commits = Arc::new(AtomicU32::new(0));
+    let c = commits.clone();
+    let report = engine
+        .rebuild_with(
+            &name,
+            Some(Arc::new(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.events, 12_000, "{name}: every event once");
+    commits.load(Ordering::SeqCst) as usize
+}
+
+/// A per-event projection that does not set its batch size reads SQLite's own default, 5,000
+/// events per batch; one that sets it, in code or in the projections file, keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_event_projections_take_the_stores_batch_size_unless_they_set_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store(dir.path()).await;
+    append_steps(&store, "s", 0..12_000, &[]).await;
+    let handlers = || step_handlers(Arc::new(AtomicBool::new(false)));
+    let unset = SqliteProjection::new("unset", handlers());
+    assert_eq!(
+        projectionist::sqlite::PER_EVENT_BATCH_SIZE,
+        5_000,
+        "the default this test counts with"
+    );
+    // 12,000 events: 5,000 + 5,000 + 2,000.
+    assert_eq!(commits_of_a_rebuild(&store, unset).await, 3);
+    let set = SqliteProjection::new("set", handlers()).batch_size(1_000);
+    assert_eq!(commits_of_a_rebuild(&store, set).await, 12);
+    let config = |extra: &str| {
+        format!(
+            "[[projection]]\nname = \"declared\"\n{extra}setup = \"CREATE TABLE IF NOT EXISTS d (n INTEGER PRIMARY KEY)\"\n\
+             [projection.handlers]\nStep = \"INSERT OR IGNORE INTO d (n) VALUES (:data.n)\"\n"
+        )
+    };
+    let declared = |text: String| {
+        let parsed = projectionist::declarative::Config::parse(&text, "test").unwrap();
+        projectionist::declarative::projection::<rusqlite::Connection>(&parsed.projections[0])
+    };
+    assert_eq!(commits_of_a_rebuild(&store, declared(config(""))).await, 3);
+    assert_eq!(
+        commits_of_a_rebuild(&store, declared(config("batch_size = 1000\n"))).await,
+        12
     );
 }

@@ -298,7 +298,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Events per batch for every projection (default: each style's own default, 1,000 for
-    /// per-event styles and 30,000 for documents).
+    /// per-event styles, 5,000 on SQLite, and 30,000 for documents).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Seconds of live appends for the latency phase (0 skips it).

@@ -182,7 +182,9 @@ class Projection:
     - `error_policy`: "skip", "retry", "dead_letter", "retry_then_dead_letter" (the default),
       "stop", or a callable `(failure) -> "skip" | "dead_letter" | "stop" | "retry" |
       ("retry", seconds)` where `failure` has `projection`, `event`, `error` and `attempt`;
-    - `max_retries` (for the retry policies), `batch_size`, `priority`;
+    - `max_retries` (for the retry policies), `priority`;
+    - `batch_size`: events per batch and transaction; unset, the store's default (1,000 on
+      PostgreSQL, 5,000 on SQLite);
     - `partitions` (PostgreSQL: runners share them through leases);
     - `inline`: `Engine.append` applies it in the append's own transaction."""
 

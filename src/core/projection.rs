@@ -264,6 +264,10 @@ pub const DEFAULT_BATCH_WIDE_SIZE: usize = 30_000;
 pub struct ProjectionOptions {
     /// Events per batch (one transaction each).
     pub batch_size: usize,
+    /// `batch_size` is the style's default, not set by the user: a per-event projection then
+    /// takes its store's default instead
+    /// ([`RunnerSettings::per_event_batch_size`](super::runner::RunnerSettings)).
+    pub batch_size_is_default: bool,
     /// Higher priority backlogs are served first.
     pub priority: i32,
     /// What happens to an event whose handler fails.
@@ -279,10 +283,23 @@ pub struct ProjectionOptions {
     pub partitions: u32,
 }
 
+impl ProjectionOptions {
+    /// The events per batch a runner reads: `batch_size`, or `per_event_default` (the store's)
+    /// when `batch_size` is the per-event style's default.
+    pub fn effective_batch_size(&self, per_event_default: usize) -> usize {
+        if self.batch_size_is_default && self.batch_size == DEFAULT_BATCH_SIZE {
+            per_event_default.max(1)
+        } else {
+            self.batch_size
+        }
+    }
+}
+
 impl Default for ProjectionOptions {
     fn default() -> Self {
         ProjectionOptions {
             batch_size: DEFAULT_BATCH_SIZE,
+            batch_size_is_default: true,
             priority: 0,
             policy: Policy::default(),
             rebuild_fail_fast: true,
@@ -381,8 +398,11 @@ impl<B: ?Sized> Projection<B> {
         self.event_types.as_deref()
     }
 
+    /// Events per batch (one transaction each). Unset, a per-event projection reads its
+    /// store's default (1,000; 5,000 on SQLite) and a document projection 30,000.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.options.batch_size = n.max(1);
+        self.options.batch_size_is_default = false;
         self
     }
 

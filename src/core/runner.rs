@@ -14,7 +14,7 @@ use super::error::{BatchFailure, Error, HandlerError, Result};
 use super::event::{Checkpoint, Event};
 use super::lease::Fence;
 use super::policy::{Decision, Failure};
-use super::projection::Projection;
+use super::projection::{Projection, DEFAULT_BATCH_SIZE};
 use super::scheduler::Scheduler;
 use super::source::{Batch, Filter, PartitionSlice, Source};
 use super::store::{Commit, CommitError, CommitStats, NewDeadLetter, RunState, Store};
@@ -34,6 +34,10 @@ pub struct RunnerSettings {
     /// Batches applied at once across projections; when more have a backlog, higher
     /// priority goes first (see [`Scheduler`](super::scheduler::Scheduler)).
     pub concurrency: usize,
+    /// Events per batch of a per-event projection whose batch size was not set (see
+    /// [`ProjectionOptions::batch_size_is_default`]): the store's choice, 1,000 unless it
+    /// says otherwise (SQLite: 5,000).
+    pub per_event_batch_size: usize,
 }
 
 impl Default for RunnerSettings {
@@ -44,6 +48,7 @@ impl Default for RunnerSettings {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            per_event_batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }
@@ -314,7 +319,10 @@ impl<S: Source, St: Store> Worker<S, St> {
                 }
             }
 
-            let limit = self.projection.options().batch_size;
+            let limit = self
+                .projection
+                .options()
+                .effective_batch_size(self.settings.per_event_batch_size);
             let read = match ahead.take() {
                 // Read after the checkpoint this worker is at: the same read as now, only
                 // earlier (a read after a checkpoint never changes but by growing at the head).

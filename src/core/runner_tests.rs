@@ -73,6 +73,7 @@ async fn engine_with(failures: Vec<Error>, partitions: u32) -> (Engine<Flaky, Sq
             retry_min: Duration::from_millis(1),
             retry_max: Duration::from_millis(5),
             concurrency: 1,
+            ..RunnerSettings::default()
         })
         .with(SqliteProjection::new("steps", handlers).partitions(partitions))
         .unwrap();

@@ -47,6 +47,8 @@ pub struct ProjectionDef {
     pub handlers: BTreeMap<String, Vec<Statement>>,
     pub error_policy: ErrorPolicy,
     pub batch_size: usize,
+    /// Whether the projections file sets `batch_size` (else the store's default applies).
+    pub batch_size_set: bool,
     pub priority: i32,
     /// A missing JSON path is an error (through the error policy) instead of NULL.
     pub strict: bool,
@@ -62,6 +64,7 @@ impl ProjectionDef {
     pub fn options(&self) -> ProjectionOptions {
         ProjectionOptions {
             batch_size: self.batch_size,
+            batch_size_is_default: !self.batch_size_set,
             priority: self.priority,
             policy: self.error_policy.clone().into(),
             partitions: self.partitions,
@@ -601,6 +604,7 @@ fn parse_projection(entry: &toml::Value, label: &str) -> Result<ProjectionDef, E
         handlers,
         error_policy,
         batch_size,
+        batch_size_set: t.get("batch_size").is_some(),
         priority,
         strict,
         partitions,

@@ -20,15 +20,17 @@ pub fn create_table(table: &str) -> String {
 }
 
 /// `order_summary` as a declarative SQL projection (the same statements as the example config,
-/// without its extra `order_items` table), in `partitions` partitions (1: not partitioned).
-pub fn declarative_config(name: &str, table: &str, batch_size: usize, partitions: u32) -> String {
+/// without its extra `order_items` table), in `partitions` partitions (1: not partitioned),
+/// with `batch_size` events per batch (`None`: the store's default, as in a projections file
+/// that does not set it).
+pub fn declarative_config(name: &str, table: &str, batch_size: Option<usize>, partitions: u32) -> String {
+    let batch_size = batch_size.map_or(String::new(), |n| format!("batch_size = {n}\n"));
     format!(
         r#"
 [[projection]]
 name = "{name}"
 partitions = {partitions}
-batch_size = {batch_size}
-error_policy = "stop"
+{batch_size}error_policy = "stop"
 setup = """{setup}"""
 
 [projection.handlers]

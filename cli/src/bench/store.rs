@@ -133,8 +133,10 @@ where
         } else {
             1
         };
-        let batch_size = self.batch_size.unwrap_or(projectionist::DEFAULT_BATCH_SIZE);
-        let config = Config::parse(&declarative_config(name, table, batch_size, partitions), "bench")?;
+        let config = Config::parse(
+            &declarative_config(name, table, self.batch_size, partitions),
+            "bench",
+        )?;
         let def = config
             .projections
             .first()
