@@ -54,6 +54,29 @@ async fn read_model(client: &tokio_postgres::Client, schema: &str) -> Vec<(Strin
         .collect()
 }
 
+/// Waits (up to `within`) until each of the 8 partitions of `counting` in schema `s` has its
+/// checkpoint at the newest event, then asserts that every event was seen exactly once, in
+/// order, none missing.
+async fn every_partition_at_the_head_exactly_once(store: &PgStore, s: &str, within: Duration) {
+    let head = newest(s).await;
+    let deadline = std::time::Instant::now() + within;
+    for p in 0..8 {
+        while store.record("counting", p).await.unwrap().unwrap().checkpoint < head {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "partition {p} did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let admin = raw(None).await.expect("admin");
+    let t = tally(s, &admin, s).await;
+    assert_eq!(
+        (t.seen, t.duplicates, t.missing, t.out_of_order),
+        (t.committed, 0, 0, 0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_catch_up_equals_the_unpartitioned_one() {
     let Some(events) = schema("part_events").await else {
@@ -228,23 +251,7 @@ async fn leases_spread_rebalance_and_fence_commits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Everything was applied exactly once.
-    let admin = raw(None).await.expect("admin");
-    let head = newest(&s).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    for p in 0..8 {
-        while store.record("counting", p).await.unwrap().unwrap().checkpoint < head {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "partition {p} did not catch up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let t = tally(&s, &admin, &s).await;
-    assert_eq!(
-        (t.seen, t.duplicates, t.missing, t.out_of_order),
-        (t.committed, 0, 0, 0)
-    );
+    every_partition_at_the_head_exactly_once(&store, &s, Duration::from_secs(20)).await;
 
     // A commit under a token that is no longer the lease's is refused.
     let lease = store.leases("counting").await.unwrap()[0].clone();
@@ -345,32 +352,9 @@ async fn a_pause_before_the_first_run_holds_for_every_partition() {
         );
     }
     e.resume("counting").await.expect("resume");
-    let head = newest(&s).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    for p in 0..8 {
-        while store
-            .record("counting", p)
-            .await
-            .expect("record")
-            .expect("a record")
-            .checkpoint
-            < head
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "partition {p} did not catch up after the resume"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    every_partition_at_the_head_exactly_once(&store, &s, Duration::from_secs(30)).await;
     stop.send(true).expect("stop");
     handle.await.expect("join").expect("clean stop");
-    let admin = raw(None).await.expect("admin");
-    let t = tally(&s, &admin, &s).await;
-    assert_eq!(
-        (t.seen, t.duplicates, t.missing, t.out_of_order),
-        (t.committed, 0, 0, 0)
-    );
     drop_schema(&s).await;
 }
 
