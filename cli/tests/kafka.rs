@@ -529,7 +529,27 @@ async fn leases_hand_a_dead_processs_partitions_over_within_the_ttl_and_take_a_n
                 .filter(|k| k.0 == "order_summary")
                 .all(|k| written.contains(k))
     });
-    let dead = held_by_b();
+    // The partitions the process holds when it dies, with their lease tokens, read at once:
+    // the survivor must commit each under a newer token, whether or not the dead process had
+    // committed on it yet.
+    let now = chrono::Utc::now().timestamp_millis();
+    let dead_tokens: BTreeMap<(String, i64), i64> = rows(
+        &db,
+        "SELECT projection, partition, owner, token FROM projection_leases WHERE owner IS NOT NULL AND expires_at > ?1",
+        [now],
+        |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, i64>(1)?),
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        },
+    )
+    .into_iter()
+    .filter(|(_, owner, _)| pid_of(owner) == Some(pb))
+    .map(|(k, _, token)| (k, token))
+    .collect();
+    let dead: Vec<(String, i64)> = dead_tokens.keys().cloned().collect();
     let mark = audit(&db, 0).last().map_or(0, |(id, _)| *id);
     b.kill().expect("SIGKILL");
     let killed = Instant::now();
@@ -626,13 +646,16 @@ async fn leases_hand_a_dead_processs_partitions_over_within_the_ttl_and_take_a_n
         assert_eq!(*holder, owner, "{p}[{part}] token {token} has two holders");
         *by.entry(pid_of(&owner).expect("a node id")).or_default() += 1;
     }
-    for (p, part) in &dead {
-        let tokens: std::collections::BTreeSet<i64> = holders
-            .keys()
-            .filter(|(q, r, _)| q == p && r == part)
-            .map(|k| k.2)
-            .collect();
-        assert!(tokens.len() >= 2, "{p}[{part}] changed hands: {tokens:?}");
+    // Every dead partition changed hands: all its commits after the kill are under a token
+    // newer than the one the dead process held.
+    for (_, (p, part, _, _, owner, token)) in audit(&db, mark) {
+        if let Some(held) = dead_tokens.get(&(p.clone(), part)) {
+            let token = token.expect("a lease token");
+            assert!(
+                token > *held,
+                "{p}[{part}] committed by {owner:?} under token {token} after its holder died under token {held}"
+            );
+        }
     }
     assert!(
         [pa, pb, pc].iter().all(|pid| by.get(pid).is_some_and(|n| *n > 0)),
