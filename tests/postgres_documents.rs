@@ -4,6 +4,8 @@
 //! two bulk writes.
 
 mod postgres_common;
+#[path = "support/read_ahead.rs"]
+mod read_ahead;
 
 use std::time::Instant;
 
@@ -328,60 +330,23 @@ async fn bulk_write_benchmark() {
     drop_schema(&schema).await;
 }
 
-/// A document without its key among its fields: the key column is set from the key.
-#[derive(Default, Serialize, Deserialize)]
-struct Count {
-    n: i64,
-    last: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Add {
-    n: i64,
-}
-
-/// Full batches make the runner read the next batch while it commits; a failing fold in the
-/// middle of one still commits the events before it, goes through its policy alone, and the
-/// batches after it follow (the read made ahead of the failing batch is not used).
+/// Full batches read ahead, and a failing fold in the middle of one goes through its policy
+/// (the scenario of `support/read_ahead.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_batches_read_ahead_and_a_failing_fold_goes_through_its_policy() {
     let Some(schema) = schema("documents_ahead").await else {
         return;
     };
     let store = store(&schema, "documents_ahead").await;
-    let docs = Documents::<Count>::new("counts", "k")
-        .setup_sql("CREATE TABLE IF NOT EXISTS counts (k TEXT PRIMARY KEY, n BIGINT NOT NULL, last TEXT)")
-        .on("Add", |d: &mut Count, ev, a: Add| {
-            if a.n < 0 {
-                return Err(HandlerError::msg("negative"));
-            }
-            d.n += a.n;
-            d.last = Some(format!("v{}", ev.stream_version));
-            Ok(())
-        });
     let engine = store
         .engine()
         .with(
-            PgProjection::new("counts", docs)
-                .batch_size(3)
+            PgProjection::new("counts", read_ahead::counts("BIGINT"))
+                .batch_size(read_ahead::BATCH_SIZE)
                 .error_policy(ErrorPolicy::DeadLetter),
         )
         .unwrap();
-    // One event per append, streams interleaved: s2's third event is the 11th event, the
-    // middle of the fourth batch of three.
-    for v in 1..=5_i64 {
-        for s in 0..4 {
-            let n = if (s, v) == (2, 3) { -1 } else { 1 };
-            store
-                .append(
-                    &format!("s{s}"),
-                    ExpectedVersion::Exact(v - 1),
-                    vec![NewEvent::new("Add", json!({ "n": n }))],
-                )
-                .await
-                .unwrap();
-        }
-    }
+    read_ahead::append(&store).await;
     engine.catch_up().await.unwrap();
     let c = raw(Some(&schema)).await.unwrap();
     let rows: Vec<String> = c
@@ -394,13 +359,7 @@ async fn full_batches_read_ahead_and_a_failing_fold_goes_through_its_policy() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(rows, vec!["s0|5|v5", "s1|5|v5", "s2|4|v5", "s3|5|v5"]);
-    let dls = engine.dead_letters(None).await.unwrap();
-    assert_eq!(dls.len(), 1, "{dls:?}");
-    assert_eq!(
-        (dls[0].event.stream_id.as_str(), dls[0].event.stream_version),
-        ("s2", 3)
-    );
+    read_ahead::check(&rows, &engine.dead_letters(None).await.unwrap());
     let st = engine.status().await.unwrap();
     assert!(st.iter().all(|s| s.lag_events == 0), "{st:?}");
     drop_schema(&schema).await;

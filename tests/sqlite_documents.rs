@@ -2,6 +2,8 @@
 //! handlers, and a failing fold costs only its own event.
 
 mod common;
+#[path = "support/read_ahead.rs"]
+mod read_ahead;
 
 use common::*;
 use projectionist::sqlite::{SqliteProjection, SqliteStore};
@@ -191,4 +193,30 @@ async fn a_failing_fold_costs_only_its_own_event() {
         (dls[0].event.stream_id.as_str(), dls[0].event.stream_version),
         ("B", 2)
     );
+}
+
+/// Full batches read ahead on the reader connection, and a failing fold in the middle of one
+/// goes through its policy (the scenario of `support/read_ahead.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_batches_read_ahead_and_a_failing_fold_goes_through_its_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("ahead.db")).await.unwrap();
+    assert!(
+        projectionist::backend::Source::reads_ahead(&store),
+        "a file store reads ahead on its reader connection"
+    );
+    let engine = store
+        .engine()
+        .with(
+            SqliteProjection::new("counts", read_ahead::counts("INTEGER"))
+                .batch_size(read_ahead::BATCH_SIZE)
+                .error_policy(ErrorPolicy::DeadLetter),
+        )
+        .unwrap();
+    read_ahead::append(&store).await;
+    engine.catch_up().await.unwrap();
+    let rows = dump(&store, "counts").await;
+    read_ahead::check(&rows, &engine.dead_letters(None).await.unwrap());
+    let st = engine.status().await.unwrap();
+    assert!(st.iter().all(|s| s.lag_events == 0), "{st:?}");
 }

@@ -117,4 +117,11 @@ impl Source for SqliteStore {
     fn reads_beside(&self) -> bool {
         true
     }
+
+    /// A read runs on the reader connection, beside the writer's commit (WAL readers never
+    /// wait for the writer). An in-memory database has one connection only, so a read ahead
+    /// would wait for the commit anyway.
+    fn reads_ahead(&self) -> bool {
+        self.inner.reader.is_some()
+    }
 }
