@@ -427,15 +427,27 @@ fn pid_of(node: &str) -> Option<u32> {
 
 /// The live leases of every projection: (projection, partition) → holder's process id.
 fn lease_holders(db: &Path) -> BTreeMap<(String, i64), u32> {
+    leases(db).into_iter().map(|(k, (pid, _))| (k, pid)).collect()
+}
+
+/// The unexpired leases: (projection, partition) → (holder's process id, lease token).
+fn leases(db: &Path) -> BTreeMap<(String, i64), (u32, i64)> {
     let now = chrono::Utc::now().timestamp_millis();
     rows(
         db,
-        "SELECT projection, partition, owner FROM projection_leases WHERE owner IS NOT NULL AND expires_at > ?1",
+        "SELECT projection, partition, owner, token FROM projection_leases WHERE owner IS NOT NULL AND expires_at > ?1",
         [now],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)),
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        },
     )
     .into_iter()
-    .filter_map(|(p, part, owner)| pid_of(&owner).map(|pid| ((p, part), pid)))
+    .filter_map(|(p, part, owner, token)| pid_of(&owner).map(|pid| ((p, part), (pid, token))))
     .collect()
 }
 
@@ -532,23 +544,11 @@ async fn leases_hand_a_dead_processs_partitions_over_within_the_ttl_and_take_a_n
     // The partitions the process holds when it dies, with their lease tokens, read at once:
     // the survivor must commit each under a newer token, whether or not the dead process had
     // committed on it yet.
-    let now = chrono::Utc::now().timestamp_millis();
-    let dead_tokens: BTreeMap<(String, i64), i64> = rows(
-        &db,
-        "SELECT projection, partition, owner, token FROM projection_leases WHERE owner IS NOT NULL AND expires_at > ?1",
-        [now],
-        |r| {
-            Ok((
-                (r.get::<_, String>(0)?, r.get::<_, i64>(1)?),
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        },
-    )
-    .into_iter()
-    .filter(|(_, owner, _)| pid_of(owner) == Some(pb))
-    .map(|(k, _, token)| (k, token))
-    .collect();
+    let dead_tokens: BTreeMap<(String, i64), i64> = leases(&db)
+        .into_iter()
+        .filter(|(_, (pid, _))| *pid == pb)
+        .map(|(k, (_, token))| (k, token))
+        .collect();
     let dead: Vec<(String, i64)> = dead_tokens.keys().cloned().collect();
     let mark = audit(&db, 0).last().map_or(0, |(id, _)| *id);
     b.kill().expect("SIGKILL");
